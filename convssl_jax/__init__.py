@@ -1,0 +1,1 @@
+"""convssl-jax: Voice Activity Projection (continuous conversational SSL) in JAX/Flax."""
