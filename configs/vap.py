@@ -1,0 +1,75 @@
+"""VAP configs. `--config=configs/vap.py[:variant,...]`; any field overridable as `--config.a.b=v`.
+
+Variants (comma-separated, combinable):
+  stereo (default)   VoiceActivityProjection 2023: CPC per speaker, 1 self + 3 cross layers.
+  mono               conv_ssl 2022: mono mix + VA conditioning, 4-layer GPT.
+  independent        independent head (2 x 4 bins), pre_frames 2.
+  independent40      Skantze-style baseline: 2 x 40 bins of 50 ms, pre_frames 12 (needs 100 Hz).
+  comparative        one soft "A's share of the future" logit.
+  tiny               a very small model for tests.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+STEREO, MONO = 'stereo', 'mono'
+HEADS = {
+    'independent': dict(head='independent', bin_times=(0.2, 0.4, 0.6, 0.8), pre_frames=2),
+    'independent40': dict(head='independent', bin_times=(0.05,) * 40, pre_frames=12, frame_hz=100),
+    'comparative': dict(head='comparative', bin_times=(0.2, 0.4, 0.6, 0.8), pre_frames=2),
+}
+
+
+def model_config(kind: str = STEREO) -> ml_collections.ConfigDict:
+  """The model of `kind` with the reference's settings."""
+  m = ml_collections.ConfigDict()
+  m.kind = kind
+  m.frame_hz = 50  # 20, 50 or 100; sets the downsampler and the VAP bin frames
+  m.dim = 256
+  m.dtype = 'float32'  # compute dtype ('float32' | 'bfloat16'); parameters stay float32
+  m.f0_head = False
+  m.encoder = ml_collections.ConfigDict(dict(
+      name='cpc',
+      padding='causal',  # 'causal' (real-time exact) | 'reference' (CPC_audio's, for converted weights)
+      lstm_layers=1,
+      unroll=16,  # LSTM scan unroll
+      freeze=False,
+      unfreeze_step=-1,  # with freeze: the step at which the encoder starts training (-1 = never)
+  ))
+  m.transformer = ml_collections.ConfigDict(dict(
+      num_heads=4,
+      ffn_mult=3,
+      num_layers=4,  # mono GPT
+      self_layers=1,  # stereo per-speaker layers
+      cross_layers=3,  # stereo cross-attention layers
+      dropout=0.1 if kind == STEREO else 0.4,
+      scale='model',  # reference quirk: scores / sqrt(model dim); 'head' for the usual sqrt(head dim)
+      double_residual=kind == MONO,  # conv_ssl quirk: h = 2x + attn
+      norm_cross_kv=False,  # VAP quirk: cross-attention keys/values are not normalised
+      final_norm=False,  # neither reference normalises after the last layer
+      context=config_dict.placeholder(int),  # frames a frame may attend back; None = unbounded
+  ))
+  m.va_cond = ml_collections.ConfigDict(dict(history_bins=5))  # mono only
+  m.vap = ml_collections.ConfigDict(dict(
+      head='discrete', bin_times=(0.2, 0.4, 0.6, 0.8), threshold=0.5, pre_frames=2))
+  return m
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variants = [v for v in (arg or '').split(',') if v]
+  known = {STEREO, MONO, 'tiny', *HEADS}
+  if unknown := [v for v in variants if v not in known]:
+    raise ValueError(f'unknown config variant(s) {unknown}; known: {sorted(known)}')
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.model = model_config(MONO if MONO in variants else STEREO)
+  for name, head in HEADS.items():
+    if name in variants:
+      head = dict(head)
+      config.model.frame_hz = head.pop('frame_hz', config.model.frame_hz)
+      config.model.vap.update(head)
+  if 'tiny' in variants:
+    config.model.dim = 32
+    config.model.encoder.unroll = 4
+    config.model.transformer.update(num_heads=2, num_layers=1, cross_layers=1)
+  return config

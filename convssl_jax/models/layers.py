@@ -1,0 +1,56 @@
+"""Building blocks with PyTorch's defaults (init, LayerNorm epsilon, exact GELU).
+
+Flax's defaults differ from PyTorch's (LayerNorm eps 1e-6, tanh-approximate GELU, lecun-normal
+init). The reference models were trained with PyTorch's, and converted weights are only
+numerically equal when every norm and activation matches, so every model module builds its
+layers through these helpers.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm default
+GPT_INIT_STD = 0.02  # the references' GPT._init_weights
+
+
+def torch_uniform_init(fan_in: int) -> nnx.Initializer:
+  """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's default for Linear/Conv weights and biases."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def linear(in_features: int, out_features: int, *, rngs: nnx.Rngs, use_bias: bool = True,
+           gpt_init: bool = False, dtype=None, param_dtype=jnp.float32) -> nnx.Linear:
+  """A Linear layer initialised like PyTorch's default, or like the references' GPT (N(0, 0.02), zero bias)."""
+  if gpt_init:
+    kernel_init, bias_init = nnx.initializers.normal(GPT_INIT_STD), nnx.initializers.zeros
+  else:
+    kernel_init = bias_init = torch_uniform_init(in_features)
+  return nnx.Linear(in_features, out_features, use_bias=use_bias, kernel_init=kernel_init,
+                    bias_init=bias_init, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
+def conv1d(in_features: int, out_features: int, kernel: int, stride: int, padding, *,
+           rngs: nnx.Rngs, dtype=None, param_dtype=jnp.float32) -> nnx.Conv:
+  """A channels-last 1-D convolution initialised like torch.nn.Conv1d; `padding` is [(left, right)]."""
+  init = torch_uniform_init(in_features * kernel)
+  return nnx.Conv(in_features, out_features, kernel_size=(kernel,), strides=(stride,),
+                  padding=padding, kernel_init=init, bias_init=init, dtype=dtype,
+                  param_dtype=param_dtype, rngs=rngs)
+
+
+def layer_norm(dim: int, *, rngs: nnx.Rngs, dtype=None, param_dtype=jnp.float32) -> nnx.LayerNorm:
+  """LayerNorm with PyTorch's epsilon."""
+  return nnx.LayerNorm(dim, epsilon=LAYER_NORM_EPS, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
+def gelu(x: jax.Array) -> jax.Array:
+  """The exact (erf) GELU, PyTorch's default."""
+  return jax.nn.gelu(x, approximate=False)

@@ -1,0 +1,52 @@
+"""convssl-jax entry point: `python run.py --config=configs/vap.py[:variant] --mode=...`.
+
+Modes:
+  summary   build the configured model, run it on one second of audio, print shapes and
+            parameter counts (total, trainable, per part).
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', 'configs/vap.py', 'Config file[:variant,...].',
+                                lock_config=True)
+flags.DEFINE_enum('mode', 'summary', ['summary'], 'What to run.')
+
+
+def summary(config) -> None:
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from convssl_jax import models
+
+  cfg = config.model
+  model = models.build_model(cfg, rngs=nnx.Rngs(config.seed))
+  model.eval()
+  sample_rate = 16_000
+  wave = jnp.zeros((1, 2, sample_rate), jnp.float32)
+  if cfg.kind == 'mono':
+    frames = cfg.frame_hz
+    out = model(wave, jnp.zeros((1, frames, 2)), jnp.zeros((1, frames, cfg.va_cond.history_bins)))
+  else:
+    out = model(wave)
+  print(f'model: {cfg.kind}, {cfg.frame_hz} Hz, head {cfg.vap.head}, dtype {cfg.dtype}')
+  for name, value in jax.tree_util.tree_flatten_with_path(out)[0]:
+    print(f'  output {jax.tree_util.keystr(name)}: {value.shape} {value.dtype} (1 s of audio)')
+  trainable = models.trainable_filter(cfg)
+  print(f'  parameters: {models.count_params(model):,} total, '
+        f'{models.count_params(model, trainable):,} trainable')
+  for name, part in vars(model).items():
+    if isinstance(part, nnx.Module):
+      print(f'    {name}: {models.count_params(part):,}')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  {'summary': summary}[FLAGS.mode](FLAGS.config)
+
+
+if __name__ == '__main__':
+  app.run(main)
