@@ -1,0 +1,1 @@
+"""Input pipeline: pure numpy building blocks for audio, voice activity and training windows."""

@@ -1,0 +1,68 @@
+"""Audio I/O and the reference's waveform normalisation, as pure numpy on [S, C] float32 arrays.
+
+The reference (datasets_turntaking `load_waveform`) processes each loaded window in this order:
+per-channel peak normalisation, optional mono mix (normalised again), then resampling to 16 kHz.
+"""
+
+import os
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+INT16_SCALE = 32768.0
+
+
+class AudioError(ValueError):
+  """An audio file that is missing or cannot be decoded; the message starts with its path."""
+
+
+def read_audio(path, *, sample_rate: int = 16000) -> np.ndarray:
+  """Any file soundfile decodes -> [S, C] float32 in [-1, 1], resampled to `sample_rate`."""
+  if not os.path.isfile(path):
+    raise AudioError(f'{path}: no such file')
+  try:
+    x, sr = sf.read(path, dtype='float32', always_2d=True)
+  except RuntimeError as err:  # soundfile's LibsndfileError and friends
+    raise AudioError(f'{path}: cannot decode audio ({err})') from err
+  return resample(x, sr, sample_rate)
+
+
+def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+  """[S, C] at `sr_in` -> [S * sr_out / sr_in, C] float32 at `sr_out` (soxr HQ; unchanged when
+  the rates agree)."""
+  x = np.asarray(x, np.float32)
+  if sr_in == sr_out:
+    return x
+  return soxr.resample(x, sr_in, sr_out, quality='HQ').astype(np.float32, copy=False)
+
+
+def to_int16(x: np.ndarray) -> np.ndarray:
+  """float in [-1, 1] -> int16 (x * 32768, rounded, clipped), the stored datasets' audio dtype."""
+  scaled = np.round(np.asarray(x, np.float32) * INT16_SCALE)
+  return np.clip(scaled, -INT16_SCALE, INT16_SCALE - 1).astype(np.int16)
+
+
+def from_int16(x: np.ndarray) -> np.ndarray:
+  """int16 -> float32 x / 32768, the inverse of `to_int16` on its grid."""
+  return np.asarray(x, np.float32) / np.float32(INT16_SCALE)
+
+
+def peak_normalize(x: np.ndarray, threshold: float = 0.05) -> np.ndarray:
+  """[..., S, C] -> each channel divided by its peak |x|, only where that peak exceeds `threshold`.
+
+  The threshold keeps near-silent channels (line noise) from being blown up to full scale.
+  """
+  x = np.asarray(x, np.float32)
+  peak = np.max(np.abs(x), axis=-2, keepdims=True)
+  return np.where(peak > threshold, x / np.where(peak > threshold, peak, 1.0), x)
+
+
+def mono_mix(x: np.ndarray, threshold: float = 0.05) -> np.ndarray:
+  """[..., S, C] -> [..., S]: the channel mean, peak-normalised again under the same rule.
+
+  The reference normalises each channel first (`peak_normalize`), then mixes and normalises the
+  mix; this function is the second half.
+  """
+  mixed = np.mean(np.asarray(x, np.float32), axis=-1, keepdims=True)
+  return peak_normalize(mixed, threshold)[..., 0]

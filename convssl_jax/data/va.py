@@ -1,0 +1,133 @@
+"""Voice activity (VA): the reference's segment lists, their frame form, and the VA history.
+
+A VA list is the reference's JSON format `[[[start, end], ...], [[start, end], ...]]`: seconds,
+channel 0 = speaker A, channel 1 = speaker B, segments sorted and disjoint within a channel.
+"""
+
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+
+HISTORY_TIMES = (60, 30, 10, 5)
+
+
+def _is_time(v) -> bool:
+  return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _is_pair(seg) -> bool:
+  return (isinstance(seg, (Sequence, np.ndarray)) and not isinstance(seg, str) and len(seg) == 2
+          and all(_is_time(v) for v in seg))
+
+
+def validate_va_list(va_list, *, source: str) -> list[np.ndarray]:
+  """Checks a VA list and returns it as two float64 [n, 2] arrays (one per channel).
+
+  Raises ValueError naming `source` (a file name, plus any context the caller adds), the channel
+  and the segment for: not exactly two channels, a segment that is not a pair of finite numbers,
+  a negative time, end < start, or a segment starting before the previous one ends (unsorted or
+  overlapping). Touching (end == next start) and empty (start == end) segments are allowed.
+  """
+  if not isinstance(va_list, (list, tuple)) or len(va_list) != 2:
+    n = len(va_list) if isinstance(va_list, (list, tuple)) else type(va_list).__name__
+    raise ValueError(f'{source}: expected 2 channels of [start, end] segments, got {n}')
+  channels = []
+  for c, channel in enumerate(va_list):
+    if not isinstance(channel, (list, tuple, np.ndarray)):
+      raise ValueError(f'{source}: channel {c} is not a list of segments: {channel!r}')
+    for i, seg in enumerate(channel):
+      if not _is_pair(seg):
+        raise ValueError(f'{source}: channel {c} segment {i} {seg!r}: not a [start, end] pair')
+    segs = np.asarray(channel, np.float64).reshape(-1, 2)
+    starts, ends = segs[:, 0], segs[:, 1]
+    checks = (
+        (~np.isfinite(segs).all(axis=1), 'not finite'),
+        ((segs < 0).any(axis=1), 'negative time'),
+        (ends < starts, 'reversed (end < start)'),
+        (np.r_[False, starts[1:] < ends[:-1]], 'starts before the previous segment ends'),
+    )
+    for bad, what in checks:
+      if bad.any():
+        i = int(np.argmax(bad))
+        prev = f' {channel[i - 1]!r}' if what.startswith('starts') else ''
+        raise ValueError(f'{source}: channel {c} segment {i} {channel[i]!r}: {what}{prev}')
+    channels.append(segs)
+  return channels
+
+
+def num_frames(duration_s: float, frame_hz: float) -> int:
+  """Frames of a dialog: int(duration * frame_hz), the VAP rule.
+
+  The older vap_turn_taking / datasets_turntaking rule is int(duration / hop) + 1, one frame more.
+  """
+  return int(duration_s * frame_hz)
+
+
+def va_frames(va_list, n_frames: int, frame_hz: float) -> np.ndarray:
+  """VA list (raw or validated) -> [n_frames, 2] float32 {0, 1}.
+
+  A segment sets frames [int(start * hz), int(end * hz)): both ends truncate in float64 and the
+  end is exclusive, as in the reference (0.29 s at 100 Hz is 28.999... -> frame 28). Frames
+  past `n_frames` are dropped.
+  """
+  diff = np.zeros((n_frames + 1, 2), np.int32)
+  for c, channel in enumerate(va_list):
+    segs = np.asarray(channel, np.float64).reshape(-1, 2)
+    bounds = np.clip((segs * frame_hz).astype(np.int64), 0, n_frames)
+    np.add.at(diff[:, c], bounds[:, 0], 1)
+    np.add.at(diff[:, c], bounds[:, 1], -1)
+  return (np.cumsum(diff[:-1], axis=0) > 0).astype(np.float32)
+
+
+def va_history(va: np.ndarray, frame_hz: float,
+               history_times: Sequence[float] = HISTORY_TIMES) -> np.ndarray:
+  """Speaker A's share of the past activity, [T, 2] -> [T, len(history_times) + 1] float32.
+
+  The reference's `get_activity_history`, computed over the whole dialog before windowing. With
+  bin edges e = (int(60 hz), int(30 hz), int(10 hz), int(5 hz), 0) frames (3000, 1500, 500, 250,
+  0 at 50 Hz), the bins of frame t partition [0, t]:
+    bin 0: frames [0, t - e0],  bin k >= 1: frames [t - e(k-1) + 1, t - e(k)],
+  clipped at frame 0, so the last bin [t - e3 + 1, t] includes the current frame. Each value is
+  A / (A + B) over the bin's frames, and 0.5 where that is undefined: no activity, or the bin
+  ends before the dialog starts (t < e(k)).
+  """
+  edges = np.array([int(h * frame_hz) for h in history_times] + [0], np.int64)
+  if np.any(np.diff(edges) >= 0):
+    raise ValueError(f'history_times must be positive and decreasing, got {history_times}')
+  va = np.asarray(va, np.float64)
+  cum = np.concatenate([np.zeros((1, 2)), np.cumsum(va, axis=0)])  # cum[k] = sum of frames < k
+  stop = np.maximum(np.arange(len(va))[:, None] - edges + 1, 0)  # [T, bins] exclusive bin ends
+  start = np.concatenate([np.zeros_like(stop[:, :1]), stop[:, :-1]], axis=1)
+  activity = cum[stop] - cum[start]  # [T, bins, 2]
+  total = activity.sum(-1)
+  ratio = np.where(total > 0, activity[..., 0] / np.where(total > 0, total, 1.0), 0.5)
+  return ratio.astype(np.float32)
+
+
+def _merge_words(words, min_gap: float) -> list[list[float]]:
+  """One run of (start, end) words -> segments: a word starting less than `min_gap` after the
+  segment's end extends it (to that word's end), otherwise it starts a new segment."""
+  segments = []
+  for w_start, w_end in words:
+    if segments and w_start - segments[-1][1] < min_gap:
+      segments[-1][1] = w_end
+    else:
+      segments.append([w_start, w_end])
+  return [[round(s, 2), round(e, 2)] for s, e in segments]
+
+
+def words_to_va(words, min_gap: float = 0.05) -> list[list[list[float]]]:
+  """Word timings per channel -> VA list (the reference's `extract_vad_list_from_words`).
+
+  `words[c]` is either a flat list of (start, end) words (Fisher: merged over the whole channel)
+  or a list of utterances, each a list of words (Switchboard: never merged across utterances).
+  Both ends of every segment are rounded to 2 decimals. The reference is inconsistent here: its
+  Switchboard loader rounds inner segment ends to whole seconds (`round(end)`, a bug) and its
+  Fisher loader leaves the last segment unrounded, so released models saw slightly different VA.
+  """
+  va = []
+  for channel in words:
+    utterances = [channel] if all(_is_pair(w) for w in channel) else channel
+    va.append([seg for utt in utterances for seg in _merge_words(utt, min_gap)])
+  return va

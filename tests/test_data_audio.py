@@ -1,0 +1,103 @@
+"""Audio I/O and normalisation (convssl_jax/data/audio.py), against hand-derived numbers."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from convssl_jax.data import audio
+
+
+def test_peak_normalize_scales_only_channels_above_threshold():
+  x = np.zeros((4, 3), np.float32)
+  x[:, 0] = [0.0, 0.2, -0.4, 0.1]  # peak 0.4 > 0.05: divided by 0.4
+  x[:, 1] = [0.05, -0.05, 0.0, 0.01]  # peak exactly 0.05: not strictly above, unchanged
+  x[:, 2] = [0.0, 0.0501, 0.0, 0.0]  # just above: scaled to peak 1
+  y = audio.peak_normalize(x)
+  np.testing.assert_allclose(y[:, 0], [0.0, 0.5, -1.0, 0.25], rtol=1e-6)
+  np.testing.assert_array_equal(y[:, 1], x[:, 1])
+  np.testing.assert_allclose(y[:, 2], [0.0, 1.0, 0.0, 0.0], rtol=1e-6)
+  assert y.dtype == np.float32
+
+
+def test_peak_normalize_batched_and_custom_threshold():
+  x = np.array([[[0.5], [0.25]], [[0.02], [-0.01]]], np.float32)  # [2, S=2, C=1]
+  np.testing.assert_allclose(audio.peak_normalize(x)[:, :, 0], [[1.0, 0.5], [0.02, -0.01]])
+  np.testing.assert_allclose(audio.peak_normalize(x, threshold=0.01)[1, :, 0], [1.0, -0.5])
+
+
+def test_mono_mix_averages_then_renormalises():
+  x = np.array([[0.5, 0.1], [0.0, -0.3], [0.2, 0.2]], np.float32)
+  # mean: [0.3, -0.15, 0.2], peak 0.3 > 0.05 -> [1, -0.5, 2/3]
+  np.testing.assert_allclose(audio.mono_mix(x), [1.0, -0.5, 2 / 3], rtol=1e-6)
+  quiet = np.array([[0.04, 0.0], [0.0, -0.02]], np.float32)  # mean peak 0.02: unchanged
+  np.testing.assert_allclose(audio.mono_mix(quiet), [0.02, -0.01], rtol=1e-6)
+
+
+def test_mono_mix_of_opposite_channels_is_silent():
+  x = np.stack([np.linspace(-1, 1, 8), -np.linspace(-1, 1, 8)], axis=1).astype(np.float32)
+  np.testing.assert_array_equal(audio.mono_mix(x), np.zeros(8, np.float32))
+
+
+def test_resample_doubles_length_and_keeps_sine_frequency():
+  sr_in, sr_out, seconds, hz = 8000, 16000, 1.0, 440.0
+  t = np.arange(int(sr_in * seconds)) / sr_in
+  x = np.stack([np.sin(2 * np.pi * hz * t), 0.5 * np.sin(2 * np.pi * 2 * hz * t)], 1)
+  y = audio.resample(x.astype(np.float32), sr_in, sr_out)
+  assert y.shape == (16000, 2) and y.dtype == np.float32
+  for c, expected_hz in enumerate([hz, 2 * hz]):
+    spectrum = np.abs(np.fft.rfft(y[:, c]))
+    assert np.argmax(spectrum) * sr_out / len(y) == pytest.approx(expected_hz, abs=1.0)
+  # Away from the edges the upsampled signal is the analytic sine at the new rate.
+  t_out = np.arange(16000) / sr_out
+  np.testing.assert_allclose(y[2000:14000, 0], np.sin(2 * np.pi * hz * t_out)[2000:14000],
+                             atol=1e-3)
+
+
+def test_resample_same_rate_is_identity():
+  x = np.random.default_rng(0).standard_normal((100, 2)).astype(np.float32)
+  np.testing.assert_array_equal(audio.resample(x, 16000, 16000), x)
+
+
+def test_int16_round_trip_and_clipping():
+  x = np.array([0.0, 0.5, -0.5, -1.0, 1.0, 2.0, -2.0, 1 / 32768], np.float32)
+  q = audio.to_int16(x)
+  np.testing.assert_array_equal(q, [0, 16384, -16384, -32768, 32767, 32767, -32768, 1])
+  assert q.dtype == np.int16
+  np.testing.assert_array_equal(audio.from_int16(q)[:4], x[:4])
+  grid = np.arange(-32768, 32768, 7, dtype=np.int16)
+  np.testing.assert_array_equal(audio.to_int16(audio.from_int16(grid)), grid)
+  noise = np.random.default_rng(0).uniform(-0.99, 0.99, 1000).astype(np.float32)
+  assert np.max(np.abs(audio.from_int16(audio.to_int16(noise)) - noise)) <= 0.5 / 32768 + 1e-9
+
+
+def test_read_audio_resamples_stereo_wav(tmp_path):
+  path = tmp_path / 'dialog.wav'
+  x = np.zeros((8000, 2), np.float32)
+  x[:, 0] = 0.5
+  sf.write(path, x, 8000, subtype='PCM_16')
+  y = audio.read_audio(path)
+  assert y.shape == (16000, 2) and y.dtype == np.float32
+  np.testing.assert_allclose(y[1000:15000, 0], 0.5, atol=1e-3)
+  np.testing.assert_allclose(y[:, 1], 0.0, atol=1e-6)
+  same = audio.read_audio(path, sample_rate=8000)
+  np.testing.assert_array_equal(same, x)
+
+
+def test_read_audio_mono_file_is_2d(tmp_path):
+  path = tmp_path / 'mono.flac'
+  sf.write(path, np.full(160, 0.25, np.float32), 16000)
+  assert audio.read_audio(path).shape == (160, 1)
+
+
+def test_read_audio_missing_file_names_path(tmp_path):
+  path = tmp_path / 'missing.wav'
+  with pytest.raises(audio.AudioError, match='missing.wav'):
+    audio.read_audio(path)
+
+
+def test_read_audio_garbage_file_names_path(tmp_path):
+  path = tmp_path / 'garbage.wav'
+  path.write_bytes(b'not audio at all' * 8)
+  with pytest.raises(ValueError, match='garbage.wav') as err:
+    audio.read_audio(path)
+  assert str(err.value).startswith(str(path))

@@ -1,0 +1,217 @@
+"""VA lists, VA frames, VA history and word merging (convssl_jax/data/va.py).
+
+Expected values are derived by hand (see the comments) or by the small loops below, written from
+the reference's definitions, never by the code under test.
+"""
+
+import numpy as np
+import pytest
+
+from convssl_jax.data import va as va_lib
+
+
+# validate_va_list
+
+def test_validate_returns_float_arrays_per_channel():
+  out = va_lib.validate_va_list([[[0, 1.5], [1.5, 2]], []], source='ok.json')
+  assert len(out) == 2
+  np.testing.assert_array_equal(out[0], [[0.0, 1.5], [1.5, 2.0]])
+  assert out[0].dtype == np.float64 and out[1].shape == (0, 2)
+
+
+@pytest.mark.parametrize('va_list, expected', [
+    ([[[0, 1]]], 'expected 2 channels'),
+    ([[], [], []], 'expected 2 channels'),
+    ({'a': 1}, 'expected 2 channels'),
+    ([[[0, 1]], 5], 'channel 1 is not a list'),
+    ([[[0, 1], [2, 3, 4]], []], 'channel 0 segment 1 [2, 3, 4]'),
+    ([[[0, 1], [2]], []], 'channel 0 segment 1 [2]'),
+    ([[], [[0, 1], ['2', 3]]], "channel 1 segment 1 ['2', 3]"),
+    ([[], [[True, 3]]], 'channel 1 segment 0 [True, 3]'),
+    ([[[0, 1]], [[1, float('nan')]]], 'channel 1 segment 0 [1, nan]: not finite'),
+    ([[[0, float('inf')]], []], 'channel 0 segment 0 [0, inf]: not finite'),
+    ([[[-0.1, 1]], []], 'channel 0 segment 0 [-0.1, 1]: negative'),
+    ([[], [[0, 1], [3, 2]]], 'channel 1 segment 1 [3, 2]: reversed'),
+    ([[[0, 1], [0.5, 2]], []], 'channel 0 segment 1 [0.5, 2]: starts before'),
+    ([[[2, 3], [0, 1]], []], 'channel 0 segment 1 [0, 1]: starts before'),
+])
+def test_validate_rejects_bad_lists_naming_source_and_segment(va_list, expected):
+  with pytest.raises(ValueError) as err:
+    va_lib.validate_va_list(va_list, source='sw02001.json (switchboard)')
+  message = str(err.value)
+  assert message.startswith('sw02001.json (switchboard): ')
+  assert expected in message
+
+
+def test_validate_overlap_message_names_previous_segment():
+  with pytest.raises(ValueError, match=r'segment 2 \[1.5, 2\].*\[1, 1.6\]'):
+    va_lib.validate_va_list([[], [[0, 0.5], [1, 1.6], [1.5, 2]]], source='x.json')
+
+
+def test_validate_accepts_touching_and_empty_segments():
+  out = va_lib.validate_va_list([[[0, 1], [1, 1], [1, 2]], [[0.5, 0.5]]], source='x.json')
+  assert out[0].shape == (3, 2) and out[1].shape == (1, 2)
+
+
+# num_frames / va_frames
+
+def test_num_frames_truncates_without_plus_one():
+  assert va_lib.num_frames(10.0, 50) == 500
+  assert va_lib.num_frames(10.019, 50) == 500
+  assert va_lib.num_frames(10.02, 100) == 1002
+
+
+def test_va_frames_truncates_both_ends_end_exclusive_50hz():
+  # 0.019 s -> 0.95 -> frame 0; 0.041 s -> 2.05 -> 2 (exclusive): frames 0, 1.
+  # 0.1 s -> 5; 0.16 s -> 8: frames 5, 6, 7.  B: 0.07 -> 3.5 -> 3; 0.079 -> 3.95 -> 3: empty.
+  out = va_lib.va_frames([[[0.019, 0.041], [0.1, 0.16]], [[0.07, 0.079]]], 10, 50)
+  assert out.shape == (10, 2) and out.dtype == np.float32
+  np.testing.assert_array_equal(out[:, 0], [1, 1, 0, 0, 0, 1, 1, 1, 0, 0])
+  np.testing.assert_array_equal(out[:, 1], np.zeros(10))
+
+
+def test_va_frames_100hz_float_truncation_and_clipping():
+  # 0.29 * 100 = 28.999999999999996 -> 28 (the reference's float64 truncation).
+  # B's 0.05..0.5 s segment -> frames 5..49, clipped to the 40 frames asked for.
+  out = va_lib.va_frames([[[0.0, 0.29]], [[0.05, 0.5]]], 40, 100)
+  expected_a = np.zeros(40)
+  expected_a[:28] = 1
+  expected_b = np.zeros(40)
+  expected_b[5:] = 1
+  np.testing.assert_array_equal(out[:, 0], expected_a)
+  np.testing.assert_array_equal(out[:, 1], expected_b)
+
+
+def test_va_frames_touching_segments_and_validated_input():
+  va_list = va_lib.validate_va_list([[[0.0, 0.1], [0.1, 0.2]], [[1.0, 2.0]]], source='t')
+  out = va_lib.va_frames(va_list, 12, 50)
+  np.testing.assert_array_equal(out[:, 0], [1] * 10 + [0, 0])
+  np.testing.assert_array_equal(out[:, 1], np.zeros(12))  # starts at frame 50 > 12
+
+
+def test_va_frames_matches_a_segment_loop():
+  rng = np.random.default_rng(0)
+  va_list = []
+  for _ in range(2):
+    times = np.sort(rng.uniform(0, 30, 40)).reshape(-1, 2)
+    va_list.append(times.tolist())
+  for hz in (20, 50, 100):
+    n = int(29 * hz)
+    expected = np.zeros((n, 2), np.float32)
+    for c, channel in enumerate(va_list):
+      for s, e in channel:
+        expected[int(s * hz):int(e * hz), c] = 1
+    np.testing.assert_array_equal(va_lib.va_frames(va_list, n, hz), expected)
+
+
+# va_history
+
+def loop_history(va, edges):
+  """The reference bins, frame by frame: bin 0 = [0, t - e0], bin k = (t - e(k-1), t - e(k)],
+  clipped at 0; 0.5 when t < e(k) or the bin is silent."""
+  edges = list(edges) + [0]
+  out = np.zeros((len(va), len(edges)), np.float32)
+  for t in range(len(va)):
+    for k, e in enumerate(edges):
+      lo = 0 if k == 0 else max(t - edges[k - 1] + 1, 0)
+      hi = t - e  # inclusive
+      a = va[lo:hi + 1, 0].sum() if hi >= 0 else 0
+      b = va[lo:hi + 1, 1].sum() if hi >= 0 else 0
+      out[t, k] = a / (a + b) if a + b > 0 else 0.5
+  return out
+
+
+def hand_dialog():
+  """100 s at 10 Hz: A speaks 0-40 s (frames 0-399), silence, B speaks 50-100 s (500-999)."""
+  return va_lib.va_frames([[[0, 40]], [[50, 100]]], 1000, 10)
+
+
+def test_va_history_hand_dialog():
+  # Edges at 10 Hz: (600, 300, 100, 50, 0) frames.
+  h = va_lib.va_history(hand_dialog(), 10)
+  assert h.shape == (1000, 5) and h.dtype == np.float32
+  # t = 0: bins 0-3 end before the dialog starts -> 0.5; the last bin holds frame 0 (A) -> 1.
+  np.testing.assert_array_equal(h[0], [0.5, 0.5, 0.5, 0.5, 1.0])
+  # t = 49: bin 3 ends at t - 50 < 0 -> 0.5; t = 50: bin 3 is frame 0 only -> A.
+  assert h[49, 3] == 0.5 and h[50, 3] == 1.0
+  # t = 460 (46 s): last bin [411, 460] is silence -> 0.5; bin 3 [361, 410]: 39 A frames -> 1;
+  # bin 2 [161, 360] A; bin 1 [0, 160] A; bin 0 ends at t - 600 < 0 -> 0.5.
+  np.testing.assert_array_equal(h[460], [0.5, 1.0, 1.0, 1.0, 0.5])
+  # t = 650: bin 0 [0, 50] A; bin 1 [51, 350] A; bin 2 [351, 550]: A 351-399 (49 frames),
+  # B 500-550 (51 frames) -> 0.49; bin 3 [551, 600] and last bin [601, 650] B -> 0.
+  np.testing.assert_allclose(h[650], [1.0, 1.0, 0.49, 0.0, 0.0], rtol=1e-6)
+  # t = 999: bin 0 [0, 399] all A -> 1; bin 1 [400, 699]: B 500-699 only -> 0; the rest B.
+  np.testing.assert_array_equal(h[999], [1.0, 0.0, 0.0, 0.0, 0.0])
+
+
+def test_va_history_last_bin_includes_current_frame():
+  # 1 Hz with history (4, 2, 1) s: edges (4, 2, 1, 0), so the bins of frame t are
+  # [0, t-4], [t-3, t-2], [t-1] and [t]: the last bin is the current frame alone.
+  va = np.zeros((12, 2), np.float32)
+  va[6, 1] = 1  # one B frame
+  h = va_lib.va_history(va, 1, history_times=(4, 2, 1))
+  assert h[5, 3] == 0.5  # silent frame 5
+  assert h[6, 3] == 0.0  # frame 6 itself: B
+  assert h[7, 3] == 0.5 and h[7, 2] == 0.0  # [t-1] = frame 6
+  assert h[8, 1] == 0.0 and h[9, 1] == 0.0 and h[10, 1] == 0.5  # [5, 6], [6, 7], [7, 8]
+  assert h[10, 0] == 0.0 and h[9, 0] == 0.5  # [0, 6], [0, 5]
+
+
+def test_va_history_matches_reference_loop():
+  rng = np.random.default_rng(1)
+  va = (rng.uniform(size=(300, 2)) < 0.3).astype(np.float32)
+  va[100:150] = 0  # a silent stretch
+  h = va_lib.va_history(va, 2, history_times=(60, 30, 10, 5))  # edges (120, 60, 20, 10)
+  np.testing.assert_allclose(h, loop_history(va, (120, 60, 20, 10)), rtol=1e-6)
+
+
+def test_va_history_dialog_shorter_than_bins_is_neutral():
+  va = np.ones((30, 2), np.float32)
+  va[:, 1] = 0
+  h = va_lib.va_history(va, 10)  # edges 600.. > 30 frames
+  np.testing.assert_array_equal(h[:, :4], 0.5)
+  np.testing.assert_array_equal(h[:, 4], 1.0)
+
+
+def test_va_history_swapped_speakers_is_one_minus():
+  h = va_lib.va_history(hand_dialog(), 10)
+  h_swapped = va_lib.va_history(hand_dialog()[:, ::-1], 10)
+  np.testing.assert_allclose(h_swapped, 1 - h, atol=1e-7)
+
+
+def test_va_history_rejects_non_decreasing_times():
+  with pytest.raises(ValueError, match='decreasing'):
+    va_lib.va_history(np.zeros((10, 2)), 10, history_times=(5, 10))
+
+
+# words_to_va
+
+def test_words_merge_below_gap_and_split_at_gap():
+  # Exact binary fractions, min_gap = 0.0625: a gap of exactly 0.0625 splits, just below merges.
+  words = [[(0.25, 0.5), (0.5624, 0.75), (0.8125, 1.0)], []]
+  out = va_lib.words_to_va(words, min_gap=0.0625)
+  # 0.5624 - 0.5 < 0.0625: merged to 0.75; 0.8125 - 0.75 == 0.0625: new segment.
+  assert out == [[[0.25, 0.75], [0.81, 1.0]], []]
+
+
+def test_words_default_gap():
+  words = [[], [(1.0, 1.2), (1.249, 1.5), (1.6, 2.0), (2.0, 2.1)]]
+  # gaps: 0.049 merge, 0.1 split, 0.0 merge
+  assert va_lib.words_to_va(words) == [[], [[1.0, 1.5], [1.6, 2.1]]]
+
+
+def test_words_extend_to_last_word_end_like_reference():
+  # A word inside the segment (earlier end) moves the end back, as in the reference.
+  assert va_lib.words_to_va([[(0.0, 1.0), (0.5, 0.8)], []]) == [[[0.0, 0.8]], []]
+
+
+def test_words_never_merge_across_utterances():
+  utterances = [[(0.0, 0.5), (0.52, 1.0)], [(1.01, 2.0)]]  # 0.01 s gap across utterances
+  flat = [(0.0, 0.5), (0.52, 1.0), (1.01, 2.0)]
+  assert va_lib.words_to_va([utterances, []]) == [[[0.0, 1.0], [1.01, 2.0]], []]
+  assert va_lib.words_to_va([flat, []]) == [[[0.0, 2.0]], []]
+
+
+def test_words_round_both_ends_to_two_decimals():
+  out = va_lib.words_to_va([[[(0.123, 0.456), (0.789, 1.2345)]], [[(3.14159, 3.14159 + 1)]]])
+  assert out == [[[0.12, 0.46], [0.79, 1.23]], [[3.14, 4.14]]]
