@@ -48,21 +48,24 @@ def from_int16(x: np.ndarray) -> np.ndarray:
   return np.asarray(x, np.float32) / np.float32(INT16_SCALE)
 
 
-def peak_normalize(x: np.ndarray, threshold: float = 0.05) -> np.ndarray:
-  """[..., S, C] -> each channel divided by its peak |x|, only where that peak exceeds `threshold`.
+def peak_normalize(x: np.ndarray, threshold: float = 0.05, *, sample_axis: int = -2) -> np.ndarray:
+  """Each channel divided by its peak |x|, only where that peak exceeds `threshold`.
 
-  The threshold keeps near-silent channels (line noise) from being blown up to full scale.
+  x is [..., S, C] by default; pass `sample_axis=-1` for channels-first [..., C, S], which is
+  much faster (numpy reduces a contiguous axis ~100x faster than a strided one). The threshold
+  keeps near-silent channels (line noise) from being blown up to full scale.
   """
   x = np.asarray(x, np.float32)
-  peak = np.max(np.abs(x), axis=-2, keepdims=True)
-  return np.where(peak > threshold, x / np.where(peak > threshold, peak, 1.0), x)
+  peak = np.abs(x).max(axis=sample_axis, keepdims=True)
+  return x * np.where(peak > threshold, 1.0 / np.where(peak > threshold, peak, 1.0), 1.0)
 
 
-def mono_mix(x: np.ndarray, threshold: float = 0.05) -> np.ndarray:
-  """[..., S, C] -> [..., S]: the channel mean, peak-normalised again under the same rule.
+def mono_mix(x: np.ndarray, threshold: float = 0.05, *, channel_axis: int = -1) -> np.ndarray:
+  """The channel mean, peak-normalised again under the same rule: [..., S, C] -> [..., S]
+  (or channels-first [..., C, S] with `channel_axis=-2`).
 
   The reference normalises each channel first (`peak_normalize`), then mixes and normalises the
   mix; this function is the second half.
   """
-  mixed = np.mean(np.asarray(x, np.float32), axis=-1, keepdims=True)
-  return peak_normalize(mixed, threshold)[..., 0]
+  mixed = np.mean(np.asarray(x, np.float32), axis=channel_axis)
+  return peak_normalize(mixed, threshold, sample_axis=-1)

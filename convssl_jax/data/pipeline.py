@@ -1,0 +1,173 @@
+"""Grain input pipelines: stored conversations -> windows -> model batches.
+
+conversation (TFDS array_record, one example per dialog)
+  -> windows: training = sliding windows with a random offset, reshuffled every epoch;
+     evaluation = sliding windows that cover the whole dialog
+  -> per-channel peak normalisation (the reference's rule)
+  -> VA frames at the model's frame rate + H horizon frames (silence past the dialog's end)
+  -> VA history (5 bins, computed on the whole dialog) -> F0 at the frame rate
+  -> channel swap (training, probability p) -> mono mix (mono models)
+  -> batches of this process's share of the global batch.
+
+Training reads conversations in groups (`grouped_order`) so one decoded record serves all of its
+windows. Everything is a function of (seed, element index), so the iterator state that Orbax saves with a
+checkpoint resumes on exactly the batches an uninterrupted run would have seen.
+"""
+
+import collections
+import dataclasses
+import functools
+from typing import Any
+
+import grain
+import numpy as np
+
+from convssl_jax.data import audio as audio_lib
+from convssl_jax.data import va as va_lib
+from convssl_jax.data import windows as windows_lib
+
+SAMPLE_RATE = 16_000
+F0_HZ = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+  """One split of a built corpus: random-access conversations and their sessions and durations."""
+  source: Any
+  sessions: tuple[str, ...]
+  durations: np.ndarray
+
+  @classmethod
+  def from_builder(cls, builder, split: str) -> 'Corpus':
+    index = builder.info.metadata.get('splits', {}).get(split)
+    if index is None:
+      raise ValueError(f'{builder.name}: split {split!r} has no window index in its metadata; '
+                       f'known splits: {sorted(builder.info.metadata.get("splits", {}))}')
+    return cls(builder.as_data_source(split=split), tuple(index['sessions']),
+               np.asarray(index['durations'], np.float64))
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowSpec:
+  """What one model input window holds."""
+  window_s: float
+  frame_hz: int
+  horizon_frames: int
+  history_times: tuple[float, ...] = (60, 30, 10, 5)
+  normalize: bool = True
+  mono: bool = False
+
+  @property
+  def frames(self) -> int:
+    return int(self.window_s * self.frame_hz)
+
+
+def window_table(corpus: Corpus, window_s: float, overlap_s: float, *, cover: bool) -> np.ndarray:
+  """[n, 2] (conversation index, start seconds): sliding windows, or with `cover` the evaluation
+  windows that reach the end of every dialog."""
+  starts = windows_lib.eval_starts if cover else windows_lib.sliding_starts
+  rows = [np.column_stack([np.full(len(s), i, np.float64), s])
+          for i, d in enumerate(corpus.durations)
+          for s in [np.asarray(starts(d, window_s, overlap_s), np.float64)]]
+  return np.concatenate(rows) if rows else np.zeros((0, 2))
+
+
+class LoadWindow:
+  """(conversation index, start) -> one model input (a picklable grain transform).
+
+  Keeps the last `cache` conversations decoded, so windows that come grouped by conversation
+  (`train_dataset`'s order, evaluation's) read each record once.
+  """
+
+  def __init__(self, corpus: Corpus, spec: WindowSpec, channel_swap: float = 0.0, cache: int = 4):
+    self.corpus, self.spec, self.channel_swap, self.cache = corpus, spec, channel_swap, cache
+    self._decoded = collections.OrderedDict()
+
+  def __getstate__(self):  # worker processes start with an empty cache
+    return {**self.__dict__, '_decoded': collections.OrderedDict()}
+
+  def _conversation(self, index: int) -> dict[str, np.ndarray]:
+    if index in self._decoded:
+      self._decoded.move_to_end(index)
+      return self._decoded[index]
+    example = self.corpus.source[index]
+    spec = self.spec
+    va_list = [example['va'][example['va'][:, 0] == c, 1:] for c in (0, 1)]
+    n = va_lib.num_frames(self.corpus.durations[index], spec.frame_hz)
+    va = va_lib.va_frames(va_list, n, spec.frame_hz)
+    conversation = self._decoded[index] = {
+        'audio': example['audio'],
+        'va': va,
+        'va_history': va_lib.va_history(va, spec.frame_hz, spec.history_times),
+        'f0': windows_lib.f0_at_frame_rate(example['f0'], F0_HZ, spec.frame_hz),
+    }
+    if len(self._decoded) > self.cache:
+      self._decoded.popitem(last=False)
+    return conversation
+
+  def __call__(self, row: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, Any]:
+    index, start = int(row[0]), float(row[1])
+    spec, conv = self.spec, self._conversation(int(row[0]))
+    audio, va = windows_lib.cut_window(
+        conv['audio'], conv['va'], start, spec.window_s, sample_rate=SAMPLE_RATE,
+        frame_hz=spec.frame_hz, horizon_frames=spec.horizon_frames)
+    first = windows_lib.start_frame(start, spec.frame_hz)  # the frame cut_window starts at
+    out = {
+        'va': va,
+        'va_history': windows_lib.cut_frames(conv['va_history'], first, spec.frames, pad_value=0.5),
+        'f0': windows_lib.cut_frames(conv['f0'], first, spec.frames),
+    }
+    audio = np.swapaxes(audio, 0, 1)  # channels-first [2, S]: all audio work is per channel
+    if rng is not None and rng.uniform() < self.channel_swap:
+      out = windows_lib.swap_channels(out)
+      audio = audio[::-1]
+    audio = audio_lib.from_int16(np.ascontiguousarray(audio))
+    if spec.normalize:
+      audio = audio_lib.peak_normalize(audio, sample_axis=-1)
+    out['audio'] = audio_lib.mono_mix(audio, channel_axis=-2) if spec.mono else audio
+    out['conversation'] = np.int32(index)
+    out['start'] = np.float32(start)
+    return out
+
+
+def _jitter(row: np.ndarray, rng: np.random.Generator, durations: np.ndarray, step: float,
+            window_s: float) -> np.ndarray:
+  """Moves a training window by a random offset in [0, step), inside its dialog."""
+  latest = max(0.0, durations[int(row[0])] - window_s)
+  return np.array([row[0], min(row[1] + rng.uniform(0.0, step), latest)])
+
+
+def grouped_order(table: np.ndarray, n_conversations: int, rng: np.random.Generator,
+                  group: int) -> np.ndarray:
+  """A random order of the window table in which the windows of `group` conversations at a
+  time come together (shuffled among themselves), so each conversation is read once an epoch."""
+  block = rng.permutation(n_conversations)[table[:, 0].astype(int)] // group
+  return np.lexsort((rng.random(len(table)), block))
+
+
+def train_dataset(corpus: Corpus, spec: WindowSpec, *, batch_size: int, seed: int,
+                  overlap_s: float = 0.0, channel_swap: float = 0.5, epochs: int = 1,
+                  group: int = 16, process_index: int = 0,
+                  process_count: int = 1) -> grain.IterDataset:
+  """An endless stream of batches of `batch_size` windows (this process's share), deterministic
+  for `seed`: `epochs` differently shuffled passes over the windows, then the same again."""
+  table = window_table(corpus, spec.window_s, overlap_s, cover=False)
+  if len(table) < process_count:
+    raise ValueError(f'{len(table)} training windows cannot feed {process_count} processes')
+  rng = np.random.default_rng(seed)
+  order = np.concatenate([table[grouped_order(table, len(corpus.durations), rng, group)]
+                          for _ in range(epochs)])
+  load = LoadWindow(corpus, spec, channel_swap, cache=group)
+  jitter = functools.partial(_jitter, durations=corpus.durations,
+                             step=spec.window_s - overlap_s, window_s=spec.window_s)
+  ds = (grain.MapDataset.source(order)[process_index::process_count].repeat()
+        .random_map(jitter, seed=seed).random_map(load, seed=seed + 1))
+  return ds.batch(batch_size, drop_remainder=True).to_iter_dataset()
+
+
+def eval_dataset(corpus: Corpus, spec: WindowSpec, *, batch_size: int, overlap_s: float = 0.0,
+                 process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+  """One pass over windows that cover every dialog of the split, in order (last batch may be short)."""
+  table = window_table(corpus, spec.window_s, overlap_s, cover=True)
+  ds = grain.MapDataset.source(table)[process_index::process_count].map(LoadWindow(corpus, spec))
+  return ds.batch(batch_size, drop_remainder=False).to_iter_dataset()

@@ -1,0 +1,37 @@
+"""Builds a corpus: `python -m data_builders NAME [--manual_dir=DIR] [--data_dir=DIR] [--config=C]`.
+
+NAME is one of synthetic_dialogs, switchboard, fisher, dialog_folder. The dataset lands in
+DATA_DIR/NAME/CONFIG/VERSION (DATA_DIR defaults to TFDS's, ~/tensorflow_datasets or
+$TFDS_DATA_DIR). A build that fails leaves only an `incomplete.*` directory and can be re-run.
+"""
+
+import tensorflow_datasets as tfds
+from absl import app, flags
+
+from data_builders import CORPORA, builder_class
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('data_dir', None, 'Where datasets are written (TFDS default if unset).')
+flags.DEFINE_string('manual_dir', None, 'The corpus as shipped (LDC tree, or your folder).')
+flags.DEFINE_string('config', None, 'Builder config name (e.g. fold_3); the default if unset.')
+flags.DEFINE_bool('skip_bad', False, 'Leave out conversations that fail to load and list them '
+                  "in the dataset's metadata instead of stopping.")
+
+
+def main(argv):
+  if len(argv) != 2:
+    raise app.UsageError(f'usage: python -m data_builders {{{",".join(CORPORA)}}} [flags]')
+  builder = builder_class(argv[1])(data_dir=FLAGS.data_dir, config=FLAGS.config,
+                                   skip_bad=FLAGS.skip_bad)
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=FLAGS.manual_dir, try_download_gcs=False))
+  print(f'{builder.name}: {builder.data_dir}')
+  for split, info in builder.info.splits.items():
+    print(f'  {split}: {info.num_examples} conversations, {info.num_bytes / 1e6:.1f} MB')
+  for split, bad in builder.info.metadata.get('skipped', {}).items():
+    for entry in bad:
+      print(f'  skipped ({split}) {entry["session"]}: {entry["error"]}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,197 @@
+"""Switchboard-1 Release 2 (LDC97S62) with the MS-State ms98 word alignments, as a TFDS builder.
+
+manual_dir holds the corpus as shipped (`.wav` files converted from the `.sph` are accepted too,
+and preferred where both exist):
+  swb1_d1 .. swb1_d4/data/sw0NNNN.sph   8 kHz stereo (u-law, Shorten), channel 0 = speaker A
+  swb_ms98_transcriptions/NN/NNNN/swNNNN{A,B}-ms98-a-word.text   `utt_id start end word` lines
+Only the word files are read: the `-trans.text` utterances share their ids, and the reference
+takes utterance times from the words anyway.
+
+Each speaker's words are cleaned (`clean_word`, the reference's swb_regexp), noise and silence
+tokens dropped, and grouped by utterance; VA segments merge words less than 0.05 s apart, never
+across utterances (`va.words_to_va`). F0 is tracked at 8 kHz before the audio is resampled.
+
+Splits: the reference's original contiguous split by session id (train 2001-4139, validation
+4140-4633, test 4637-4940; its session lists are not shipped, every session in a range belongs
+to it). Configs `fold_0` .. `fold_10`: 11 contiguous folds over the sorted train+validation
+sessions (sklearn's KFold without shuffling), fold k's chunk the validation split, test unchanged.
+"""
+
+import dataclasses
+import functools
+import pathlib
+import re
+
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import logging
+
+from convssl_jax.data import audio as audio_lib
+from convssl_jax.data import f0 as f0_lib
+from convssl_jax.data import sphere
+from convssl_jax.data import va as va_lib
+from data_builders import conversation
+
+RATE = 8000
+SPLIT_RANGES = {'train': (2001, 4139), 'validation': (4140, 4633), 'test': (4637, 4940)}
+N_FOLDS = 11
+MIN_WORD_GAP = 0.05  # s: closer words share a VA segment
+TRANSCRIPTS = 'swb_ms98_transcriptions'
+SPEAKERS = ('A', 'B')  # channel 0, channel 1
+
+_CLEANING = (  # (pattern, replacement), applied in order
+    (r'\[(silence|noise|vocalized-noise|laughter)\]', ''),
+    (r'\[laughter-([^\]]*)\]', r'\1'),
+    (r'\[[^\]/]*/([^\]]*)\]', r'\1'),
+    (r'-?\[([^\]]*)\]', r'\1'),
+    (r'(\S)-(?=\s|$)', r'\1'),
+    (r'_\d+', ''),
+    (r'\{([^}]*)\}', r'\1'),
+    (r'\s+', ' '),
+)
+
+
+@dataclasses.dataclass(kw_only=True)
+class SwitchboardConfig(tfds.core.BuilderConfig):
+  """fold: None for the original split, else the k-fold whose chunk is the validation split."""
+  fold: int | None = None
+
+
+def clean_word(text: str) -> str:
+  """The reference's swb_regexp, in order:
+
+  noise and silence `[silence]`, `[noise]`, `[vocalized-noise]`, `[laughter]` -> removed;
+  speech while laughing `[laughter-yes]` -> `yes`; mispronunciation `[splace/space]` -> `space`;
+  partial words `w[ent]-` -> `went-`, `-[th]at` -> `that`; restarts `i-` -> `i`; pronunciation
+  variants `okay_1` -> `okay`; coinages `{yeah}` -> `yeah`; whitespace collapsed and stripped.
+  """
+  for pattern, replacement in _CLEANING:
+    text = re.sub(pattern, replacement, text)
+  return text.strip()
+
+
+def _word_line(path: pathlib.Path, number: int, line: str) -> tuple[str, float, float, str]:
+  """One `utt_id start end word` line, checked; ValueError naming the file and line."""
+  parts = line.split()
+  try:
+    utt, start, end, word = parts[0], float(parts[1]), float(parts[2]), parts[3]
+  except (IndexError, ValueError):
+    start = end = -1.0
+  if len(parts) != 4 or not 0 <= start <= end:
+    raise ValueError(f'{path}:{number}: expected "utt_id start end word" with 0 <= start <= '
+                     f'end, got {line!r}')
+  return utt, start, end, word
+
+
+def read_utterances(path: pathlib.Path) -> list[list[tuple[float, float, str]]]:
+  """A speaker's word file -> utterances in file order, each its cleaned (start, end, word)s.
+
+  Words that clean to nothing (noise, silence, laughter) are dropped, and so are utterances left
+  without words.
+  """
+  if not path.is_file():
+    raise ValueError(f'{path}: missing ms98 word alignment')
+  utterances = {}
+  for number, line in enumerate(path.read_text().splitlines(), 1):
+    if not line.strip():
+      continue
+    utt, start, end, word = _word_line(path, number, line)
+    if word := clean_word(word):
+      utterances.setdefault(utt, []).append((start, end, word))
+  return list(utterances.values())
+
+
+def read_telephone_audio(path: pathlib.Path) -> np.ndarray:
+  """A stereo telephone recording (SPHERE as LDC ships it, or a converted file) -> [S, 2] float32
+  at 8 kHz; ValueError naming the file when it is missing, unreadable or not stereo."""
+  if path.suffix == '.sph':
+    try:
+      samples, rate = sphere.read_sphere(path)
+    except OSError as err:
+      raise audio_lib.AudioError(f'{path}: cannot read ({err.strerror})') from err
+    audio = audio_lib.resample(audio_lib.from_int16(samples), rate, RATE)
+  else:
+    audio = audio_lib.read_audio(path, sample_rate=RATE)
+  if audio.shape[1] != 2:
+    raise audio_lib.AudioError(f'{path}: {audio.shape[1]} channels, expected 2 (one a speaker)')
+  return audio
+
+
+def load_session(session: str, audio_path: pathlib.Path, word_dir: pathlib.Path) -> dict:
+  """One conversation -> a stored example; ValueError naming the file for any bad input."""
+  channels = [read_utterances(word_dir / f'sw{session}{speaker}-ms98-a-word.text')
+              for speaker in SPEAKERS]
+  va = va_lib.words_to_va([[[(s, e) for s, e, _ in utt] for utt in utterances]
+                           for utterances in channels], min_gap=MIN_WORD_GAP)
+  words = sorted(((c, s, e, w) for c, utterances in enumerate(channels)
+                  for utt in utterances for s, e, w in utt), key=lambda w: (w[1], w[0]))
+  audio = read_telephone_audio(audio_path)
+  return conversation.conversation(
+      session=session, dataset='switchboard', audio=audio, sample_rate=RATE, va=va,
+      source=f'{audio_path} with {word_dir}', f0=f0_lib.pyin_f0(audio, RATE), words=words)
+
+
+def find_audio(root: pathlib.Path) -> dict[str, pathlib.Path]:
+  """Session id ('2001') -> its audio file under swb1_d*/data/, sorted; .wav over .sph."""
+  found = {}
+  for suffix in ('.sph', '.wav'):
+    for path in sorted(root.glob(f'swb1_d*/data/sw0[0-9][0-9][0-9][0-9]{suffix}')):
+      found[path.stem[3:]] = path
+  return dict(sorted(found.items()))
+
+
+def original_split(sessions) -> dict[str, list[str]]:
+  """The reference's contiguous split of (sorted) session ids."""
+  return {split: [s for s in sessions if low <= int(s) <= high]
+          for split, (low, high) in SPLIT_RANGES.items()}
+
+
+def kfold_split(sessions, fold: int) -> dict[str, list[str]]:
+  """Fold `fold` of N_FOLDS over the original train+validation sessions, sorted, in contiguous
+  chunks (the first len % N_FOLDS one longer, as sklearn's KFold): validation = the fold's chunk,
+  train = the rest, test unchanged."""
+  split = original_split(sessions)
+  pool = sorted(split['train'] + split['validation'])
+  sizes = np.full(N_FOLDS, len(pool) // N_FOLDS)
+  sizes[:len(pool) % N_FOLDS] += 1
+  stop = int(np.cumsum(sizes)[fold])
+  start = stop - int(sizes[fold])
+  return {'train': pool[:start] + pool[stop:], 'validation': pool[start:stop],
+          'test': split['test']}
+
+
+class Switchboard(conversation.ConversationBuilder):
+  """Switchboard-1 Release 2 with ms98 word alignments (see data_builders/README.md)."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  BUILDER_CONFIGS = [SwitchboardConfig(name='original', description='The original split.')] + [
+      SwitchboardConfig(name=f'fold_{k}', fold=k, description=f'K-fold {k} of {N_FOLDS}.')
+      for k in range(N_FOLDS)]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
+  Switchboard-1 Release 2 (LDC97S62) audio discs and the MS-State ms98 word alignments
+  (switchboard_word_alignments.tar.gz from ISIP), extracted side by side:
+    swb1_d1/data/sw02001.sph ... swb1_d4/data/sw04940.sph   (.wav conversions also accepted)
+    {TRANSCRIPTS}/20/2001/sw2001A-ms98-a-word.text ...
+  """
+
+  def _split_generators(self, dl_manager):
+    root = pathlib.Path(dl_manager.manual_dir)
+    audio = find_audio(root)
+    if not audio:
+      raise ValueError(f'{root}: no swb1_d*/data/sw0NNNN.sph (or .wav) audio files')
+    if not (root / TRANSCRIPTS).is_dir():
+      raise ValueError(f'{root}: no {TRANSCRIPTS} folder (the ms98 word alignments)')
+    fold = self.builder_config.fold
+    splits = original_split(audio) if fold is None else kfold_split(audio, fold)
+    placed = {s for sessions in splits.values() for s in sessions}
+    if outside := sorted(set(audio) - placed):
+      logging.warning('sessions outside every split range, left out: %s', outside)
+    return {split: self._generate_examples(split, [(s, audio[s]) for s in sessions], root)
+            for split, sessions in splits.items() if sessions}
+
+  def _generate_examples(self, split: str, sessions: list[tuple[str, pathlib.Path]],
+                         root: pathlib.Path):
+    loaders = ((session, functools.partial(load_session, session, path,
+                                           root / TRANSCRIPTS / session[:2] / session))
+               for session, path in sessions)
+    yield from self._conversations(split, loaders)

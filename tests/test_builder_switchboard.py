@@ -1,0 +1,212 @@
+"""The switchboard builder: ms98 parsing and cleaning, VA, splits and folds, audio, bad inputs."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import soxr
+
+from convssl_jax.data import audio as audio_lib
+from convssl_jax.data import f0 as f0_lib
+from data_builders.switchboard import Switchboard, SwitchboardConfig
+from data_builders.switchboard import switchboard_dataset_builder as swb
+from tests import corpus_fixtures as fx
+
+REAL_PYIN = f0_lib.pyin_f0
+
+# What the fixture's word template (fx.SWB_WORDS) becomes.
+EXPECTED_WORDS = [
+    [1, 0.3, 0.5, 'uh-huh'], [0, 0.45, 0.7, 'okay'], [0, 0.7, 0.9, 'i'], [0, 0.92, 1.2, 'went'],
+    [1, 1.0, 1.3, 'yeah'], [0, 1.3, 1.5, 'yes'], [1, 1.3, 1.6, 'right'],
+    [0, 1.52, 1.8, 'space'], [0, 1.82, 2.1, 'that'], [1, 2.1, 2.4, 'bye'],
+]
+# Words < 0.05 s apart merge within an utterance; [1.3, 1.5] and [1.52, 2.1] are 0.02 s apart
+# but in different utterances, so they stay apart.
+EXPECTED_VA = [[[0.45, 1.2], [1.3, 1.5], [1.52, 2.1]], [[0.3, 0.5], [1.0, 1.6], [2.1, 2.4]]]
+
+
+@pytest.fixture(autouse=True)
+def cheap_f0(monkeypatch):
+  monkeypatch.setattr(f0_lib, 'pyin_f0', fx.zero_f0)
+
+
+def _examples(builder, split):
+  source = builder.as_data_source(split)
+  return {ex['session'].decode(): ex for ex in (source[i] for i in range(len(source)))}
+
+
+def _dataset_dir(data_dir, config='original'):
+  return data_dir / 'switchboard' / config / '1.0.0'
+
+
+@pytest.mark.parametrize('raw, clean', [
+    ('[silence]', ''), ('[noise]', ''), ('[vocalized-noise]', ''), ('[laughter]', ''),
+    ('[laughter-yes]', 'yes'),
+    ('w[ent]-', 'went'), ('-[th]at', 'that'),
+    ('i-', 'i'),
+    ('okay_1', 'okay'),
+    ('[splace/space]', 'space'),
+    ('{yeah}', 'yeah'),
+    ('uh-huh', 'uh-huh'),
+    ('  so [noise]   i- {alright}  ', 'so i alright'),
+])
+def test_clean_word(raw, clean):
+  assert swb.clean_word(raw) == clean
+
+
+def test_original_split_va_words_audio_and_index(tmp_path):
+  manual = tmp_path / 'swb'
+  written = fx.write_switchboard(manual)
+  builder = fx.prepare(Switchboard, tmp_path / 'data', manual)
+  index = builder.info.metadata['splits']
+  assert {s: v['sessions'] for s, v in index.items()} == {
+      'train': ['2005', '3010'], 'validation': ['4150'], 'test': ['4700']}
+  assert all(v['durations'] == [2.5] * len(v['sessions']) for v in index.values())
+  examples = {**_examples(builder, 'train'), **_examples(builder, 'validation'),
+              **_examples(builder, 'test')}
+  for session, ex in examples.items():
+    fx.assert_va(ex['va'], EXPECTED_VA)
+    assert json.loads(ex['words']) == EXPECTED_WORDS
+    assert ex['audio'].dtype == np.int16 and ex['audio'].shape == (40000, 2)
+    assert ex['f0'].shape == (250, 2)
+    expected = audio_lib.to_int16(soxr.resample(
+        audio_lib.from_int16(written[session].samples), 8000, 16000, quality='HQ'))
+    # pcm and wav are lossless; u-law quantises (steps of ~1.5% at this level).
+    atol = 1 if session in ('3010', '4150') else 0.02 * 32768
+    np.testing.assert_allclose(ex['audio'], expected, atol=atol)
+
+
+def test_real_pyin_at_8khz_before_resampling(tmp_path, monkeypatch):
+  monkeypatch.setattr(f0_lib, 'pyin_f0', REAL_PYIN)
+  t = np.arange(8000) / 8000
+  samples = np.zeros((8000, 2), np.int16)
+  samples[:, 0] = np.round(0.3 * 32767 * np.sin(2 * np.pi * 220.0 * t))
+  manual = tmp_path / 'swb'
+  fx.write_switchboard(manual, sessions={'2010': ('swb1_d1', 'pcm')}, samples=samples)
+  for speaker in 'AB':  # the template's words run to 2.4 s: keep those within the 1 s
+    path = fx.swb_transcript_dir(manual, '2010') / f'sw2010{speaker}-ms98-a-word.text'
+    path.write_text('\n'.join(fx.swb_word_lines('2010', speaker)[:2]) + '\n')
+  builder = fx.prepare(Switchboard, tmp_path / 'data', manual)
+  f0 = builder.as_data_source('train')[0]['f0']
+  assert f0.shape == (100, 2)
+  voiced = f0[f0[:, 0] > 0, 0]
+  assert len(voiced) >= 90 and abs(np.median(voiced) - 220.0) < 3.0
+  assert not f0[:, 1].any()  # the silent channel is unvoiced
+
+
+def test_kfold_split_partitions_train_and_validation():
+  sessions = [str(i) for i in range(2001, 2024)] + ['4150', '4700', '4701']  # 24 + 2 test
+  folds = [swb.kfold_split(sessions, k) for k in range(swb.N_FOLDS)]
+  pool = sessions[:24]
+  assert [len(f['validation']) for f in folds] == [3, 3] + [2] * 9  # 24 = 2 * 11 + 2
+  assert sum((f['validation'] for f in folds), []) == pool  # contiguous, in order
+  for f in folds:
+    assert sorted(f['train'] + f['validation']) == pool and f['test'] == ['4700', '4701']
+  assert folds[1]['validation'] == ['2004', '2005', '2006']
+
+
+def test_fold_config_builds_its_folds(tmp_path):
+  manual = tmp_path / 'swb'
+  fx.write_switchboard(manual)
+  builder = fx.prepare(Switchboard, tmp_path / 'data', manual, config='fold_1')
+  assert isinstance(builder.builder_config, SwitchboardConfig) and builder.builder_config.fold == 1
+  index = builder.info.metadata['splits']
+  assert {s: v['sessions'] for s, v in index.items()} == {
+      'train': ['2005', '4150'], 'validation': ['3010'], 'test': ['4700']}
+
+
+def _session_file(manual, name):
+  """The fixture's files of session 2005 by a short name."""
+  transcripts = fx.swb_transcript_dir(manual, '2005')
+  return {'audio': manual / 'swb1_d1' / 'data' / 'sw02005.sph',
+          'words A': transcripts / 'sw2005A-ms98-a-word.text',
+          'words B': transcripts / 'sw2005B-ms98-a-word.text',
+          'transcripts': transcripts}[name]
+
+
+def _truncate(path):
+  path.write_bytes(path.read_bytes()[:-2000])
+
+
+def _append(path, line):
+  path.write_text(path.read_text() + line + '\n')
+
+
+def _dangle(path):
+  """Replaces the file by a link to a missing one."""
+  path.unlink()
+  path.symlink_to(path.parent / 'gone.sph')
+
+
+def _remove(path):
+  for child in path.iterdir():
+    child.unlink()
+  path.rmdir()
+
+
+# case: (file of session 2005, how it is broken, what the error says after naming the file)
+BAD_INPUTS = {
+    'line with 3 fields': ('words A', lambda p: _append(p, 'sw2005A-ms98-a-0005 2.4 2.5'),
+                           r':11: expected "utt_id start end word"'),
+    'reversed word times': ('words B', lambda p: _append(p, 'sw2005B-ms98-a-0007 2.5 2.4 so'),
+                            r':10: expected "utt_id start end word" with 0 <= start <= end'),
+    'time not a number': ('words B', lambda p: _append(p, 'sw2005B-ms98-a-0007 2.5 x so'),
+                          ':10: expected'),
+    'missing word file': ('words B', lambda p: p.unlink(), 'missing ms98 word alignment'),
+    'no transcripts': ('transcripts', _remove, r'/sw2005A-ms98-a-word\.text: missing ms98'),
+    'truncated shorten': ('audio', _truncate, 'corrupt embedded Shorten stream'),
+    'not SPHERE': ('audio', lambda p: p.write_bytes(b'RIFF'), 'not a NIST SPHERE file'),
+    'missing audio file': ('audio', _dangle, 'cannot read'),
+}
+
+
+@pytest.mark.parametrize('case', BAD_INPUTS)
+def test_bad_input_names_the_file_and_leaves_no_dataset(tmp_path, case):
+  manual = tmp_path / 'swb'
+  fx.write_switchboard(manual, sessions={'2005': fx.SWB_SESSIONS['2005']})
+  name, breaks, match = BAD_INPUTS[case]
+  path = _session_file(manual, name)
+  breaks(path)
+  data_dir = tmp_path / 'data'
+  with pytest.raises(ValueError, match=re.escape(str(path)) + '.*' + match):
+    fx.prepare(Switchboard, data_dir, manual)
+  assert not _dataset_dir(data_dir).exists()
+
+
+@pytest.mark.parametrize('coding', ['pcm', 'ulaw'])
+def test_truncated_plain_sphere(tmp_path, coding):
+  manual = tmp_path / 'swb'
+  written = fx.write_switchboard(manual, sessions={'3010': ('swb1_d2', coding)})
+  _truncate(written['3010'].path)
+  with pytest.raises(ValueError, match=re.escape(str(written['3010'].path)) + '.*truncated'):
+    fx.prepare(Switchboard, tmp_path / 'data', manual)
+
+
+def test_mono_audio_is_an_error(tmp_path):
+  manual = tmp_path / 'swb'
+  mono = fx.tones(1.0, 8000, freqs=(200.0,))
+  written = fx.write_switchboard(manual, sessions={'4150': ('swb1_d3', 'wav')}, samples=mono)
+  with pytest.raises(ValueError, match=re.escape(str(written['4150'].path)) + '.*1 channels'):
+    fx.prepare(Switchboard, tmp_path / 'data', manual)
+
+
+def test_rerun_after_fixing_and_skip_bad(tmp_path):
+  manual = tmp_path / 'swb'
+  fx.write_switchboard(manual)
+  words = _session_file(manual, 'words A')
+  good = words.read_text()
+  _append(words, 'garbage')
+  data_dir = tmp_path / 'data'
+  with pytest.raises(ValueError, match=re.escape(str(words)) + ':11:'):
+    fx.prepare(Switchboard, data_dir, manual)
+
+  builder = fx.prepare(Switchboard, tmp_path / 'skipping', manual, skip_bad=True)
+  skipped = builder.info.metadata['skipped']
+  assert [e['session'] for e in skipped['train']] == ['2005'] and str(words) in (
+      skipped['train'][0]['error'])
+  assert builder.info.metadata['splits']['train']['sessions'] == ['3010']
+
+  words.write_text(good)
+  builder = fx.prepare(Switchboard, data_dir, manual)
+  assert builder.info.splits.total_num_examples == 4 and _dataset_dir(data_dir).is_dir()
