@@ -14,6 +14,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string('data_dir', None, 'Where datasets are written (TFDS default if unset).')
 flags.DEFINE_string('manual_dir', None, 'The corpus as shipped (LDC tree, or your folder).')
 flags.DEFINE_string('config', None, 'Builder config name (e.g. fold_3); the default if unset.')
+flags.DEFINE_integer('num_workers', None, 'Processes loading conversations (default: all cores).')
 flags.DEFINE_bool('skip_bad', False, 'Leave out conversations that fail to load and list them '
                   "in the dataset's metadata instead of stopping.")
 
@@ -22,7 +23,7 @@ def main(argv):
   if len(argv) != 2:
     raise app.UsageError(f'usage: python -m data_builders {{{",".join(CORPORA)}}} [flags]')
   builder = builder_class(argv[1])(data_dir=FLAGS.data_dir, config=FLAGS.config,
-                                   skip_bad=FLAGS.skip_bad)
+                                   skip_bad=FLAGS.skip_bad, num_workers=FLAGS.num_workers)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=FLAGS.manual_dir, try_download_gcs=False))
   print(f'{builder.name}: {builder.data_dir}')

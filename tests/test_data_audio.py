@@ -101,3 +101,14 @@ def test_read_audio_garbage_file_names_path(tmp_path):
   with pytest.raises(ValueError, match='garbage.wav') as err:
     audio.read_audio(path)
   assert str(err.value).startswith(str(path))
+
+
+def test_int16_normalised_fast_path_equals_peak_normalize_of_the_float_audio():
+  rng = np.random.default_rng(0)
+  loud = (rng.uniform(-0.6, 0.6, (2, 4000)) * 32768).astype(np.int16)
+  quiet = (rng.uniform(-0.01, 0.01, (2, 4000)) * 32768).astype(np.int16)
+  for x in (loud, quiet, np.stack([loud[0], quiet[1]])):
+    expected = audio.peak_normalize(audio.from_int16(x), sample_axis=-1)
+    np.testing.assert_allclose(audio.from_int16_normalized(x), expected, rtol=1e-6, atol=1e-9)
+  extreme = np.array([[-32768, 0, 100]], np.int16)  # |min| has no int16 representation
+  np.testing.assert_allclose(audio.from_int16_normalized(extreme), [[-1.0, 0.0, 100 / 32768]])

@@ -56,8 +56,22 @@ def peak_normalize(x: np.ndarray, threshold: float = 0.05, *, sample_axis: int =
   keeps near-silent channels (line noise) from being blown up to full scale.
   """
   x = np.asarray(x, np.float32)
-  peak = np.abs(x).max(axis=sample_axis, keepdims=True)
-  return x * np.where(peak > threshold, 1.0 / np.where(peak > threshold, peak, 1.0), 1.0)
+  return x * _peak_scale(np.abs(x).max(axis=sample_axis, keepdims=True), threshold)
+
+
+def _peak_scale(peak: np.ndarray, threshold: float) -> np.ndarray:
+  """1 / peak where the peak exceeds the threshold, else 1."""
+  loud = peak > threshold
+  return np.where(loud, 1.0 / np.where(loud, peak, 1.0), 1.0).astype(np.float32)
+
+
+def from_int16_normalized(x: np.ndarray, threshold: float = 0.05) -> np.ndarray:
+  """Channels-first int16 [..., C, S] -> float32 peak-normalised like `peak_normalize`, in one
+  pass over the samples (the input pipeline's hot path)."""
+  peak = np.maximum(x.max(axis=-1, keepdims=True), -x.min(axis=-1, keepdims=True).astype(np.int32))
+  out = x.astype(np.float32)
+  out *= _peak_scale(peak / INT16_SCALE, threshold) / np.float32(INT16_SCALE)
+  return out
 
 
 def mono_mix(x: np.ndarray, threshold: float = 0.05, *, channel_axis: int = -1) -> np.ndarray:

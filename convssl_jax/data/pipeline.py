@@ -121,9 +121,9 @@ class LoadWindow:
     if rng is not None and rng.uniform() < self.channel_swap:
       out = windows_lib.swap_channels(out)
       audio = audio[::-1]
-    audio = audio_lib.from_int16(np.ascontiguousarray(audio))
-    if spec.normalize:
-      audio = audio_lib.peak_normalize(audio, sample_axis=-1)
+    audio = np.ascontiguousarray(audio)
+    audio = (audio_lib.from_int16_normalized(audio) if spec.normalize
+             else audio_lib.from_int16(audio))
     out['audio'] = audio_lib.mono_mix(audio, channel_axis=-2) if spec.mono else audio
     out['conversation'] = np.int32(index)
     out['start'] = np.float32(start)
@@ -147,8 +147,8 @@ def grouped_order(table: np.ndarray, n_conversations: int, rng: np.random.Genera
 
 def train_dataset(corpus: Corpus, spec: WindowSpec, *, batch_size: int, seed: int,
                   overlap_s: float = 0.0, channel_swap: float = 0.5, epochs: int = 1,
-                  group: int = 16, process_index: int = 0,
-                  process_count: int = 1) -> grain.IterDataset:
+                  group: int = 16, process_index: int = 0, process_count: int = 1,
+                  read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
   """An endless stream of batches of `batch_size` windows (this process's share), deterministic
   for `seed`: `epochs` differently shuffled passes over the windows, then the same again."""
   table = window_table(corpus, spec.window_s, overlap_s, cover=False)
@@ -162,7 +162,7 @@ def train_dataset(corpus: Corpus, spec: WindowSpec, *, batch_size: int, seed: in
                              step=spec.window_s - overlap_s, window_s=spec.window_s)
   ds = (grain.MapDataset.source(order)[process_index::process_count].repeat()
         .random_map(jitter, seed=seed).random_map(load, seed=seed + 1))
-  return ds.batch(batch_size, drop_remainder=True).to_iter_dataset()
+  return ds.batch(batch_size, drop_remainder=True).to_iter_dataset(read_options)
 
 
 def eval_dataset(corpus: Corpus, spec: WindowSpec, *, batch_size: int, overlap_s: float = 0.0,

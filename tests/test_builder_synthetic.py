@@ -1,0 +1,32 @@
+"""The synthetic corpus builder: stored conversations equal the generator's, pipeline reads them."""
+
+import numpy as np
+
+from convssl_jax.data import audio as audio_lib
+from convssl_jax.data import pipeline
+from data_builders import builder_class, conversation
+from data_builders.synthetic_dialogs import SyntheticDialogsConfig, generator
+
+
+def test_built_corpus_stores_the_generated_dialogs_and_feeds_the_pipeline(tmp_path):
+  config = SyntheticDialogsConfig.sized(2, 1, 1, 8.0)
+  builder = builder_class('synthetic_dialogs')(data_dir=str(tmp_path), config=config,
+                                               num_workers=1)
+  builder.download_and_prepare(download_config=conversation.download_config())
+  assert {k: v.num_examples for k, v in builder.info.splits.items()} == {
+      'train': 2, 'validation': 1, 'test': 1}
+  assert builder.info.metadata['splits']['train'] == {
+      'sessions': ['train_00000', 'train_00001'], 'durations': [8.0, 8.0]}
+
+  stored = builder.as_data_source(split='validation')[0]
+  dialog = generator.generate_dialog(1_000_000, generator.DialogConfig(duration_s=8.0))
+  np.testing.assert_array_equal(stored['audio'], audio_lib.to_int16(dialog.audio))
+  for got, want in zip(conversation.va_list(stored['va']), dialog.va_list):
+    np.testing.assert_array_equal(np.reshape(got, (-1, 2)), np.reshape(want, (-1, 2)))
+  np.testing.assert_array_equal(stored['f0'], dialog.f0)
+  assert stored['session'] == b'validation_00000'
+
+  corpus = pipeline.Corpus.from_builder(builder, 'train')
+  spec = pipeline.WindowSpec(window_s=4.0, frame_hz=50, horizon_frames=100)
+  batch = next(iter(pipeline.train_dataset(corpus, spec, batch_size=2, seed=0)))
+  assert batch['audio'].shape == (2, 2, 64000) and batch['va'].shape == (2, 300, 2)

@@ -1,0 +1,162 @@
+"""The grain pipeline: windows, frames, horizon padding, determinism, resume, sharding, swap."""
+
+import numpy as np
+import pytest
+
+from convssl_jax.data import pipeline
+
+HZ, H = 50, 100  # frame rate, horizon frames
+SR = pipeline.SAMPLE_RATE
+
+
+def _dialog(duration_s, segments_a, segments_b, seed):
+  """A stored-format example whose audio encodes the sample index (channel B negated)."""
+  n = int(duration_s * SR)
+  ramp = (np.arange(n) % 20000).astype(np.int16)
+  audio = np.stack([ramp, -ramp], axis=1)
+  va = [[0, s, e] for s, e in segments_a] + [[1, s, e] for s, e in segments_b]
+  f0 = np.zeros((int(duration_s * 100), 2), np.float32)
+  f0[:, 0] = 100 + seed
+  return {'audio': audio, 'va': np.asarray(va, np.float64).reshape(-1, 3), 'f0': f0}
+
+
+@pytest.fixture
+def corpus():
+  dialogs = [
+      _dialog(25.0, [(0.0, 4.0), (10.0, 24.99)], [(4.5, 9.0)], 0),
+      _dialog(6.0, [(1.0, 2.0)], [(2.5, 5.9)], 1),  # shorter than one window
+      _dialog(41.3, [(0.5, 20.0)], [(21.0, 41.0)], 2),
+  ]
+  return pipeline.Corpus(source=dialogs, sessions=('a', 'b', 'c'),
+                         durations=np.array([25.0, 6.0, 41.3]))
+
+
+def _spec(**kw):
+  return pipeline.WindowSpec(window_s=10.0, frame_hz=HZ, horizon_frames=H, **kw)
+
+
+def _full_va(segments, duration_s):
+  """Hand-built frames: frame f is active when int(start*HZ) <= f < int(end*HZ)."""
+  va = np.zeros((int(duration_s * HZ), 2), np.float32)
+  for channel, start, end in segments:
+    va[int(start * HZ):int(end * HZ), int(channel)] = 1
+  return va
+
+
+def test_eval_windows_cover_every_frame_with_silent_horizon_past_the_end(corpus):
+  batches = list(pipeline.eval_dataset(corpus, _spec(normalize=False), batch_size=4))
+  va = np.concatenate([b['va'] for b in batches])
+  conv = np.concatenate([b['conversation'] for b in batches])
+  start = np.concatenate([b['start'] for b in batches])
+  for i, dialog in enumerate(corpus.source):
+    full = _full_va(dialog['va'], corpus.durations[i])
+    padded = np.concatenate([full, np.zeros((10 * HZ + H, 2), np.float32)])
+    covered = np.zeros(len(full), bool)
+    for window, s in zip(va[conv == i], start[conv == i]):
+      f = int(round(s * HZ))
+      np.testing.assert_array_equal(window, padded[f:f + 10 * HZ + H])
+      covered[f:f + 10 * HZ] = True
+    assert covered.all(), f'dialog {i} has frames no evaluation window covers'
+  # The 41.3 s dialog: sliding starts 0, 10, 20, 30 and a last window ending at the end.
+  np.testing.assert_allclose(start[conv == 2], [0, 10, 20, 30, 31.3], atol=1e-6)
+
+
+def test_a_dialog_shorter_than_a_window_is_one_zero_padded_window(corpus):
+  (b,) = list(pipeline.eval_dataset(corpus, _spec(normalize=False), batch_size=16))
+  short = b['conversation'] == 1
+  assert short.sum() == 1
+  audio = b['audio'][short][0]  # [2, S]
+  n = 6 * SR
+  expected = (np.arange(n) % 20000) / 32768.0
+  np.testing.assert_allclose(audio[0, :n], expected, rtol=0, atol=1e-7)
+  np.testing.assert_allclose(audio[1, :n], -expected, rtol=0, atol=1e-7)
+  assert not audio[:, n:].any() and audio.shape == (2, 10 * SR)
+  assert not b['va'][short][0, 6 * HZ:].any()  # future silence past the end
+  np.testing.assert_array_equal(b['va_history'][short][0, 6 * HZ:], 0.5)  # no evidence
+
+
+def test_batches_have_the_design_shapes(corpus):
+  batch = next(iter(pipeline.train_dataset(corpus, _spec(), batch_size=3, seed=0)))
+  assert batch['audio'].shape == (3, 2, 10 * SR) and batch['audio'].dtype == np.float32
+  assert batch['va'].shape == (3, 10 * HZ + H, 2)
+  assert batch['va_history'].shape == (3, 10 * HZ, 5) and batch['f0'].shape == (3, 10 * HZ, 2)
+  mono = next(iter(pipeline.train_dataset(corpus, _spec(mono=True), batch_size=3, seed=0)))
+  assert mono['audio'].shape == (3, 10 * SR)
+
+
+def _take(ds, n):
+  it = iter(ds)
+  return [next(it) for _ in range(n)]
+
+
+def test_training_stream_is_deterministic_for_a_seed(corpus):
+  a, b = (_take(pipeline.train_dataset(corpus, _spec(), batch_size=2, seed=7, epochs=2), 5)
+          for _ in range(2))
+  c = _take(pipeline.train_dataset(corpus, _spec(), batch_size=2, seed=8, epochs=2), 5)
+  for x, y in zip(a, b):
+    for key in x:
+      np.testing.assert_array_equal(x[key], y[key])
+  assert any(not np.array_equal(x['start'], z['start']) for x, z in zip(a, c))
+
+
+def test_restored_iterator_continues_with_the_same_batches(corpus):
+  ds = pipeline.train_dataset(corpus, _spec(), batch_size=2, seed=3)
+  it = iter(ds)
+  for _ in range(3):
+    next(it)
+  state = it.get_state()
+  expected = [next(it) for _ in range(3)]
+  resumed = iter(pipeline.train_dataset(corpus, _spec(), batch_size=2, seed=3))
+  resumed.set_state(state)
+  for want in expected:
+    got = next(resumed)
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_windows_stay_inside_their_dialog_and_every_window_is_used_each_epoch(corpus):
+  table = pipeline.window_table(corpus, 10.0, 2.0, cover=False)
+  ds = pipeline.train_dataset(corpus, _spec(), batch_size=1, seed=0, overlap_s=2.0)
+  rows = [next(it) for it in [iter(ds)] for _ in range(len(table))]
+  conv = np.array([int(r['conversation'][0]) for r in rows])
+  start = np.array([float(r['start'][0]) for r in rows])
+  np.testing.assert_array_equal(np.bincount(conv, minlength=3), np.bincount(
+      table[:, 0].astype(int), minlength=3))
+  assert np.all(start >= 0)
+  assert np.all(start <= np.maximum(corpus.durations[conv] - 10.0, 0) + 1e-6)
+
+
+def test_processes_read_disjoint_shares_of_the_windows(corpus):
+  shares = []
+  for process in range(2):
+    ds = pipeline.eval_dataset(corpus, _spec(), batch_size=1, process_index=process,
+                               process_count=2)
+    shares.append({(int(b['conversation'][0]), float(b['start'][0])) for b in ds})
+  table = pipeline.window_table(corpus, 10.0, 0.0, cover=True)
+  assert not shares[0] & shares[1]
+  assert shares[0] | shares[1] == {(int(c), float(np.float32(s))) for c, s in table}
+
+
+def test_channel_swap_swaps_audio_va_f0_and_mirrors_history(corpus):
+  kept = next(iter(pipeline.train_dataset(corpus, _spec(), batch_size=4, seed=1,
+                                          channel_swap=0.0)))
+  swapped = next(iter(pipeline.train_dataset(corpus, _spec(), batch_size=4, seed=1,
+                                             channel_swap=1.0)))
+  np.testing.assert_array_equal(swapped['audio'], kept['audio'][:, ::-1])
+  np.testing.assert_array_equal(swapped['va'], kept['va'][..., ::-1])
+  np.testing.assert_array_equal(swapped['f0'], kept['f0'][..., ::-1])
+  np.testing.assert_allclose(swapped['va_history'], 1 - kept['va_history'])
+
+
+def test_peak_normalisation_scales_each_channel_to_one(corpus):
+  batch = next(iter(pipeline.train_dataset(corpus, _spec(), batch_size=2, seed=0)))
+  np.testing.assert_allclose(np.abs(batch['audio']).max(axis=-1), 1.0, rtol=1e-6)
+
+
+def test_grouped_order_is_a_permutation_that_keeps_conversations_together():
+  table = np.array([[c, s] for c in range(10) for s in range(5)], np.float64)
+  order = pipeline.grouped_order(table, 10, np.random.default_rng(0), group=2)
+  np.testing.assert_array_equal(np.sort(order), np.arange(len(table)))
+  conv = table[order, 0].astype(int)
+  for block in range(5):  # each run of 10 windows holds exactly two conversations
+    assert len(set(conv[block * 10:(block + 1) * 10])) == 2
