@@ -3,6 +3,8 @@
 Modes:
   summary   build the configured model, run it on one second of audio, print shapes and
             parameter counts (total, trainable, per part).
+  data      build the configured corpus if it is not built yet (the synthetic corpus builds
+            itself; LDC corpora need --config.data.manual_dir) and print its splits.
 """
 
 from absl import app, flags
@@ -11,7 +13,7 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', 'configs/vap.py', 'Config file[:variant,...].',
                                 lock_config=True)
-flags.DEFINE_enum('mode', 'summary', ['summary'], 'What to run.')
+flags.DEFINE_enum('mode', 'summary', ['summary', 'data'], 'What to run.')
 
 
 def summary(config) -> None:
@@ -42,10 +44,28 @@ def summary(config) -> None:
       print(f'    {name}: {models.count_params(part):,}')
 
 
+def data(config) -> None:
+  import data_builders
+  from convssl_jax.data import pipeline
+
+  builder = data_builders.prepare(config.data)
+  print(f'{builder.name}: {builder.data_dir}')
+  for split in builder.info.splits:
+    corpus = pipeline.Corpus.from_builder(builder, split)
+    windows = pipeline.window_table(corpus, config.data.window_s, config.data.overlap_s,
+                                    cover=split != 'train')
+    print(f'  {split}: {len(corpus.sessions)} conversations, '
+          f'{corpus.durations.sum() / 3600:.2f} h, {len(windows)} windows of '
+          f'{config.data.window_s:g} s')
+  for split, bad in builder.info.metadata.get('skipped', {}).items():
+    for entry in bad:
+      print(f'  skipped ({split}) {entry["session"]}: {entry["error"]}')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  {'summary': summary}[FLAGS.mode](FLAGS.config)
+  {'summary': summary, 'data': data}[FLAGS.mode](FLAGS.config)
 
 
 if __name__ == '__main__':

@@ -6,7 +6,7 @@ Variants (comma-separated, combinable):
   independent        independent head (2 x 4 bins), pre_frames 2.
   independent40      Skantze-style baseline: 2 x 40 bins of 50 ms, pre_frames 12 (needs 100 Hz).
   comparative        one soft "A's share of the future" logit.
-  tiny               a very small model for tests.
+  tiny               a very small model and corpus for tests.
 """
 
 import ml_collections
@@ -55,6 +55,25 @@ def model_config(kind: str = STEREO) -> ml_collections.ConfigDict:
   return m
 
 
+def data_config(kind: str = STEREO) -> ml_collections.ConfigDict:
+  """The corpus and the windows cut from it (the reference recipe of `kind`)."""
+  d = ml_collections.ConfigDict()
+  d.name = 'synthetic_dialogs'  # or switchboard, fisher, dialog_folder (data_builders/README.md)
+  d.data_dir = ''  # where built corpora live; '' = TFDS's default (~/tensorflow_datasets)
+  d.manual_dir = ''  # the corpus as shipped, for switchboard / fisher / dialog_folder
+  d.builder_config = ''  # e.g. 'fold_3' for switchboard; '' = the builder's default
+  d.skip_bad = False  # leave out (and list) conversations that fail to load
+  d.synthetic = ml_collections.ConfigDict(dict(  # size of the built-in corpus
+      train=96, validation=16, test=16, duration_s=60.0, cue_reliability=0.9))
+  d.window_s = 20.0 if kind == STEREO else 10.0
+  d.overlap_s = 2.0  # between consecutive training windows (evaluation windows cover each dialog)
+  d.batch_size = 8  # global, over all devices and hosts
+  d.channel_swap = 0.5  # training-only speaker-swap probability
+  d.normalize = kind == MONO  # per-window peak normalisation: conv_ssl yes, VAP stereo no
+  d.history_times = (60, 30, 10, 5)  # VA history bin edges, seconds
+  return d
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variants = [v for v in (arg or '').split(',') if v]
   known = {STEREO, MONO, 'tiny', *HEADS}
@@ -62,7 +81,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f'unknown config variant(s) {unknown}; known: {sorted(known)}')
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.model = model_config(MONO if MONO in variants else STEREO)
+  kind = MONO if MONO in variants else STEREO
+  config.model = model_config(kind)
+  config.data = data_config(kind)
   for name, head in HEADS.items():
     if name in variants:
       head = dict(head)
@@ -72,4 +93,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.dim = 32
     config.model.encoder.unroll = 4
     config.model.transformer.update(num_heads=2, num_layers=1, cross_layers=1)
+    config.data.synthetic.update(train=4, validation=2, test=2, duration_s=20.0)
+    config.data.update(window_s=5.0, batch_size=2)
   return config

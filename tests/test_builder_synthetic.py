@@ -30,3 +30,18 @@ def test_built_corpus_stores_the_generated_dialogs_and_feeds_the_pipeline(tmp_pa
   spec = pipeline.WindowSpec(window_s=4.0, frame_hz=50, horizon_frames=100)
   batch = next(iter(pipeline.train_dataset(corpus, spec, batch_size=2, seed=0)))
   assert batch['audio'].shape == (2, 2, 64000) and batch['va'].shape == (2, 300, 2)
+
+
+def test_the_configured_corpus_is_built_on_first_use_and_reused_after(tmp_path):
+  import data_builders
+  from configs import vap
+
+  data = vap.get_config('tiny').data
+  data.data_dir = str(tmp_path)
+  data.synthetic.update(train=2, validation=1, test=1, duration_s=6.0)
+  first = data_builders.prepare(data)
+  files = sorted(p.stat().st_mtime_ns for p in tmp_path.rglob('*.array_record*'))
+  assert files and first.info.splits['train'].num_examples == 2
+  second = data_builders.prepare(data)  # already built: nothing is written again
+  assert sorted(p.stat().st_mtime_ns for p in tmp_path.rglob('*.array_record*')) == files
+  assert second.data_dir == first.data_dir
