@@ -1,6 +1,8 @@
 """convssl-jax entry point: `python run.py --config=configs/vap.py[:variant] --mode=...`.
 
 Modes:
+  train     (default) build the corpus on first use, train in --workdir (resuming from its latest
+            checkpoint), evaluate on the validation and test splits, write workdir/metrics.json.
   summary   build the configured model, run it on one second of audio, print shapes and
             parameter counts (total, trainable, per part).
   data      build the configured corpus if it is not built yet (the synthetic corpus builds
@@ -13,7 +15,12 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', 'configs/vap.py', 'Config file[:variant,...].',
                                 lock_config=True)
-flags.DEFINE_enum('mode', 'summary', ['summary', 'data'], 'What to run.')
+flags.DEFINE_enum('mode', 'train', ['train', 'summary', 'data'], 'What to run.')
+flags.DEFINE_string('workdir', 'workdir', 'Checkpoints, TensorBoard events and metrics go here.')
+flags.DEFINE_string('coordinator_address', None, 'Multi-process runs without a cluster manager: '
+                    'host:port of process 0 (with --num_processes and --process_id).')
+flags.DEFINE_integer('num_processes', None, 'Number of processes (with --coordinator_address).')
+flags.DEFINE_integer('process_id', None, 'This process (with --coordinator_address).')
 
 
 def summary(config) -> None:
@@ -62,10 +69,35 @@ def data(config) -> None:
       print(f'  skipped ({split}) {entry["session"]}: {entry["error"]}')
 
 
+def train(config) -> None:
+  import json
+
+  from convssl_jax import train as train_lib
+
+  results = train_lib.train_and_evaluate(config, FLAGS.workdir)
+  print(json.dumps(results, indent=2))
+
+
+def initialize_distributed() -> None:
+  """jax.distributed for multi-process runs: explicit flags, or what TPU pods, SLURM and Open MPI
+  put in the environment (jax detects those itself)."""
+  import os
+
+  import jax
+
+  if FLAGS.coordinator_address:
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  elif any(v in os.environ for v in ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE', 'TPU_WORKER_ID',
+                                     'CLOUD_TPU_TASK_ID', 'JAX_COORDINATOR_ADDRESS')):
+    jax.distributed.initialize()
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  {'summary': summary, 'data': data}[FLAGS.mode](FLAGS.config)
+  if FLAGS.mode == 'train':
+    initialize_distributed()
+  {'train': train, 'summary': summary, 'data': data}[FLAGS.mode](FLAGS.config)
 
 
 if __name__ == '__main__':

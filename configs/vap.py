@@ -74,6 +74,29 @@ def data_config(kind: str = STEREO) -> ml_collections.ConfigDict:
   return d
 
 
+def train_config(kind: str = STEREO) -> ml_collections.ConfigDict:
+  """Optimisation (VoiceActivityProjection's recipe for stereo, conv_ssl's for mono) and the loop."""
+  t = ml_collections.ConfigDict()
+  t.steps = 3000
+  t.learning_rate = 3.63e-4
+  t.b1, t.b2 = 0.9, 0.999
+  t.weight_decay = 1e-3  # decoupled (AdamW), on every trained parameter
+  t.grad_clip = 5.0 if kind == STEREO else 0.0  # global norm; 0 = off
+  t.schedule = 'plateau' if kind == STEREO else 'cosine'  # 'plateau' | 'cosine' | 'constant'
+  t.warmup_steps = 0
+  t.plateau_factor = 0.5  # learning rate x factor when validation stops improving ...
+  t.plateau_patience = 2  # ... for more than this many evaluations
+  t.early_stopping_patience = 10  # evaluations without improvement before stopping
+  t.vad_loss_weight = 1.0  # stereo: total = VAP + VAD
+  t.f0_loss_weight = 1.0  # with model.f0_head
+  t.fsdp = 1  # devices per parameter shard; the rest is data parallel
+  t.log_every = 50
+  t.eval_every = 500
+  t.checkpoint_every = 500
+  t.keep_checkpoints = 3
+  return t
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variants = [v for v in (arg or '').split(',') if v]
   known = {STEREO, MONO, 'tiny', *HEADS}
@@ -84,6 +107,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   kind = MONO if MONO in variants else STEREO
   config.model = model_config(kind)
   config.data = data_config(kind)
+  config.train = train_config(kind)
   for name, head in HEADS.items():
     if name in variants:
       head = dict(head)
@@ -95,4 +119,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.transformer.update(num_heads=2, num_layers=1, cross_layers=1)
     config.data.synthetic.update(train=4, validation=2, test=2, duration_s=20.0)
     config.data.update(window_s=5.0, batch_size=2)
+    config.train.update(steps=20, log_every=5, eval_every=10, checkpoint_every=10)
   return config

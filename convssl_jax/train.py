@@ -1,0 +1,453 @@
+"""Training from one CPU to a pod: `train_and_evaluate(config, workdir)`.
+
+One mesh over all devices with axes ('data', 'fsdp'); batches are sharded over both, parameters
+and optimizer state are replicated, or sharded over 'fsdp' when it is > 1. One `jax.jit` step
+with explicit shardings and donated state. Checkpoints (Orbax) hold the model, the optimizer and
+the grain iterator together, so a resumed run sees exactly the batches it would have seen. The
+loop never waits on the device between log steps: metrics stay on the device until then.
+"""
+
+import json
+import pathlib
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from convssl_jax import models
+from convssl_jax.models import heads
+from convssl_jax.objective import VAPObjective
+
+BATCH_AXES = ('data', 'fsdp')
+DEVICE_KEYS = ('audio', 'va', 'va_history', 'f0')  # batch entries the model reads
+
+
+def objective_for(model_cfg) -> VAPObjective:
+  v = model_cfg.vap
+  return VAPObjective(bin_times=tuple(v.bin_times), frame_hz=model_cfg.frame_hz,
+                      threshold=v.threshold, head=v.head, pre_frames=v.pre_frames)
+
+
+# The mesh and the shardings.
+
+def make_mesh(fsdp: int = 1) -> jax.sharding.Mesh:
+  """All devices as (data, fsdp); data parallel by default."""
+  n = jax.device_count()
+  if fsdp < 1 or n % fsdp:
+    raise ValueError(f'train.mesh.fsdp={fsdp} does not divide the {n} devices')
+  auto = (jax.sharding.AxisType.Auto,) * 2
+  return jax.make_mesh((n // fsdp, fsdp), BATCH_AXES, axis_types=auto)
+
+
+def state_sharding(mesh: jax.sharding.Mesh, state: Any) -> Any:
+  """Replicated leaves, or with fsdp > 1 each array sharded over 'fsdp' along its largest
+  divisible axis (small arrays stay replicated: sharding them saves nothing)."""
+  fsdp = mesh.shape['fsdp']
+
+  def spec(leaf):
+    shape = getattr(leaf, 'shape', ())
+    if fsdp == 1 or np.prod(shape, dtype=np.int64) < 4096:
+      return NamedSharding(mesh, P())
+    axes = [a for a in np.argsort(shape)[::-1] if shape[a] % fsdp == 0]
+    if not axes:
+      return NamedSharding(mesh, P())
+    parts = [None] * len(shape)
+    parts[axes[0]] = 'fsdp'
+    return NamedSharding(mesh, P(*parts))
+
+  return jax.tree.map(spec, state)
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def to_device(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+  """This process's share of the batch -> global arrays sharded over the batch axes."""
+  return {k: jax.make_array_from_process_local_data(sharding, batch[k])
+          for k in DEVICE_KEYS if k in batch}
+
+
+# The optimizer.
+
+def learning_rate(train_cfg) -> optax.Schedule:
+  """'constant' or 'plateau' (constant, scaled on plateaus by the loop) or 'cosine', with warmup."""
+  t = train_cfg
+  if t.schedule in ('constant', 'plateau'):
+    return optax.join_schedules([optax.linear_schedule(0.0, t.learning_rate, t.warmup_steps),
+                                 optax.constant_schedule(t.learning_rate)], [t.warmup_steps])
+  if t.schedule == 'cosine':
+    return optax.warmup_cosine_decay_schedule(0.0, t.learning_rate, t.warmup_steps,
+                                              max(t.steps, t.warmup_steps + 1))
+  raise ValueError(f"train.schedule must be 'constant', 'plateau' or 'cosine', got {t.schedule!r}")
+
+
+def optimizer_transform(train_cfg) -> optax.GradientTransformation:
+  """AdamW (decoupled weight decay on every trained parameter), optional global-norm clipping, and
+  a final `plateau_scale` the loop lowers when the validation loss stops improving."""
+  t = train_cfg
+  parts = [optax.clip_by_global_norm(t.grad_clip)] if t.grad_clip > 0 else []
+  parts += [optax.adamw(learning_rate(t), b1=t.b1, b2=t.b2, weight_decay=t.weight_decay),
+            optax.inject_hyperparams(optax.scale)(step_size=1.0)]
+  return optax.chain(*parts)
+
+
+def set_plateau_scale(state: nnx.State, value: float) -> nnx.State:
+  """The state with the optimizer's plateau scale (the `step_size` hyperparameter) set."""
+  def update(path, leaf):
+    return jnp.asarray(value, leaf.dtype) if 'step_size' in jax.tree_util.keystr(path) else leaf
+  return jax.tree_util.tree_map_with_path(update, state)
+
+
+# Losses.
+
+def losses(model, batch: dict[str, jax.Array], objective: VAPObjective, train_cfg):
+  """Per-example losses [B] (VAP, plus VAD for stereo and F0 with the F0 head) and frame accuracy."""
+  va = batch['va']
+  n = va.shape[1] - objective.horizon_frames
+  labels = objective.labels(va)
+  if isinstance(model, models.MonoVAP):
+    out = model(batch['audio'], va[:, :n], batch['va_history'])
+  else:
+    out = model(batch['audio'])
+  per_example = lambda f, *xs: jax.vmap(lambda *x: f(*(a[None] for a in x)))(*xs)
+  terms = {'vap': per_example(objective.loss, out['logits'][:, :n], labels)}
+  if 'vad' in out:
+    terms['vad'] = train_cfg.vad_loss_weight * per_example(
+        heads.vad_loss, out['vad'][:, :n], va[:, :n])
+  if 'f0' in out:
+    terms['f0'] = train_cfg.f0_loss_weight * per_example(
+        heads.f0_loss, jax.tree.map(lambda x: x[:, :n], out['f0']), batch['f0'][:, :n])
+  total = sum(terms.values())
+  metrics = {f'{k}_loss': v for k, v in terms.items()}
+  if objective.head == 'discrete':
+    hit = jnp.argmax(out['logits'][:, :n], axis=-1) == labels
+    metrics['frame_accuracy'] = hit.mean(axis=-1)
+  return total, metrics
+
+
+class Trainer:
+  """The model and optimizer state on the mesh, and the jitted train and eval steps."""
+
+  def __init__(self, config, mesh: jax.sharding.Mesh, step: int = 0):
+    self.config, self.mesh = config, mesh
+    self.objective = objective_for(config.model)
+    self.batch_sharding = batch_sharding(mesh)
+    self.state = None
+    self.build(step)
+
+  def build(self, step: int) -> None:
+    """(Re)builds for `step`: the trained parameters change when the encoder unfreezes. A state
+    already held keeps its model values; the optimizer then starts fresh for the new set."""
+    cfg = self.config
+    self.trainable = models.trainable_filter(cfg.model, step)
+    self.encoder_frozen = models.encoder_frozen(cfg.model, step)
+    model = models.build_model(cfg.model, rngs=nnx.Rngs(params=cfg.seed, dropout=cfg.seed + 1))
+    optimizer = nnx.Optimizer(model, optimizer_transform(cfg.train), wrt=self.trainable)
+    self.graphdef, state = nnx.split((model, optimizer))
+    if self.state is not None:
+      state[0] = jax.device_get(self.state[0])
+    self.sharding = state_sharding(self.mesh, state)
+    self.state = jax.device_put(state, self.sharding)
+    self.param_counts = (models.count_params(model), models.count_params(model, self.trainable))
+    self._compile()
+
+  def stored_state(self) -> nnx.State:
+    """The state as checkpoints hold it: typed PRNG keys as their raw uint32 data."""
+    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, self.state)
+
+  def abstract_stored_state(self) -> nnx.State:
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        self.stored_state(), self.sharding)
+
+  def load_stored_state(self, stored: nnx.State) -> None:
+    self.state = jax.tree.map(
+        lambda new, old: jax.random.wrap_key_data(new, impl=jax.random.key_impl(old))
+        if _is_key(old) else new, stored, self.state)
+
+  def _compile(self) -> None:
+    graphdef, objective, train_cfg = self.graphdef, self.objective, self.config.train
+    wrt = self.trainable
+
+    def train_step(state, batch):
+      model, optimizer = nnx.merge(graphdef, state)
+      model.train()
+
+      def loss_fn(model):
+        total, metrics = losses(model, batch, objective, train_cfg)
+        return total.mean(), {k: v.mean() for k, v in metrics.items()}
+
+      # Only the trained parameters are differentiated: a frozen encoder gets no gradient.
+      grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt), has_aux=True)
+      (loss, metrics), grads = grad_fn(model)
+      grad_norm = optax.global_norm(grads)
+      optimizer.update(model, grads)
+      # A non-finite loss or gradient leaves the state as it was; the loop stops on the flag.
+      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+      new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                               nnx.state((model, optimizer)), state)
+      return new_state, {'loss': loss, 'grad_norm': grad_norm, 'finite': finite, **metrics}
+
+    def eval_step(state, batch, weight):
+      model, _ = nnx.merge(graphdef, state)
+      model.eval()
+      total, metrics = losses(model, batch, objective, train_cfg)
+      return {k: jnp.sum(v * weight) for k, v in {'loss': total, **metrics}.items()}
+
+    self.train_step = jax.jit(train_step, in_shardings=(self.sharding, self.batch_sharding),
+                              out_shardings=(self.sharding, None), donate_argnums=0)
+    self.eval_step = jax.jit(eval_step, in_shardings=(self.sharding, self.batch_sharding,
+                                                      self.batch_sharding))
+
+
+def _is_key(x) -> bool:
+  return jnp.issubdtype(getattr(x, 'dtype', None), jax.dtypes.prng_key)
+
+
+class NonFiniteError(RuntimeError):
+  """A training step produced a non-finite loss or gradient."""
+
+
+class Preemption:
+  """Turns SIGTERM into a flag the loop checks, so a preempted run saves and exits cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning('SIGTERM: saving a checkpoint and stopping')
+    self.requested = True
+
+  def close(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def evaluate_loss(trainer: Trainer, dataset, batch_size: int) -> dict[str, float]:
+  """Mean losses and frame accuracy over every window of `dataset` (one pass, padded batches)."""
+  sums, count = {}, 0.0
+  for batch in dataset:
+    n = len(batch['va'])
+    pad = batch_size - n
+    weight = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
+    batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) if pad else v
+             for k, v in batch.items()}
+    out = trainer.eval_step(trainer.state, to_device(batch, trainer.batch_sharding),
+                            jax.make_array_from_process_local_data(trainer.batch_sharding, weight))
+    sums = {k: sums.get(k, 0.0) + v for k, v in out.items()}
+    count += n
+  count = _global_sum(count)
+  return {k: float(v) / count for k, v in jax.device_get(sums).items()}
+
+
+def _global_sum(x: float) -> float:
+  if jax.process_count() == 1:
+    return x
+  from jax.experimental import multihost_utils
+  return float(np.sum(multihost_utils.process_allgather(np.float32(x))))
+
+
+def class_frequency_loss(objective: VAPObjective, train, validation, frame_hz: int) -> float:
+  """Cross-entropy on the validation frames of always predicting the training-set class
+  frequencies: the loss a model that ignores its input can reach (discrete head)."""
+  from convssl_jax.data import va as va_lib
+
+  def counts(corpus):
+    total = np.zeros(objective.n_classes)
+    for i, duration in enumerate(corpus.durations):
+      example = corpus.source[i]
+      segments = [example['va'][example['va'][:, 0] == c, 1:] for c in (0, 1)]
+      va = va_lib.va_frames(segments, va_lib.num_frames(duration, frame_hz), frame_hz)
+      va = np.concatenate([va, np.zeros((objective.horizon_frames, 2), np.float32)])
+      total += np.bincount(np.asarray(objective.labels(va)), minlength=objective.n_classes)
+    return total
+
+  train_counts, val = counts(train), counts(validation)
+  p_train = (train_counts + 1) / (train_counts.sum() + objective.n_classes)
+  return float(-(val * np.log(p_train)).sum() / val.sum())
+
+
+def _window_spec(config, objective: VAPObjective):
+  from convssl_jax.data import pipeline
+  d = config.data
+  return pipeline.WindowSpec(window_s=d.window_s, frame_hz=config.model.frame_hz,
+                             horizon_frames=objective.horizon_frames,
+                             history_times=tuple(d.history_times), normalize=d.normalize,
+                             mono=config.model.kind == 'mono')
+
+
+class _Logger:
+  """Console progress bar and TensorBoard events (process 0 only)."""
+
+  def __init__(self, workdir, steps: int, start: int):
+    self.main = jax.process_index() == 0
+    self.writer = None
+    if self.main:
+      import tqdm
+      from tensorboardX import SummaryWriter
+      workdir.mkdir(parents=True, exist_ok=True)
+      self.writer = SummaryWriter(str(workdir / 'tensorboard'))
+      self.jsonl = open(workdir / 'train_log.jsonl', 'a')  # one line per log step
+      self.bar = tqdm.tqdm(total=steps, initial=start, unit='step', dynamic_ncols=True)
+    self.time, self.step = time.perf_counter(), start
+
+  def train(self, step: int, means: dict[str, float], audio_seconds: float) -> None:
+    now = time.perf_counter()
+    rate = (step - self.step) / max(now - self.time, 1e-9)
+    self.time, self.step = now, step
+    if self.main:
+      scalars = {**means, 'steps_per_s': rate, 'audio_s_per_s': rate * audio_seconds}
+      for k, v in scalars.items():
+        self.writer.add_scalar(f'train/{k}', v, step)
+      self.jsonl.write(json.dumps({'step': step, **scalars}) + '\n')
+      self.jsonl.flush()
+      self.bar.set_postfix(loss=f'{means["loss"]:.3f}', steps_s=f'{rate:.2f}',
+                           audio_s_s=f'{rate * audio_seconds:.0f}')
+      self.bar.update(step - self.bar.n)
+
+  def eval(self, step: int, split: str, metrics: dict[str, float]) -> None:
+    if self.main:
+      for k, v in metrics.items():
+        self.writer.add_scalar(f'{split}/{k}', v, step)
+      self.bar.write(f'step {step} {split}: ' + ', '.join(f'{k} {v:.4f}' for k, v in metrics.items()))
+
+  def close(self):
+    if self.main:
+      self.bar.close()
+      self.writer.close()
+      self.jsonl.close()
+
+
+def train_and_evaluate(config, workdir) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming from its latest checkpoint) and evaluates the result.
+
+  Returns (and writes to workdir/metrics.json) the final validation and test losses.
+  """
+  import data_builders
+  from convssl_jax import checkpoints
+  from convssl_jax.data import pipeline
+
+  workdir = pathlib.Path(workdir)
+  t, d = config.train, config.data
+  builder = data_builders.prepare(d)
+  mesh = make_mesh(t.fsdp)
+  if d.batch_size % jax.device_count():
+    raise ValueError(f'data.batch_size={d.batch_size} is not divisible by the '
+                     f'{jax.device_count()} devices')
+  local_batch = d.batch_size // jax.process_count()
+  store = checkpoints.Checkpoints(workdir / 'checkpoints', keep=t.keep_checkpoints)
+  start = store.latest_step() or 0
+  trainer = Trainer(config, mesh, step=start)
+  spec = _window_spec(config, trainer.objective)
+  corpora = {s: pipeline.Corpus.from_builder(builder, s) for s in ('train', 'validation', 'test')}
+  n_windows = len(pipeline.window_table(corpora['train'], d.window_s, d.overlap_s, cover=False))
+  shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
+  train_iter = iter(pipeline.train_dataset(
+      corpora['train'], spec, batch_size=local_batch, seed=config.seed, overlap_s=d.overlap_s,
+      channel_swap=d.channel_swap, epochs=min(100, -(-t.steps * d.batch_size // n_windows)),
+      **shard))
+  eval_data = lambda split: pipeline.eval_dataset(corpora[split], spec, batch_size=local_batch,
+                                                  overlap_s=0.0, **shard)
+
+  meta = {'best_val_loss': float('inf'), 'evals_since_best': 0, 'plateau_scale': 1.0,
+          'evals_since_plateau': 0}
+  restored = store.restore(trainer.abstract_stored_state(), train_iter)
+  if restored is not None:
+    start, stored, meta = restored
+    trainer.load_stored_state(stored)
+    logging.info('resumed from step %d', start)
+  total, trainable = trainer.param_counts
+  logging.info('mesh %s over %d devices (%d processes): %s; global batch %d (%d per process); '
+               'parameters %s total, %s trained', dict(mesh.shape), jax.device_count(),
+               jax.process_count(), jax.devices()[0].platform, d.batch_size, local_batch,
+               f'{total:,}', f'{trainable:,}')
+  baseline = None
+  if trainer.objective.head == 'discrete':
+    baseline = class_frequency_loss(trainer.objective, corpora['train'], corpora['validation'],
+                                    config.model.frame_hz)
+    logging.info('validation VAP loss of predicting the training class frequencies: %.4f',
+                 baseline)
+
+  logger = _Logger(workdir, t.steps, start)
+  preemption = Preemption()
+  pending = []  # (step, device metrics, conversation ids) not yet fetched from the device
+
+  def flush():
+    """Fetches pending metrics (the loop's only device sync); stops on a non-finite step."""
+    if not pending:
+      return
+    fetched = jax.device_get([m for _, m, _ in pending])
+    for (step, _, conversations), m in zip(pending, fetched):
+      if not m['finite']:
+        sessions = [corpora['train'].sessions[i] for i in conversations]
+        raise NonFiniteError(
+            f'non-finite loss or gradient at step {step + 1} (loss {m["loss"]}, gradient norm '
+            f'{m["grad_norm"]}); batch conversations {sessions}. The step was not applied and '
+            f'no checkpoint was written after it; the last good checkpoint is step '
+            f'{store.latest_step()}.')
+    means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0] if k != 'finite'}
+    logger.train(pending[-1][0] + 1, means, d.batch_size * d.window_s)
+    pending.clear()
+
+  done = start  # steps completed
+  try:
+    for step in range(start, t.steps):
+      if step > 0 and step == config.model.encoder.unfreeze_step and trainer.encoder_frozen:
+        flush()
+        logging.info('step %d: unfreezing the encoder', step)
+        trainer.build(step)
+      batch = next(train_iter)
+      trainer.state, metrics = trainer.train_step(trainer.state,
+                                                  to_device(batch, trainer.batch_sharding))
+      pending.append((step, metrics, batch['conversation']))
+      done = step + 1
+      last = done == t.steps
+      if done % t.log_every == 0 or last or preemption.requested:
+        flush()
+      if done % t.eval_every == 0 or last:
+        flush()
+        val = evaluate_loss(trainer, eval_data('validation'), local_batch)
+        logger.eval(done, 'validation', val)
+        if val['loss'] < meta['best_val_loss']:
+          meta.update(best_val_loss=val['loss'], evals_since_best=0, evals_since_plateau=0)
+          store.save_best(done, trainer.stored_state(), meta, value=val['loss'])
+        else:
+          meta['evals_since_best'] += 1
+          meta['evals_since_plateau'] += 1
+          if t.schedule == 'plateau' and meta['evals_since_plateau'] > t.plateau_patience:
+            meta.update(plateau_scale=meta['plateau_scale'] * t.plateau_factor,
+                        evals_since_plateau=0)
+            trainer.state = set_plateau_scale(trainer.state, meta['plateau_scale'])
+            logging.info('step %d: validation loss plateaued; learning rate x%g', done,
+                         meta['plateau_scale'])
+      stop_early = meta['evals_since_best'] >= t.early_stopping_patience
+      if done % t.checkpoint_every == 0 or last or preemption.requested or stop_early:
+        flush()
+        store.save(done, trainer.stored_state(), train_iter, meta)
+      if preemption.requested or stop_early:
+        if stop_early:
+          logging.info('step %d: no validation improvement in %d evaluations; stopping', done,
+                       t.early_stopping_patience)
+        break
+  finally:
+    preemption.close()
+    logger.close()
+    store.wait()
+  if preemption.requested:
+    return {'preempted_at_step': done}
+
+  results = {'step': done, 'baseline_val_vap_loss': baseline}
+  for split in ('validation', 'test'):
+    results[split] = evaluate_loss(trainer, eval_data(split), local_batch)
+  if jax.process_index() == 0:
+    (workdir / 'metrics.json').write_text(json.dumps(results, indent=2))
+  store.close()
+  return results

@@ -1,0 +1,372 @@
+"""The checkpoint store: nnx round trip, shardings, keep-K, fallback, best, grain resume, meta."""
+
+import logging
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import textwrap
+
+from flax import nnx
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+
+from convssl_jax import checkpoints
+
+# When a restore fails, Orbax closes its event loop while sibling tensorstore reads are still in
+# flight; their late completion callbacks hit the closed loop ("Event loop is closed").
+pytestmark = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+
+_REPO = pathlib.Path(__file__).parents[1]
+
+
+@pytest.fixture
+def directory(tmp_path):
+  return tmp_path / 'checkpoints'
+
+
+@pytest.fixture
+def store(directory):
+  ckpt = checkpoints.Checkpoints(directory, keep=3)
+  yield ckpt
+  ckpt.close()
+
+
+def _model_and_optimizer(seed):
+  model = nnx.Linear(3, 2, rngs=nnx.Rngs(seed))
+  return model, nnx.Optimizer(model, optax.adamw(1e-3), wrt=nnx.Param)
+
+
+def _train_step(model, optimizer):
+  """One deterministic adamw update; returns the loss before it."""
+  x = jnp.arange(12, dtype=jnp.float32).reshape(4, 3) / 10
+
+  def loss_fn(m):
+    return jnp.mean((m(x) - 1.0) ** 2)
+
+  loss, grads = nnx.value_and_grad(loss_fn)(model)
+  optimizer.update(model, grads)
+  return loss
+
+
+def _abstract(tree):
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def _assert_trees_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _small_state(value):
+  return {'w': jnp.full((2, 3), value, jnp.float32),
+          'opt': {'count': jnp.asarray(value, jnp.int32)}}
+
+
+def _state_dir(directory, step):
+  return pathlib.Path(directory) / str(step) / 'state'
+
+
+def test_nnx_state_round_trip_resumes_training_identically(store):
+  model, optimizer = _model_and_optimizer(0)
+  _train_step(model, optimizer)
+  store.save(1, nnx.state((model, optimizer)))
+  store.wait()
+
+  model2, optimizer2 = _model_and_optimizer(1)  # different init, overwritten by the restore
+  step, state, meta = store.restore(_abstract(nnx.state((model2, optimizer2))))
+  nnx.update((model2, optimizer2), state)
+
+  assert (step, meta) == (1, {})
+  _assert_trees_equal(nnx.state((model, optimizer)), nnx.state((model2, optimizer2)))
+  np.testing.assert_array_equal(_train_step(model, optimizer), _train_step(model2, optimizer2))
+  _assert_trees_equal(nnx.state((model, optimizer)), nnx.state((model2, optimizer2)))
+
+
+def test_pure_dict_round_trip_into_fresh_nnx_objects(store):
+  model, optimizer = _model_and_optimizer(0)
+  _train_step(model, optimizer)
+  store.save(1, nnx.to_pure_dict(nnx.state((model, optimizer))))
+  store.wait()
+
+  model2, optimizer2 = _model_and_optimizer(1)
+  fresh = nnx.state((model2, optimizer2))
+  _, pure, _ = store.restore(_abstract(nnx.to_pure_dict(fresh)))
+  nnx.replace_by_pure_dict(fresh, pure)
+  nnx.update((model2, optimizer2), fresh)
+
+  _assert_trees_equal(nnx.state((model, optimizer)), nnx.state((model2, optimizer2)))
+
+
+def test_restored_arrays_take_the_abstract_shardings(store):
+  mesh = jax.make_mesh((1,), ('data',))
+  sharding = jax.sharding.NamedSharding(mesh, jax.P('data'))
+  store.save(1, {'w': jnp.arange(4.0)})
+  store.wait()
+
+  abstract = {'w': jax.ShapeDtypeStruct((4,), jnp.float32, sharding=sharding)}
+  _, state, _ = store.restore(abstract)
+
+  assert state['w'].sharding == sharding
+  np.testing.assert_array_equal(state['w'], np.arange(4.0))
+
+
+_RESHARD_SCRIPT = textwrap.dedent("""
+    import sys
+    import jax, jax.numpy as jnp, numpy as np
+    from convssl_jax import checkpoints
+    assert jax.device_count() == 4
+    mesh = jax.make_mesh((4,), ('data',))
+    replicated = jax.sharding.NamedSharding(mesh, jax.P())
+    sharded = jax.sharding.NamedSharding(mesh, jax.P('data'))
+    ckpt = checkpoints.Checkpoints(sys.argv[1])
+    ckpt.save(1, {'w': jax.device_put(jnp.arange(8.0), replicated)})
+    ckpt.wait()
+    _, state, _ = ckpt.restore({'w': jax.ShapeDtypeStruct((8,), jnp.float32, sharding=sharded)})
+    assert state['w'].sharding == sharded, state['w'].sharding
+    assert len(state['w'].addressable_shards) == 4
+    np.testing.assert_array_equal(state['w'], np.arange(8.0))
+    ckpt.close()
+""")
+
+
+def test_replicated_save_restores_onto_four_device_sharding(tmp_path):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
+             JAX_PLATFORMS='cpu')
+  result = subprocess.run([sys.executable, '-c', _RESHARD_SCRIPT, str(tmp_path / 'ckpt')],
+                          env=env, cwd=_REPO, capture_output=True, text=True, timeout=120,
+                          check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+
+
+_MULTI_PROCESS_SCRIPT = textwrap.dedent("""
+    import pathlib, sys
+    import grain, jax, jax.numpy as jnp, numpy as np
+    from jax.experimental import multihost_utils
+    pid, port, directory = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    jax.config.update('jax_num_cpu_devices', 2)
+    jax.distributed.initialize(f'127.0.0.1:{port}', num_processes=2, process_id=pid)
+    from convssl_jax import checkpoints
+    sharding = jax.sharding.NamedSharding(jax.make_mesh((4,), ('data',)), jax.P('data'))
+    state = {'w': jax.make_array_from_callback((8,), sharding, lambda i: np.arange(8.0)[i])}
+    dataset = grain.MapDataset.range(40)[pid::2].to_iter_dataset()
+    iterator = iter(dataset)
+    ckpt = checkpoints.Checkpoints(directory)
+    for step in (1, 2):
+      next(iterator)
+      ckpt.save(step, state, iterator, meta={'step': step})
+      ckpt.save_best(step, state, {}, value=-step)  # same step numbers, concurrent async saves
+    ckpt.wait()
+    if pid == 0:
+      (pathlib.Path(directory) / '2' / 'state' / 'manifest.ocdbt').unlink()
+    multihost_utils.sync_global_devices('corrupted')
+    fresh = iter(dataset)
+    abstract = {'w': jax.ShapeDtypeStruct((8,), jnp.float32, sharding=sharding)}
+    step, restored, meta = ckpt.restore(abstract, fresh)
+    assert (step, meta, ckpt.all_steps(), ckpt.best_value()) == (1, {'step': 1}, [1], -2.0)
+    assert restored['w'].sharding == sharding
+    assert int(next(fresh)) == 2 + pid  # this process's second element
+    ckpt.close()
+""")
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_process_run_saves_restores_and_falls_back(tmp_path):
+  port = _free_port()
+  procs = [
+      subprocess.Popen([sys.executable, '-c', _MULTI_PROCESS_SCRIPT, str(pid), str(port),
+                        str(tmp_path / 'ckpt')], env=dict(os.environ, JAX_PLATFORMS='cpu'),
+                       cwd=_REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for pid in (0, 1)
+  ]
+  try:
+    outputs = [p.communicate(timeout=90)[0] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()  # a failed process leaves its peer waiting at a barrier
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-3000:]
+
+
+def test_keeps_only_the_latest_k_checkpoints(tmp_path):
+  ckpt = checkpoints.Checkpoints(tmp_path, keep=2)
+  for step in (1, 2, 3, 4):
+    ckpt.save(step, _small_state(step))
+  ckpt.wait()
+  assert (ckpt.all_steps(), ckpt.latest_step()) == ([3, 4], 4)
+  ckpt.close()
+
+  restarted = checkpoints.Checkpoints(tmp_path, keep=2)
+  assert restarted.all_steps() == [3, 4]
+  assert restarted.restore(_abstract(_small_state(0)))[0] == 4
+  restarted.close()
+
+
+def test_restore_returns_none_without_checkpoints(store):
+  assert store.restore(_abstract(_small_state(0))) is None
+  assert store.latest_step() is None
+
+
+def test_meta_round_trips_and_is_captured_at_save_time(store):
+  meta = {'best_val_loss': 2.3, 'plateau': {'count': 2, 'history': [3.0, 2.5]}, 'note': None}
+  store.save(5, _small_state(5), meta=meta)
+  meta['plateau']['count'] = 99  # the training loop keeps mutating its bookkeeping
+  store.wait()
+
+  _, _, restored = store.restore(_abstract(_small_state(0)))
+  assert restored == {'best_val_loss': 2.3, 'plateau': {'count': 2, 'history': [3.0, 2.5]},
+                      'note': None}
+
+
+def _dataset():
+  return grain.MapDataset.range(40).seed(7).shuffle().map(lambda x: x * 10).batch(2)
+
+
+def _take(iterator, n):
+  return [next(iterator).tolist() for _ in range(n)]
+
+
+def test_resumed_iterator_continues_with_the_uninterrupted_batches(store):
+  iterator = iter(_dataset().to_iter_dataset())
+  _take(iterator, 3)
+  store.save(3, _small_state(3), iterator)  # async: the position must be captured right now
+  expected = _take(iterator, 3)
+  store.wait()
+
+  fresh = iter(_dataset().to_iter_dataset())
+  step, _, _ = store.restore(_abstract(_small_state(0)), fresh)
+
+  assert step == 3
+  assert _take(fresh, 3) == expected
+
+
+def test_restoring_an_iterator_from_a_checkpoint_without_one_fails(store):
+  store.save(1, _small_state(1))
+  store.wait()
+  fresh = iter(_dataset().to_iter_dataset())
+  with pytest.raises(checkpoints.CheckpointRestoreError, match='step 1: .*"data" was not found'):
+    store.restore(_abstract(_small_state(0)), fresh)
+
+
+def test_structure_mismatch_names_the_step_and_the_difference(store):
+  store.save(7, _small_state(7))
+  store.wait()
+
+  wrong_keys = _abstract({'w': jnp.zeros((2, 3)), 'bias': jnp.zeros(2)})
+  with pytest.raises(checkpoints.CheckpointMismatchError,
+                     match=r'step 7.*bias is missing.*opt/count is in the checkpoint only'):
+    store.restore(wrong_keys)
+  wrong_shape = _abstract({'w': jnp.zeros((3, 3)), 'opt': {'count': jnp.zeros((), jnp.int32)}})
+  with pytest.raises(checkpoints.CheckpointMismatchError, match=r'step 7.*w has shape \(2, 3\)'):
+    store.restore(wrong_shape)
+  assert store.all_steps() == [7]  # a mismatch is the caller's error: nothing is deleted
+
+
+def _corrupt(directory, step):
+  """Truncates every array data file of one step, as a crash mid-write on a plain FS would."""
+  files = [p for p in _state_dir(directory, step).rglob('*')
+           if p.is_file() and p.parent.name == 'd']
+  assert files
+  for path in files:
+    path.write_bytes(path.read_bytes()[:5])
+
+
+def test_corrupted_latest_falls_back_to_the_previous_checkpoint(store, directory, caplog):
+  for step in (1, 2, 3):
+    store.save(step, _small_state(step))
+  store.wait()
+  _corrupt(directory, 3)
+
+  with caplog.at_level(logging.WARNING):
+    step, state, _ = store.restore(_abstract(_small_state(0)))
+
+  assert step == 2
+  _assert_trees_equal(state, _small_state(2))
+  assert any('step 3' in r.getMessage() and 'OUT_OF_RANGE' in r.getMessage()
+             for r in caplog.records)
+
+
+def test_after_fallback_the_run_can_save_the_lost_steps_again(store, directory):
+  for step in (1, 2):
+    store.save(step, _small_state(step))
+  store.wait()
+  (_state_dir(directory, 2) / 'manifest.ocdbt').unlink()
+
+  assert store.restore(_abstract(_small_state(0)))[0] == 1
+  assert store.all_steps() == [1]
+  assert store.save(2, _small_state(20))
+  store.wait()
+  _, state, _ = store.restore(_abstract(_small_state(0)))
+  _assert_trees_equal(state, _small_state(20))
+
+
+def test_error_lists_every_step_tried_when_none_restores(store, directory):
+  for step in (1, 2):
+    store.save(step, _small_state(step))
+  store.wait()
+  for step in (1, 2):
+    _corrupt(directory, step)
+
+  with pytest.raises(checkpoints.CheckpointRestoreError, match=r'tried steps \[2, 1\]'):
+    store.restore(_abstract(_small_state(0)))
+
+
+def test_killed_save_leftovers_are_ignored(tmp_path):
+  ckpt = checkpoints.Checkpoints(tmp_path)
+  ckpt.save(1, _small_state(1))
+  ckpt.wait()
+  ckpt.close()
+  tmp = tmp_path / '2.orbax-checkpoint-tmp-1234567' / 'state'  # a save killed before its rename
+  tmp.mkdir(parents=True)
+  (tmp / 'manifest.ocdbt').write_bytes(b'\0')
+  half = tmp_path / '3' / 'state'  # a step directory without its commit markers
+  half.mkdir(parents=True)
+
+  ckpt = checkpoints.Checkpoints(tmp_path)
+  assert 2 not in ckpt.all_steps()
+  step, state, _ = ckpt.restore(_abstract(_small_state(0)))
+  assert (step, ckpt.all_steps()) == (1, [1])  # the unreadable step 3 was dropped
+  _assert_trees_equal(state, _small_state(1))
+  ckpt.close()
+
+
+def test_best_keeps_the_single_lowest_value_across_a_restart(tmp_path):
+  ckpt = checkpoints.Checkpoints(tmp_path)
+  assert ckpt.best_value() == float('inf')
+  assert ckpt.save_best(10, _small_state(10), {'epoch': 1}, value=2.0)
+  assert not ckpt.save_best(20, _small_state(20), {'epoch': 2}, value=3.0)
+  assert ckpt.save_best(30, _small_state(30), {'epoch': 3}, value=np.float32(1.5))
+  assert not ckpt.save_best(35, _small_state(35), {}, value=float('nan'))
+  ckpt.close()
+
+  restarted = checkpoints.Checkpoints(tmp_path)
+  assert restarted.best_value() == 1.5
+  assert not restarted.save_best(40, _small_state(40), {}, value=1.7)
+  step, state, meta = restarted.restore_best(_abstract(_small_state(0)))
+  assert (step, meta['epoch'], meta['best_value']) == (30, 3, 1.5)
+  _assert_trees_equal(state, _small_state(30))
+  assert [p.name for p in (tmp_path / 'best').iterdir() if p.name.isdigit()] == ['2']
+  assert restarted.all_steps() == []  # best checkpoints are not training checkpoints
+  restarted.close()
+
+
+def test_new_best_after_resuming_from_an_older_step_is_kept(store):
+  store.save_best(50, _small_state(50), {}, value=2.0)
+  store.save_best(30, _small_state(30), {}, value=1.0)  # the run rewound to step 20, then improved
+  store.wait()
+
+  step, state, _ = store.restore_best(_abstract(_small_state(0)))
+  assert (step, store.best_value()) == (30, 1.0)
+  _assert_trees_equal(state, _small_state(30))
