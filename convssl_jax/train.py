@@ -187,7 +187,7 @@ class Trainer:
       # Only the trained parameters are differentiated: a frozen encoder gets no gradient.
       grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt), has_aux=True)
       (loss, metrics), grads = grad_fn(model)
-      grad_norm = optax.global_norm(grads)
+      grad_norm = optax.tree.norm(grads)
       optimizer.update(model, grads)
       # A non-finite loss or gradient leaves the state as it was; the loop stops on the flag.
       finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
