@@ -97,7 +97,8 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent('''
 
 
 def test_one_device_data_parallel_and_fsdp_give_the_same_losses():
-  env = {**os.environ, 'PYTHONPATH': os.getcwd()}
+  env = {**os.environ,
+         'PYTHONPATH': os.pathsep.join(filter(None, [os.getcwd(), os.environ.get('PYTHONPATH')]))}
   out = subprocess.run([sys.executable, '-c', MULTI_DEVICE_SCRIPT], capture_output=True,
                        text=True, env=env, timeout=600, check=True)
   losses = json.loads(out.stdout.strip().splitlines()[-1])
