@@ -12,6 +12,7 @@ A failed build leaves only TFDS's `incomplete.*` directory behind and can be re-
 import contextlib
 import json
 import multiprocessing
+import pathlib
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
@@ -20,9 +21,11 @@ from absl import logging
 
 from convssl_jax.data import audio as audio_lib
 from convssl_jax.data import f0 as f0_lib
+from convssl_jax.data import sphere
 from convssl_jax.data import va as va_lib
 
 SAMPLE_RATE = 16_000
+TELEPHONE_RATE = 8_000  # Switchboard, Fisher: F0 is computed at this rate, before resampling
 F0_HZ = f0_lib.F0_HZ
 _RAW = tfds.features.Encoding.BYTES
 
@@ -49,6 +52,22 @@ def va_segments(va_list, *, source: str) -> np.ndarray:
 def va_list(segments: np.ndarray) -> list[list[list[float]]]:
   """The stored [n, 3] segments back in the reference's list format."""
   return [segments[segments[:, 0] == c, 1:].tolist() for c in (0, 1)]
+
+
+def read_telephone_audio(path: pathlib.Path) -> np.ndarray:
+  """A stereo telephone recording (SPHERE as LDC ships it, or a converted file) -> [S, 2] float32
+  at 8 kHz; ValueError naming the file when it is missing, unreadable or not stereo."""
+  if path.suffix == '.sph':
+    try:
+      samples, rate = sphere.read_sphere(path)
+    except OSError as err:
+      raise audio_lib.AudioError(f'{path}: cannot read ({err.strerror})') from err
+    audio = audio_lib.resample(audio_lib.from_int16(samples), rate, TELEPHONE_RATE)
+  else:
+    audio = audio_lib.read_audio(path, sample_rate=TELEPHONE_RATE)
+  if audio.shape[1] != 2:
+    raise audio_lib.AudioError(f'{path}: {audio.shape[1]} channels, expected 2 (one a speaker)')
+  return audio
 
 
 def conversation(*, session: str, dataset: str, audio: np.ndarray, sample_rate: int, va,

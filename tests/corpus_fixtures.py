@@ -53,6 +53,12 @@ def prepare(builder_cls, data_dir, manual_dir, **kwargs):
   return builder
 
 
+def examples(builder, split: str) -> dict[str, dict]:
+  """A built split's examples by session."""
+  source = builder.as_data_source(split)
+  return {ex['session'].decode(): ex for ex in (source[i] for i in range(len(source)))}
+
+
 def _write_json(path: pathlib.Path, value):
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(value))

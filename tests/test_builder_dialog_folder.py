@@ -30,17 +30,13 @@ def _dataset_dir(data_dir, config='default'):
   return data_dir / 'dialog_folder' / config / '1.0.0'
 
 
-def _examples(builder, split):
-  source = builder.as_data_source(split)
-  return {ex['session'].decode(): ex for ex in (source[i] for i in range(len(source)))}
-
 
 def test_stores_audio_va_words_and_index(folder, tmp_path):
   root, written = folder
   builder = fx.prepare(DialogFolder, tmp_path / 'data', root)
   # 4 sessions at (0.8, 0.1, 0.1): 3 train, 1 validation, an empty test split is left out.
   assert set(builder.info.splits) == {'train', 'validation'}
-  examples = {**_examples(builder, 'train'), **_examples(builder, 'validation')}
+  examples = {**fx.examples(builder, 'train'), **fx.examples(builder, 'validation')}
   assert sorted(examples) == sorted(fx.DIALOG_VA)
   for session, ex in examples.items():
     fx.assert_va(ex['va'], fx.DIALOG_VA[session])

@@ -26,10 +26,6 @@ def cheap_f0(monkeypatch):
   monkeypatch.setattr(f0_lib, 'pyin_f0', fx.zero_f0)
 
 
-def _examples(builder, split):
-  source = builder.as_data_source(split)
-  return {ex['session'].decode(): ex for ex in (source[i] for i in range(len(source)))}
-
 
 @pytest.mark.parametrize('raw, clean', [
     ('[noise] [laughter] [lipsmack] [sigh] [mn]', ''),
@@ -62,7 +58,7 @@ def test_splits_va_words_audio_and_index(tmp_path):
       'train': ['00001'], 'validation': ['05100'], 'test': ['05500']}
   assert all(v['durations'] == [2.5] for v in index.values())
   for split, (session,) in [(s, v['sessions']) for s, v in index.items()]:
-    ex = _examples(builder, split)[session]
+    ex = fx.examples(builder, split)[session]
     fx.assert_va(ex['va'], EXPECTED_VA)
     assert json.loads(ex['words']) == EXPECTED_WORDS
     assert ex['audio'].shape == (40000, 2) and ex['f0'].shape == (250, 2)

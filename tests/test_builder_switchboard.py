@@ -31,10 +31,6 @@ def cheap_f0(monkeypatch):
   monkeypatch.setattr(f0_lib, 'pyin_f0', fx.zero_f0)
 
 
-def _examples(builder, split):
-  source = builder.as_data_source(split)
-  return {ex['session'].decode(): ex for ex in (source[i] for i in range(len(source)))}
-
 
 def _dataset_dir(data_dir, config='original'):
   return data_dir / 'switchboard' / config / '1.0.0'
@@ -63,8 +59,8 @@ def test_original_split_va_words_audio_and_index(tmp_path):
   assert {s: v['sessions'] for s, v in index.items()} == {
       'train': ['2005', '3010'], 'validation': ['4150'], 'test': ['4700']}
   assert all(v['durations'] == [2.5] * len(v['sessions']) for v in index.values())
-  examples = {**_examples(builder, 'train'), **_examples(builder, 'validation'),
-              **_examples(builder, 'test')}
+  examples = {**fx.examples(builder, 'train'), **fx.examples(builder, 'validation'),
+              **fx.examples(builder, 'test')}
   for session, ex in examples.items():
     fx.assert_va(ex['va'], EXPECTED_VA)
     assert json.loads(ex['words']) == EXPECTED_WORDS

@@ -26,9 +26,8 @@ from absl import logging
 
 from convssl_jax.data import f0 as f0_lib
 from data_builders import conversation
-from data_builders.switchboard import switchboard_dataset_builder as switchboard
 
-RATE = switchboard.RATE
+RATE = conversation.TELEPHONE_RATE
 SPLIT_RANGES = {'train': (1, 5099), 'validation': (5100, 5499), 'test': (5500, 5850)}
 TRANSCRIPTS = pathlib.Path('fe_03_p1_tran', 'data', 'trans')
 SPEAKER_CHANNEL = {'A': 0, 'B': 1}
@@ -100,7 +99,7 @@ def utterance_va(utterances) -> list[list[list[float]]]:
 def load_session(session: str, audio_path: pathlib.Path, transcript: pathlib.Path) -> dict:
   """One conversation -> a stored example; ValueError naming the file for any bad input."""
   utterances = read_transcript(transcript)
-  audio = switchboard.read_telephone_audio(audio_path)
+  audio = conversation.read_telephone_audio(audio_path)
   return conversation.conversation(
       session=session, dataset='fisher', audio=audio, sample_rate=RATE,
       va=utterance_va(utterances), source=f'{audio_path} with {transcript}',

@@ -26,13 +26,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from convssl_jax.data import audio as audio_lib
 from convssl_jax.data import f0 as f0_lib
-from convssl_jax.data import sphere
 from convssl_jax.data import va as va_lib
 from data_builders import conversation
 
-RATE = 8000
+RATE = conversation.TELEPHONE_RATE
 SPLIT_RANGES = {'train': (2001, 4139), 'validation': (4140, 4633), 'test': (4637, 4940)}
 N_FOLDS = 11
 MIN_WORD_GAP = 0.05  # s: closer words share a VA segment
@@ -101,22 +99,6 @@ def read_utterances(path: pathlib.Path) -> list[list[tuple[float, float, str]]]:
   return list(utterances.values())
 
 
-def read_telephone_audio(path: pathlib.Path) -> np.ndarray:
-  """A stereo telephone recording (SPHERE as LDC ships it, or a converted file) -> [S, 2] float32
-  at 8 kHz; ValueError naming the file when it is missing, unreadable or not stereo."""
-  if path.suffix == '.sph':
-    try:
-      samples, rate = sphere.read_sphere(path)
-    except OSError as err:
-      raise audio_lib.AudioError(f'{path}: cannot read ({err.strerror})') from err
-    audio = audio_lib.resample(audio_lib.from_int16(samples), rate, RATE)
-  else:
-    audio = audio_lib.read_audio(path, sample_rate=RATE)
-  if audio.shape[1] != 2:
-    raise audio_lib.AudioError(f'{path}: {audio.shape[1]} channels, expected 2 (one a speaker)')
-  return audio
-
-
 def load_session(session: str, audio_path: pathlib.Path, word_dir: pathlib.Path) -> dict:
   """One conversation -> a stored example; ValueError naming the file for any bad input."""
   channels = [read_utterances(word_dir / f'sw{session}{speaker}-ms98-a-word.text')
@@ -125,7 +107,7 @@ def load_session(session: str, audio_path: pathlib.Path, word_dir: pathlib.Path)
                            for utterances in channels], min_gap=MIN_WORD_GAP)
   words = sorted(((c, s, e, w) for c, utterances in enumerate(channels)
                   for utt in utterances for s, e, w in utt), key=lambda w: (w[1], w[0]))
-  audio = read_telephone_audio(audio_path)
+  audio = conversation.read_telephone_audio(audio_path)
   return conversation.conversation(
       session=session, dataset='switchboard', audio=audio, sample_rate=RATE, va=va,
       source=f'{audio_path} with {word_dir}', f0=f0_lib.pyin_f0(audio, RATE), words=words)
