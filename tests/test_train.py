@@ -104,3 +104,14 @@ def test_one_device_data_parallel_and_fsdp_give_the_same_losses():
   losses = json.loads(out.stdout.strip().splitlines()[-1])
   np.testing.assert_allclose(losses['8'], losses['1'], rtol=2e-5)
   np.testing.assert_allclose(losses['8fsdp2'], losses['1'], rtol=2e-5)
+
+
+def test_the_plateau_scale_scales_every_update():
+  config = vap.get_config('tiny')
+  tx = train.optimizer_transform(config.train)
+  params = {'w': np.ones(3, np.float32)}
+  grads = {'w': np.array([1.0, -2.0, 3.0], np.float32)}
+  full, _ = tx.update(grads, tx.init(params), params)
+  halved, _ = tx.update(grads, train.set_plateau_scale(tx.init(params), 0.5), params)
+  np.testing.assert_allclose(halved['w'], 0.5 * np.asarray(full['w']), rtol=1e-6)
+  assert np.all(np.asarray(full['w']) != 0)

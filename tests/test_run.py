@@ -1,0 +1,28 @@
+"""The command line: config variants and overrides, unknown fields refused with their name."""
+
+import os
+import subprocess
+import sys
+
+
+def _run(*args):
+  env = {**os.environ,
+         'PYTHONPATH': os.pathsep.join(filter(None, [os.getcwd(), os.environ.get('PYTHONPATH')]))}
+  return subprocess.run([sys.executable, 'run.py', *args], capture_output=True, text=True,
+                        env=env, timeout=300)
+
+
+def test_summary_reports_the_overridden_model():
+  out = _run('--mode=summary', '--config=configs/vap.py:mono,tiny', '--config.model.frame_hz=20')
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert 'model: mono, 20 Hz' in out.stdout and "output ['logits']: (1, 20, 256)" in out.stdout
+
+
+def test_an_unknown_config_field_is_an_error_naming_it():
+  out = _run('--mode=summary', '--config=configs/vap.py:tiny', '--config.model.dimm=8')
+  assert out.returncode != 0 and 'dimm' in out.stderr
+
+
+def test_an_unknown_variant_is_an_error_naming_it():
+  out = _run('--mode=summary', '--config=configs/vap.py:stero')
+  assert out.returncode != 0 and 'stero' in out.stderr
