@@ -51,15 +51,6 @@ def test_eval_windows_cover_every_frame(duration):
   assert seen == set(range(n_frames))
 
 
-def test_random_starts_bounds_and_seeding():
-  starts = windows.random_starts(100, 20, 1000, np.random.default_rng(0))
-  assert starts.shape == (1000,) and starts.min() >= 0 and starts.max() <= 80
-  assert starts.max() > 70 and starts.min() < 10  # spread over the whole range
-  again = windows.random_starts(100, 20, 1000, np.random.default_rng(0))
-  np.testing.assert_array_equal(starts, again)
-  np.testing.assert_array_equal(windows.random_starts(5, 20, 3, np.random.default_rng(1)), 0)
-
-
 # Cutting
 
 def test_cut_frames_pads_past_the_end():

@@ -35,12 +35,6 @@ def eval_starts(duration_s: float, window_s: float, overlap_s: float) -> np.ndar
   return starts
 
 
-def random_starts(duration_s: float, window_s: float, n: int,
-                  rng: np.random.Generator) -> np.ndarray:
-  """`n` starts drawn uniformly from [0, max(0, duration - window)] seconds."""
-  return rng.uniform(0.0, max(0.0, duration_s - window_s), size=n)
-
-
 def cut_frames(x: np.ndarray, start: int, n: int, pad_value: float = 0) -> np.ndarray:
   """x[start:start + n] along axis 0, padded with `pad_value` past the end to exactly n rows.
 
