@@ -1,8 +1,12 @@
 """VAP configs. `--config=configs/vap.py[:variant,...]`; any field overridable as `--config.a.b=v`.
 
 Variants (comma-separated, combinable):
-  stereo (default)   VoiceActivityProjection 2023: CPC per speaker, 1 self + 3 cross layers.
-  mono               conv_ssl 2022: mono mix + VA conditioning, 4-layer GPT.
+  stereo (default)   VoiceActivityProjection 2023: CPC per speaker, self + cross-attention layers.
+  mono               conv_ssl 2022: mono mix + VA conditioning, GPT.
+  reference          the reference's sizes and windows (dim 256, stereo 1 self + 3 cross layers and
+                     20 s windows, mono 4 layers and 10 s windows). Without it the model is sized
+                     for a 2-core CPU: dim 32, one cross layer (mono: 2 layers), no dropout, 10 s
+                     windows, 600 steps (about 15 minutes there, measured for stereo).
   independent        independent head (2 x 4 bins), pre_frames 2.
   independent40      Skantze-style baseline: 2 x 40 bins of 50 ms, pre_frames 12 (needs 100 Hz).
   comparative        one soft "A's share of the future" logit.
@@ -12,7 +16,7 @@ Variants (comma-separated, combinable):
 import ml_collections
 from ml_collections import config_dict
 
-STEREO, MONO = 'stereo', 'mono'
+STEREO, MONO, REFERENCE = 'stereo', 'mono', 'reference'
 HEADS = {
     'independent': dict(head='independent', bin_times=(0.2, 0.4, 0.6, 0.8), pre_frames=2),
     'independent40': dict(head='independent', bin_times=(0.05,) * 40, pre_frames=12, frame_hz=100),
@@ -97,9 +101,18 @@ def train_config(kind: str = STEREO) -> ml_collections.ConfigDict:
   return t
 
 
+def _size_for_cpu(config: ml_collections.ConfigDict) -> None:
+  """The default run: small enough to train on the synthetic corpus on 2 CPU cores in ~15 min."""
+  config.model.dim = 32
+  config.model.transformer.update(cross_layers=1, num_layers=2, dropout=0.0)
+  config.data.window_s = 10.0
+  config.train.update(steps=600, learning_rate=1e-3, log_every=20, eval_every=200,
+                      checkpoint_every=200)
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variants = [v for v in (arg or '').split(',') if v]
-  known = {STEREO, MONO, 'tiny', *HEADS}
+  known = {STEREO, MONO, REFERENCE, 'tiny', *HEADS}
   if unknown := [v for v in variants if v not in known]:
     raise ValueError(f'unknown config variant(s) {unknown}; known: {sorted(known)}')
   config = ml_collections.ConfigDict()
@@ -108,6 +121,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = model_config(kind)
   config.data = data_config(kind)
   config.train = train_config(kind)
+  if REFERENCE not in variants:
+    _size_for_cpu(config)
   for name, head in HEADS.items():
     if name in variants:
       head = dict(head)

@@ -30,6 +30,8 @@ def _abstract_model(cfg):
 
 
 def _config(*variants, **model_overrides):
+  """The model config of `variants`, at the reference's sizes unless 'tiny' is among them."""
+  variants = variants if 'tiny' in variants else ('reference', *variants)
   cfg = vap_config.get_config(','.join(variants)).model
   for key, value in model_overrides.items():
     node = cfg
