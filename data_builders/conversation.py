@@ -123,6 +123,19 @@ class ConversationBuilder(tfds.core.GeneratorBasedBuilder):
     return tfds.core.DatasetInfo(builder=self, description=self.__doc__, features=features(),
                                  metadata=tfds.core.MetadataDict(), disable_shuffling=True)
 
+  def _splits(self, splits: dict[str, list[str]], sessions: Iterable[str],
+              loader: Callable[[str], Callable[[], dict]]) -> dict[str, Iterator]:
+    """The split generators: every non-empty split's sessions, loaded by `loader(session)`;
+    sessions that fall in no split are logged as left out."""
+    if outside := sorted(set(sessions) - {s for members in splits.values() for s in members}):
+      logging.warning('sessions outside every split, left out: %s', outside)
+    return {split: self._generate_examples(split, [(s, loader(s)) for s in members])
+            for split, members in splits.items() if members}
+
+  def _generate_examples(self, split: str, loaders):
+    """TFDS's hook; builders that plan their splits with `_splits` need nothing else."""
+    yield from self._conversations(split, loaders)
+
   def _conversations(self, split: str,
                      loaders: Iterable[tuple[str, Callable[[], dict]]]) -> Iterator[tuple[str, dict]]:
     """Runs each (session, load) pair; records the split's sessions and durations in metadata.

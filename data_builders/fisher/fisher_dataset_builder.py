@@ -22,7 +22,6 @@ import pathlib
 import re
 
 import tensorflow_datasets as tfds
-from absl import logging
 
 from convssl_jax.data import f0 as f0_lib
 from data_builders import conversation
@@ -142,14 +141,5 @@ class Fisher(conversation.ConversationBuilder):
       raise ValueError(f'{root}: no {TRANSCRIPTS} folder (the LDC2004T19 transcripts)')
     splits = {split: [s for s in audio if low <= int(s) <= high]
               for split, (low, high) in SPLIT_RANGES.items()}
-    if outside := sorted(set(audio) - {s for v in splits.values() for s in v}):
-      logging.warning('sessions outside every split range, left out: %s', outside)
-    return {split: self._generate_examples(split, [(s, audio[s]) for s in sessions], root)
-            for split, sessions in splits.items() if sessions}
-
-  def _generate_examples(self, split: str, sessions: list[tuple[str, pathlib.Path]],
-                         root: pathlib.Path):
-    loaders = ((session, functools.partial(load_session, session, path,
-                                           transcript_path(root, session)))
-               for session, path in sessions)
-    yield from self._conversations(split, loaders)
+    return self._splits(splits, audio, lambda s: functools.partial(
+        load_session, s, audio[s], transcript_path(root, s)))

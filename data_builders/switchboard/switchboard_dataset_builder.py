@@ -24,7 +24,6 @@ import re
 
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import logging
 
 from convssl_jax.data import f0 as f0_lib
 from convssl_jax.data import va as va_lib
@@ -165,15 +164,5 @@ class Switchboard(conversation.ConversationBuilder):
       raise ValueError(f'{root}: no {TRANSCRIPTS} folder (the ms98 word alignments)')
     fold = self.builder_config.fold
     splits = original_split(audio) if fold is None else kfold_split(audio, fold)
-    placed = {s for sessions in splits.values() for s in sessions}
-    if outside := sorted(set(audio) - placed):
-      logging.warning('sessions outside every split range, left out: %s', outside)
-    return {split: self._generate_examples(split, [(s, audio[s]) for s in sessions], root)
-            for split, sessions in splits.items() if sessions}
-
-  def _generate_examples(self, split: str, sessions: list[tuple[str, pathlib.Path]],
-                         root: pathlib.Path):
-    loaders = ((session, functools.partial(load_session, session, path,
-                                           root / TRANSCRIPTS / session[:2] / session))
-               for session, path in sessions)
-    yield from self._conversations(split, loaders)
+    return self._splits(splits, audio, lambda s: functools.partial(
+        load_session, s, audio[s], root / TRANSCRIPTS / s[:2] / s))
