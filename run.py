@@ -17,6 +17,9 @@ config_flags.DEFINE_config_file('config', 'configs/vap.py', 'Config file[:varian
                                 lock_config=True)
 flags.DEFINE_enum('mode', 'train', ['train', 'summary', 'data'], 'What to run.')
 flags.DEFINE_string('workdir', 'workdir', 'Checkpoints, TensorBoard events and metrics go here.')
+flags.DEFINE_string('compilation_cache', '~/.cache/convssl_jax/xla',
+                    'Persistent XLA compilation cache (reruns and resumes skip compiling); '
+                    "'' turns it off. $JAX_COMPILATION_CACHE_DIR, when set, wins.")
 flags.DEFINE_string('coordinator_address', None, 'Multi-process runs without a cluster manager: '
                     'host:port of process 0 (with --num_processes and --process_id).')
 flags.DEFINE_integer('num_processes', None, 'Number of processes (with --coordinator_address).')
@@ -55,18 +58,19 @@ def data(config) -> None:
   import data_builders
   from convssl_jax.data import pipeline
 
-  builder = data_builders.prepare(config.data)
-  print(f'{builder.name}: {builder.data_dir}')
-  for split in builder.info.splits:
-    corpus = pipeline.Corpus.from_builder(builder, split)
+  builders = data_builders.prepare(config.data)
+  for builder in builders:
+    print(f'{builder.name}: {builder.data_dir}')
+    for split, bad in builder.info.metadata.get('skipped', {}).items():
+      for entry in bad:
+        print(f'  skipped ({split}) {entry["session"]}: {entry["error"]}')
+  for split in builders[0].info.splits:
+    corpus = pipeline.Corpus.from_builders(builders, split)
     windows = pipeline.window_table(corpus, config.data.window_s, config.data.overlap_s,
                                     cover=split != 'train')
     print(f'  {split}: {len(corpus.sessions)} conversations, '
           f'{corpus.durations.sum() / 3600:.2f} h, {len(windows)} windows of '
           f'{config.data.window_s:g} s')
-  for split, bad in builder.info.metadata.get('skipped', {}).items():
-    for entry in bad:
-      print(f'  skipped ({split}) {entry["session"]}: {entry["error"]}')
 
 
 def train(config) -> None:
@@ -92,9 +96,20 @@ def initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
+def use_compilation_cache() -> None:
+  import os
+
+  import jax
+
+  if FLAGS.compilation_cache and not jax.config.jax_compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(FLAGS.compilation_cache))
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  use_compilation_cache()
   if FLAGS.mode == 'train':
     initialize_distributed()
   {'train': train, 'summary': summary, 'data': data}[FLAGS.mode](FLAGS.config)

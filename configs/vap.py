@@ -3,14 +3,24 @@
 Variants (comma-separated, combinable):
   stereo (default)   VoiceActivityProjection 2023: CPC per speaker, self + cross-attention layers.
   mono               conv_ssl 2022: mono mix + VA conditioning, GPT.
-  reference          the reference's sizes and windows (dim 256, stereo 1 self + 3 cross layers and
-                     20 s windows, mono 4 layers and 10 s windows). Without it the model is sized
-                     for a 2-core CPU: dim 32, one cross layer (mono: 2 layers), no dropout, 10 s
-                     windows, 600 steps (about 15 minutes there, measured for stereo).
+  reference          the reference's sizes and windows (dim 256, stereo 1 self + 3 cross layers,
+                     20 s windows, batch 16; mono 4 layers, 10 s windows). Without it the model is
+                     sized for a 2-core CPU: dim 32, one cross layer (mono: 2 layers), no dropout,
+                     10 s windows, 600 steps (about 15 minutes there, measured for stereo).
   independent        independent head (2 x 4 bins), pre_frames 2.
-  independent40      Skantze-style baseline: 2 x 40 bins of 50 ms, pre_frames 12 (needs 100 Hz).
+  independent40      paper A's Skantze-style baseline: 2 x 40 bins of 50 ms, pre_frames 12 (100 Hz).
+  skantze            Skantze 2017's regression target: 2 x 60 bins of 50 ms (a 3 s horizon),
+                     pre_frames 12, at 100 Hz; with `reference` a 1-layer GPT, dropout 0.1.
   comparative        one soft "A's share of the future" logit.
+  swb, fisher,       the VoiceActivityProjection recipe on Switchboard, Fisher or both (splits
+  swb_fisher         concatenated): reference sizes, frozen CPC encoder (give it converted weights),
+                     100k steps, validation every 2k; needs --config.data.manual_dir (for both:
+                     'SWB_DIR,FISHER_DIR').
+  mono_independent, mono_independent40, mono_comparative, mono_skantze
+                     the conv_ssl 2022 recipe (mono) with that head: `mono,<head>`.
   tiny               a very small model and corpus for tests.
+50 ms bins need 100 Hz frames (at 50 Hz a bin would be 2.5 frames); the other heads run at
+50 Hz with `--config.model.frame_hz=20` or `100` selectable.
 """
 
 import ml_collections
@@ -20,8 +30,11 @@ STEREO, MONO, REFERENCE = 'stereo', 'mono', 'reference'
 HEADS = {
     'independent': dict(head='independent', bin_times=(0.2, 0.4, 0.6, 0.8), pre_frames=2),
     'independent40': dict(head='independent', bin_times=(0.05,) * 40, pre_frames=12, frame_hz=100),
+    'skantze': dict(head='independent', bin_times=(0.05,) * 60, pre_frames=12, frame_hz=100),
     'comparative': dict(head='comparative', bin_times=(0.2, 0.4, 0.6, 0.8), pre_frames=2),
 }
+CORPORA = {'swb': 'switchboard', 'fisher': 'fisher', 'swb_fisher': 'switchboard+fisher'}
+ALIASES = {f'{MONO}_{head}': (MONO, head) for head in HEADS}
 
 
 def model_config(kind: str = STEREO) -> ml_collections.ConfigDict:
@@ -110,24 +123,41 @@ def _size_for_cpu(config: ml_collections.ConfigDict) -> None:
                       checkpoint_every=200)
 
 
+def _ldc_recipe(config: ml_collections.ConfigDict, corpus: str) -> None:
+  """VoiceActivityProjection's training on LDC corpora (epochs of thousands of steps)."""
+  config.data.name = corpus
+  config.model.encoder.freeze = True
+  config.train.update(steps=100_000, eval_every=2_000, checkpoint_every=2_000, log_every=100)
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variants = [v for v in (arg or '').split(',') if v]
-  known = {STEREO, MONO, REFERENCE, 'tiny', *HEADS}
+  variants = [v for name in (arg or '').split(',') if name for v in ALIASES.get(name, (name,))]
+  known = {STEREO, MONO, REFERENCE, 'tiny', *HEADS, *CORPORA, *ALIASES}
   if unknown := [v for v in variants if v not in known]:
     raise ValueError(f'unknown config variant(s) {unknown}; known: {sorted(known)}')
+  if len(corpora := [v for v in variants if v in CORPORA]) > 1:
+    raise ValueError(f'config variants {corpora} each choose the corpus; use one (swb_fisher '
+                     'for both)')
+  reference = REFERENCE in variants or bool(corpora)
   config = ml_collections.ConfigDict()
   config.seed = 0
   kind = MONO if MONO in variants else STEREO
   config.model = model_config(kind)
   config.data = data_config(kind)
   config.train = train_config(kind)
-  if REFERENCE not in variants:
+  if reference:
+    config.data.batch_size = 16
+  else:
     _size_for_cpu(config)
   for name, head in HEADS.items():
     if name in variants:
       head = dict(head)
       config.model.frame_hz = head.pop('frame_hz', config.model.frame_hz)
       config.model.vap.update(head)
+  if 'skantze' in variants and reference:
+    config.model.transformer.update(num_layers=1, dropout=0.1)
+  for corpus in corpora:
+    _ldc_recipe(config, CORPORA[corpus])
   if 'tiny' in variants:
     config.model.dim = 32
     config.model.encoder.unroll = 4

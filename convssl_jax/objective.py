@@ -114,8 +114,8 @@ class VAPObjective:
     bin_frames: bin lengths in frames (float32 truncation, see `bin_times_to_frames`).
     horizon_frames: the label window, `sum(bin_frames)`. The reference also has a second
       definition, `int(float32(sum(bin_times)) * frame_hz)`; both agree for the shipped configs
-      (100/50/40 frames at 100/50/20 Hz) but not e.g. for 40 x 0.05 s at 50 Hz (80 vs 100). Labels
-      only ever use `sum(bin_frames)`, so data pipelines must append exactly this many frames.
+      (100/50/40 frames at 100/50/20 Hz) but not e.g. for 40 x 0.05 s at 50 Hz (80 vs 100), which
+      is refused here. Data pipelines append exactly this many frames.
     n_bins: bins per speaker.
     n_classes: 2**(2 n_bins) when n_bins <= 5, else None (no codebook, e.g. independent-40).
     subset_silence, subset_silence_hold, subset_active, subset_active_hold, subset_backchannel:
@@ -137,6 +137,12 @@ class VAPObjective:
       raise ValueError(f'bin_times {self.bin_times} at {frame_hz} Hz give an empty bin')
     self.n_bins = len(self.bin_frames)
     self.horizon_frames = sum(self.bin_frames)
+    spanned = int(np.float32(sum(self.bin_times)) * frame_hz)
+    if self.horizon_frames != spanned:  # the reference's second horizon definition disagrees
+      raise ValueError(
+          f'bin_times {self.bin_times} are not whole frames at {frame_hz} Hz: the bins truncate '
+          f'to {self.horizon_frames} frames instead of the {spanned} their times span; use a '
+          f'frame rate whose frame divides every bin (e.g. 100 Hz for 50 ms bins)')
     # Window offsets of the bin edges: bin k covers frames t+1+edges[k] .. t+edges[k+1].
     self._edges = tuple(int(e) for e in np.cumsum((0,) + self.bin_frames))
     if head == 'independent' and not 0 <= pre_frames < self.n_bins:

@@ -102,7 +102,7 @@ def optimizer_transform(train_cfg) -> optax.GradientTransformation:
 def set_plateau_scale(state: nnx.State, value: float) -> nnx.State:
   """The state with the optimizer's plateau scale (the `step_size` hyperparameter) set."""
   def update(path, leaf):
-    return jnp.asarray(value, leaf.dtype) if 'step_size' in jax.tree_util.keystr(path) else leaf
+    return jnp.full_like(leaf, value) if 'step_size' in jax.tree_util.keystr(path) else leaf
   return jax.tree_util.tree_map_with_path(update, state)
 
 
@@ -147,17 +147,26 @@ class Trainer:
     """(Re)builds for `step`: the trained parameters change when the encoder unfreezes. A state
     already held keeps its model values; the optimizer then starts fresh for the new set."""
     cfg = self.config
-    self.trainable = models.trainable_filter(cfg.model, step)
+    self.trainable = trainable = models.trainable_filter(cfg.model, step)
     self.encoder_frozen = models.encoder_frozen(cfg.model, step)
-    model = models.build_model(cfg.model, rngs=nnx.Rngs(params=cfg.seed, dropout=cfg.seed + 1))
-    optimizer = nnx.Optimizer(model, optimizer_transform(cfg.train), wrt=self.trainable)
-    self.graphdef, state = nnx.split((model, optimizer))
-    if self.state is not None:
-      state[0] = jax.device_get(self.state[0])
-    self.sharding = state_sharding(self.mesh, state)
-    self.state = jax.device_put(state, self.sharding)
-    self.param_counts = (models.count_params(model), models.count_params(model, self.trainable))
+
+    def make(model_state=None):
+      model = models.build_model(cfg.model, rngs=nnx.Rngs(params=cfg.seed, dropout=cfg.seed + 1))
+      if model_state is not None:
+        nnx.update(model, model_state)
+      return model, nnx.Optimizer(model, optimizer_transform(cfg.train), wrt=trainable)
+
+    model, optimizer = nnx.eval_shape(make)
+    self.graphdef, abstract = nnx.split((model, optimizer))
+    self.sharding = state_sharding(self.mesh, abstract)
+    # Created on the devices in their shardings: with several processes, no host holds it all.
+    previous = None if self.state is None else self.state[0]
+    self.state = jax.jit(lambda m: nnx.state(make(m)), out_shardings=self.sharding)(previous)
+    self.param_counts = (models.count_params(model), models.count_params(model, trainable))
     self._compile()
+
+  def set_plateau_scale(self, value: float) -> None:
+    self.state = jax.jit(set_plateau_scale, out_shardings=self.sharding)(self.state, value)
 
   def stored_state(self) -> nnx.State:
     """The state as checkpoints hold it: typed PRNG keys as their raw uint32 data."""
@@ -255,15 +264,19 @@ def _global_sum(x: float) -> float:
   return float(np.sum(multihost_utils.process_allgather(np.float32(x))))
 
 
-def class_frequency_loss(objective: VAPObjective, train, validation, frame_hz: int) -> float:
+def class_frequency_loss(objective: VAPObjective, train, validation, frame_hz: int,
+                         max_conversations: int = 128) -> float:
   """Cross-entropy on the validation frames of always predicting the training-set class
-  frequencies: the loss a model that ignores its input can reach (discrete head)."""
+  frequencies: the loss a model that ignores its input can reach (discrete head). Large corpora
+  are represented by a fixed random sample of `max_conversations` per split."""
   from convssl_jax.data import va as va_lib
 
   def counts(corpus):
     total = np.zeros(objective.n_classes)
-    for i, duration in enumerate(corpus.durations):
-      example = corpus.source[i]
+    n = len(corpus.durations)
+    sample = np.sort(np.random.default_rng(0).permutation(n)[:max_conversations])
+    for i in sample:
+      duration, example = corpus.durations[i], corpus.source[int(i)]
       segments = [example['va'][example['va'][:, 0] == c, 1:] for c in (0, 1)]
       va = va_lib.va_frames(segments, va_lib.num_frames(duration, frame_hz), frame_hz)
       va = np.concatenate([va, np.zeros((objective.horizon_frames, 2), np.float32)])
@@ -337,7 +350,7 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
 
   workdir = pathlib.Path(workdir)
   t, d = config.train, config.data
-  builder = data_builders.prepare(d)
+  builders = data_builders.prepare(d)
   mesh = make_mesh(t.fsdp)
   if d.batch_size % jax.device_count():
     raise ValueError(f'data.batch_size={d.batch_size} is not divisible by the '
@@ -347,7 +360,8 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
   start = store.latest_step() or 0
   trainer = Trainer(config, mesh, step=start)
   spec = _window_spec(config, trainer.objective)
-  corpora = {s: pipeline.Corpus.from_builder(builder, s) for s in ('train', 'validation', 'test')}
+  corpora = {s: pipeline.Corpus.from_builders(builders, s)
+             for s in ('train', 'validation', 'test')}
   n_windows = len(pipeline.window_table(corpora['train'], d.window_s, d.overlap_s, cover=False))
   shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
   train_iter = iter(pipeline.train_dataset(
@@ -398,6 +412,7 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
     pending.clear()
 
   done = start  # steps completed
+  final_val = None  # the validation losses of the state the loop ends with
   try:
     for step in range(start, t.steps):
       if step > 0 and step == config.model.encoder.unfreeze_step and trainer.encoder_frozen:
@@ -408,6 +423,7 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
       trainer.state, metrics = trainer.train_step(trainer.state,
                                                   to_device(batch, trainer.batch_sharding))
       pending.append((step, metrics, batch['conversation']))
+      final_val = None
       done = step + 1
       last = done == t.steps
       if done % t.log_every == 0 or last or preemption.requested:
@@ -416,6 +432,7 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
         flush()
         val = evaluate_loss(trainer, eval_data('validation'), local_batch)
         logger.eval(done, 'validation', val)
+        final_val = val
         if val['loss'] < meta['best_val_loss']:
           meta.update(best_val_loss=val['loss'], evals_since_best=0, evals_since_plateau=0)
           store.save_best(done, trainer.stored_state(), meta, value=val['loss'])
@@ -425,7 +442,7 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
           if t.schedule == 'plateau' and meta['evals_since_plateau'] > t.plateau_patience:
             meta.update(plateau_scale=meta['plateau_scale'] * t.plateau_factor,
                         evals_since_plateau=0)
-            trainer.state = set_plateau_scale(trainer.state, meta['plateau_scale'])
+            trainer.set_plateau_scale(meta['plateau_scale'])
             logging.info('step %d: validation loss plateaued; learning rate x%g', done,
                          meta['plateau_scale'])
       stop_early = meta['evals_since_best'] >= t.early_stopping_patience
@@ -446,7 +463,10 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
 
   results = {'step': done, 'baseline_val_vap_loss': baseline}
   for split in ('validation', 'test'):
-    results[split] = evaluate_loss(trainer, eval_data(split), local_batch)
+    if split == 'validation' and final_val is not None:  # evaluated at the last step already
+      results[split] = final_val
+    else:
+      results[split] = evaluate_loss(trainer, eval_data(split), local_batch)
   if jax.process_index() == 0:
     (workdir / 'metrics.json').write_text(json.dumps(results, indent=2))
   store.close()

@@ -17,25 +17,51 @@ def builder_class(name: str) -> type:
               and v is not ConversationBuilder)
 
 
-def prepare(data):
-  """The builder of the corpus configured in `data` (a config's `data` block), built first if it
-  is not there yet: the synthetic corpus builds itself on first use; LDC corpora need
-  `data.manual_dir`. Returns the builder, ready for `as_data_source`."""
+def corpus_names(data) -> list[str]:
+  """The corpora of a config's `data` block: `data.name` is one name or several joined by '+'
+  (their splits are concatenated, e.g. 'switchboard+fisher')."""
+  names = data.name.split('+')
+  for name in names:
+    builder_class(name)  # an unknown name is an error naming it
+  if len(set(names)) != len(names):
+    raise ValueError(f'data.name={data.name!r} names a corpus twice')
+  return names
+
+
+def _per_corpus(data, field: str, names: list[str]) -> list[str]:
+  """`data.<field>` split on ',' into one value per corpus (one value for a single corpus)."""
+  value = getattr(data, field)
+  values = value.split(',') if len(names) > 1 else [value]
+  if len(names) > 1 and value and len(values) != len(names):
+    raise ValueError(f'data.{field}={value!r}: give one comma-separated value per corpus of '
+                     f'data.name={data.name!r} ({len(names)}), or none')
+  return values if value or len(names) == 1 else [''] * len(names)
+
+
+def prepare(data) -> list:
+  """The builders of the corpora configured in `data` (a config's `data` block), each built
+  first if it is not there yet: the synthetic corpus builds itself on first use; LDC corpora need
+  their `data.manual_dir` (comma-separated, one per corpus, when `data.name` joins several)."""
   import tensorflow_datasets as tfds
 
-  cls = builder_class(data.name)
-  kwargs = dict(data_dir=data.data_dir or None, skip_bad=data.skip_bad)
-  if data.name == 'synthetic_dialogs':
-    from data_builders.synthetic_dialogs import SyntheticDialogsConfig
+  names = corpus_names(data)
+  builders = []
+  for name, manual_dir, builder_config in zip(names, _per_corpus(data, 'manual_dir', names),
+                                              _per_corpus(data, 'builder_config', names)):
+    cls = builder_class(name)
+    kwargs = dict(data_dir=data.data_dir or None, skip_bad=data.skip_bad)
+    if name == 'synthetic_dialogs':
+      from data_builders.synthetic_dialogs import SyntheticDialogsConfig
 
-    s = data.synthetic
-    config = SyntheticDialogsConfig.sized(s.train, s.validation, s.test, s.duration_s,
-                                          s.cue_reliability)
-    # TFDS takes a predefined config by name only.
-    kwargs['config'] = config.name if config.name in cls.builder_configs else config
-  elif data.builder_config:
-    kwargs['config'] = data.builder_config
-  builder = cls(**kwargs)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=data.manual_dir or None, try_download_gcs=False))
-  return builder
+      s = data.synthetic
+      config = SyntheticDialogsConfig.sized(s.train, s.validation, s.test, s.duration_s,
+                                            s.cue_reliability)
+      # TFDS takes a predefined config by name only.
+      kwargs['config'] = config.name if config.name in cls.builder_configs else config
+    elif builder_config:
+      kwargs['config'] = builder_config
+    builder = cls(**kwargs)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=manual_dir or None, try_download_gcs=False))
+    builders.append(builder)
+  return builders

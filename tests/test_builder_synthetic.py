@@ -39,9 +39,9 @@ def test_the_configured_corpus_is_built_on_first_use_and_reused_after(tmp_path):
   data = vap.get_config('tiny').data
   data.data_dir = str(tmp_path)
   data.synthetic.update(train=2, validation=1, test=1, duration_s=6.0)
-  first = data_builders.prepare(data)
+  [first] = data_builders.prepare(data)
   files = sorted(p.stat().st_mtime_ns for p in tmp_path.rglob('*.array_record*'))
   assert files and first.info.splits['train'].num_examples == 2
-  second = data_builders.prepare(data)  # already built: nothing is written again
+  [second] = data_builders.prepare(data)  # already built: nothing is written again
   assert sorted(p.stat().st_mtime_ns for p in tmp_path.rglob('*.array_record*')) == files
   assert second.data_dir == first.data_dir

@@ -3,7 +3,6 @@
 import logging
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,6 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from convssl_jax import checkpoints
+from tests import processes
 
 # When a restore fails, Orbax closes its event loop while sibling tensorstore reads are still in
 # flight; their late completion callbacks hit the closed loop ("Event loop is closed").
@@ -177,14 +177,8 @@ _MULTI_PROCESS_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def test_two_process_run_saves_restores_and_falls_back(tmp_path):
-  port = _free_port()
+  port = processes.free_port()
   procs = [
       subprocess.Popen([sys.executable, '-c', _MULTI_PROCESS_SCRIPT, str(pid), str(port),
                         str(tmp_path / 'ckpt')], env=dict(os.environ, JAX_PLATFORMS='cpu'),

@@ -137,6 +137,18 @@ def test_processes_read_disjoint_shares_of_the_windows(corpus):
   assert shares[0] | shares[1] == {(int(c), float(np.float32(s))) for c, s in table}
 
 
+def test_processes_training_batches_together_are_the_one_process_batch(corpus):
+  spec = _spec()
+  whole = _take(pipeline.train_dataset(corpus, spec, batch_size=4, seed=3), 3)
+  shares = [_take(pipeline.train_dataset(corpus, spec, batch_size=2, seed=3, process_index=p,
+                                         process_count=2), 3) for p in range(2)]
+  # Global element k of a batch is process k % 2's element k // 2: same window, jitter and swap.
+  for b, batch in enumerate(whole):
+    for k in range(4):
+      for key, value in batch.items():
+        np.testing.assert_array_equal(shares[k % 2][b][key][k // 2], value[k], err_msg=key)
+
+
 def test_channel_swap_swaps_audio_va_f0_and_mirrors_history(corpus):
   kept = next(iter(pipeline.train_dataset(corpus, _spec(), batch_size=4, seed=1,
                                           channel_swap=0.0)))

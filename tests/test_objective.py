@@ -64,6 +64,13 @@ def test_bin_frames_and_horizon_at_each_frame_rate(frame_hz, frames, horizon):
   assert obj.n_bins == 4 and obj.n_classes == 256
 
 
+def test_bins_that_are_not_whole_frames_are_refused():
+  # 40 x 50 ms at 50 Hz: each bin truncates to 2 frames, 80 in all, but the times span 100.
+  assert int(np.float32(0.05) * 50) == 2
+  with pytest.raises(ValueError, match='not whole frames at 50 Hz.*80 frames instead of the 100'):
+    VAPObjective(bin_times=(0.05,) * 40, frame_hz=50, head='independent', pre_frames=12)
+
+
 def test_bin_frames_truncate_the_float32_product():
   # 0.6 * 50 is 30.000002 in float32: truncation (not rounding) still gives 30.
   assert float(np.float32(0.6) * np.float32(50)) > 30.0
@@ -75,15 +82,6 @@ def test_independent40_at_100hz_has_5_frame_bins():
   assert obj.bin_frames == (5,) * 40
   assert obj.horizon_frames == 200
   assert obj.n_bins == 40 and obj.n_classes is None
-
-
-def test_independent40_at_50hz_truncates_to_2_frame_bins():
-  frames = int(np.float32(0.05) * 50)  # 2.5000000x -> 2
-  assert frames == 2
-  obj = VAPObjective(bin_times=(0.05,) * 40, frame_hz=50, head='independent', pre_frames=12)
-  assert obj.bin_frames == (frames,) * 40
-  # The label horizon is sum(bin_frames) = 80, not int(2.0 s * 50 Hz) = 100.
-  assert obj.horizon_frames == 80
 
 
 def test_discrete_head_rejects_more_than_5_bins():

@@ -1,16 +1,17 @@
 """Training: the loss falls, a resumed run continues exactly, a NaN stops the run cleanly."""
 
 import json
-import os
-import subprocess
-import sys
+import shutil
+import signal
 import textwrap
+import time
 
 import numpy as np
 import pytest
 
 from configs import vap
 from convssl_jax import train
+from tests import processes
 
 
 @pytest.fixture(scope='module')
@@ -41,15 +42,107 @@ def test_a_short_run_lowers_the_training_loss(tmp_path, data_dir):
   assert any((tmp_path / 'tensorboard').iterdir())
 
 
-def test_a_resumed_run_continues_with_the_losses_of_an_uninterrupted_one(tmp_path, data_dir):
-  whole = _config(data_dir, steps=12, log_every=1, eval_every=100, checkpoint_every=6)
-  train.train_and_evaluate(whole, tmp_path / 'whole')
-  first = _config(data_dir, steps=6, log_every=1, eval_every=100, checkpoint_every=6)
-  train.train_and_evaluate(first, tmp_path / 'parts')
-  train.train_and_evaluate(whole, tmp_path / 'parts')  # resumes at step 6
-  a, b = _log(tmp_path / 'whole'), _log(tmp_path / 'parts')
-  for step in range(7, 13):
-    np.testing.assert_allclose(b[step]['loss'], a[step]['loss'], rtol=1e-5)
+@pytest.fixture(scope='module')
+def uninterrupted(data_dir, tmp_path_factory):
+  """A 12-step run, logging every step and checkpointing at 6 and 12."""
+  workdir = tmp_path_factory.mktemp('uninterrupted')
+  train.train_and_evaluate(_config(data_dir, **UNINTERRUPTED), workdir)
+  return workdir
+
+
+UNINTERRUPTED = dict(steps=12, log_every=1, eval_every=100, checkpoint_every=6)
+
+
+def _assert_same_losses(workdir, reference, steps, rtol=1e-5):
+  a, b = _log(reference), _log(workdir)
+  assert set(steps) <= set(b)
+  for step in steps:
+    np.testing.assert_allclose(b[step]['loss'], a[step]['loss'], rtol=rtol, err_msg=str(step))
+
+
+def test_a_resumed_run_continues_with_the_losses_of_an_uninterrupted_one(tmp_path, data_dir,
+                                                                        uninterrupted):
+  train.train_and_evaluate(_config(data_dir, **{**UNINTERRUPTED, 'steps': 6}), tmp_path)
+  train.train_and_evaluate(_config(data_dir, **UNINTERRUPTED), tmp_path)  # resumes at step 6
+  _assert_same_losses(tmp_path, uninterrupted, range(7, 13))
+
+
+def test_a_run_killed_with_sigkill_resumes_with_the_uninterrupted_losses(tmp_path, data_dir,
+                                                                       uninterrupted):
+  flags = [f'--config.data.data_dir={data_dir}', f'--workdir={tmp_path}',
+           '--config.train.log_every=1', '--config.train.eval_every=100',
+           '--config.train.checkpoint_every=6']
+  # Runs on (steps=10**6) until the step-6 checkpoint is complete, then is killed mid-training.
+  proc = _run_py('--config.train.steps=1000000', *flags)
+  first = tmp_path / 'checkpoints' / '6'
+  deadline = time.time() + 300
+  while not first.is_dir():
+    assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+    time.sleep(0.05)
+  proc.kill()
+  proc.communicate()
+  logged = max(_log(tmp_path))
+  assert (tmp_path / 'checkpoints' / '12').exists() is False and 6 <= logged < 12
+  resumed = _run_py('--config.train.steps=12', *flags)
+  _, stderr = resumed.communicate(timeout=300)
+  assert resumed.returncode == 0, stderr[-3000:]
+  assert 'resumed from step 6' in stderr
+  _assert_same_losses(tmp_path, uninterrupted, range(7, 13))
+
+
+def test_a_latest_checkpoint_that_fails_to_restore_is_skipped_for_the_previous(
+    tmp_path, data_dir, uninterrupted):
+  shutil.copytree(uninterrupted / 'checkpoints', tmp_path / 'checkpoints')
+  (tmp_path / 'checkpoints' / '12' / 'state' / 'manifest.ocdbt').unlink()
+  train.train_and_evaluate(_config(data_dir, **UNINTERRUPTED), tmp_path)  # from 6: redoes 7..12
+  assert sorted(_log(tmp_path)) == list(range(7, 13))
+  _assert_same_losses(tmp_path, uninterrupted, range(7, 13))
+
+
+def _run_py(*flags, **env):
+  return processes.start('run.py', '--config=configs/vap.py:tiny', *flags, **env)
+
+
+def test_two_processes_of_two_devices_train_and_checkpoint_like_one_process(tmp_path, data_dir):
+  short = dict(steps=4, log_every=1, eval_every=100, checkpoint_every=2)
+  config = _config(data_dir, **short)
+  config.data.batch_size = 4
+  one = train.train_and_evaluate(config, tmp_path / 'one')  # also builds the corpus first
+  flags = [f'--config.data.data_dir={data_dir}', f'--workdir={tmp_path / "two"}',
+           '--config.data.batch_size=4', *(f'--config.train.{k}={v}' for k, v in short.items()),
+           f'--coordinator_address=127.0.0.1:{processes.free_port()}', '--num_processes=2']
+  procs = [_run_py(*flags, f'--process_id={i}', JAX_PLATFORMS='cpu',
+                   XLA_FLAGS='--xla_force_host_platform_device_count=2') for i in (0, 1)]
+  try:
+    outputs = [p.communicate(timeout=400) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()  # a failed process leaves its peer waiting at a barrier
+  for p, (_, stderr) in zip(procs, outputs):
+    assert p.returncode == 0, stderr[-3000:]
+  assert 'mesh {\'data\': 4, \'fsdp\': 1} over 4 devices (2 processes)' in outputs[0][1]
+  checkpoints = tmp_path / 'two' / 'checkpoints'
+  assert {p.name for p in checkpoints.iterdir()} >= {'2', '4', 'best'}
+  _assert_same_losses(tmp_path / 'two', tmp_path / 'one', range(1, 5), rtol=1e-4)
+  two = json.loads((tmp_path / 'two' / 'metrics.json').read_text())
+  for split in ('validation', 'test'):
+    np.testing.assert_allclose(two[split]['loss'], one[split]['loss'], rtol=1e-4)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, data_dir):
+  proc = _run_py(f'--workdir={tmp_path}', f'--config.data.data_dir={data_dir}',
+                 '--config.train.steps=100000', '--config.train.log_every=1',
+                 '--config.train.checkpoint_every=100000')
+  log = tmp_path / 'train_log.jsonl'
+  deadline = time.time() + 300
+  while not (log.exists() and log.read_text().count('\n') >= 2):
+    assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=300)
+  assert proc.returncode == 0, stderr[-2000:]
+  saved = [int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()]
+  assert saved and max(saved) >= 2  # the step it stopped at, not a scheduled checkpoint
 
 
 def test_a_non_finite_step_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
@@ -97,10 +190,8 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent('''
 
 
 def test_one_device_data_parallel_and_fsdp_give_the_same_losses():
-  env = {**os.environ,
-         'PYTHONPATH': os.pathsep.join(filter(None, [os.getcwd(), os.environ.get('PYTHONPATH')]))}
-  out = subprocess.run([sys.executable, '-c', MULTI_DEVICE_SCRIPT], capture_output=True,
-                       text=True, env=env, timeout=600, check=True)
+  out = processes.run('-c', MULTI_DEVICE_SCRIPT, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
   losses = json.loads(out.stdout.strip().splitlines()[-1])
   np.testing.assert_allclose(losses['8'], losses['1'], rtol=2e-5)
   np.testing.assert_allclose(losses['8fsdp2'], losses['1'], rtol=2e-5)

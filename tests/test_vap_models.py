@@ -65,6 +65,12 @@ def test_mono_head_types_change_only_the_head(variant, head_size):
   assert models.count_params(_abstract_model(cfg), models.trainable_filter(cfg)) == expected
 
 
+def test_mono_skantze_is_a_one_layer_gpt_with_120_regression_outputs_at_100_hz():
+  cfg = _config('mono_skantze', **{'encoder.freeze': True})
+  expected = DOWNSAMPLE[100] + VA_CONDITION + GPT_LAYER + D * 120 + 120
+  assert models.count_params(_abstract_model(cfg), models.trainable_filter(cfg)) == expected
+
+
 def test_stereo_trainable_parameters_equal_voice_activity_projection():
   cfg = _config(**{'encoder.freeze': True})
   model = _abstract_model(cfg)

@@ -46,6 +46,34 @@ class Corpus:
     return cls(builder.as_data_source(split=split), tuple(index['sessions']),
                np.asarray(index['durations'], np.float64))
 
+  @classmethod
+  def from_builders(cls, builders, split: str) -> 'Corpus':
+    """One builder's split, or several corpora's splits back to back (sessions then read
+    'corpus/session')."""
+    if len(builders) == 1:
+      return cls.from_builder(builders[0], split)
+    parts = [cls.from_builder(b, split) for b in builders]
+    return cls(ConcatSource([p.source for p in parts]),
+               tuple(f'{b.name}/{s}' for b, p in zip(builders, parts) for s in p.sessions),
+               np.concatenate([p.durations for p in parts]))
+
+
+class ConcatSource:
+  """Random access over several sources, one after the other (picklable for grain workers)."""
+
+  def __init__(self, sources):
+    self.sources = list(sources)
+    self.ends = np.cumsum([len(s) for s in self.sources])
+
+  def __len__(self) -> int:
+    return int(self.ends[-1]) if len(self.ends) else 0
+
+  def __getitem__(self, index: int):
+    if not 0 <= index < len(self):
+      raise IndexError(f'index {index} out of range for {len(self)} records')
+    part = int(np.searchsorted(self.ends, index, side='right'))
+    return self.sources[part][index - (int(self.ends[part - 1]) if part else 0)]
+
 
 @dataclasses.dataclass(frozen=True)
 class WindowSpec:
@@ -160,8 +188,10 @@ def train_dataset(corpus: Corpus, spec: WindowSpec, *, batch_size: int, seed: in
   load = LoadWindow(corpus, spec, channel_swap, cache=group)
   jitter = functools.partial(_jitter, durations=corpus.durations,
                              step=spec.window_s - overlap_s, window_s=spec.window_s)
-  ds = (grain.MapDataset.source(order)[process_index::process_count].repeat()
-        .random_map(jitter, seed=seed).random_map(load, seed=seed + 1))
+  # Random choices are drawn per global element before the process split, so a batch's windows do
+  # not depend on how many processes share it.
+  ds = (grain.MapDataset.source(order).random_map(jitter, seed=seed)
+        .random_map(load, seed=seed + 1).repeat()[process_index::process_count])
   return ds.batch(batch_size, drop_remainder=True).to_iter_dataset(read_options)
 
 

@@ -1,0 +1,34 @@
+"""Child processes for tests that run the project as a user would (run.py, scripts, several
+JAX processes): the repository on the path, and the tests' shared compilation cache."""
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def env(**extra: str) -> dict[str, str]:
+  path = os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')]))
+  return {**os.environ, 'PYTHONPATH': path,
+          'JAX_COMPILATION_CACHE_DIR': str(REPO / '.pytest_cache' / 'jax'), **extra}
+
+
+def start(*args: str, **extra_env: str) -> subprocess.Popen:
+  """`python ARGS` in the repository, stdout and stderr captured as text."""
+  return subprocess.Popen([sys.executable, *args], cwd=REPO, env=env(**extra_env),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run(*args: str, timeout: float = 300, **extra_env: str) -> subprocess.CompletedProcess:
+  """`python ARGS` to completion."""
+  return subprocess.run([sys.executable, *args], cwd=REPO, env=env(**extra_env),
+                        capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
