@@ -2,7 +2,11 @@
 
 Modes:
   train     (default) build the corpus on first use, train in --workdir (resuming from its latest
-            checkpoint), evaluate on the validation and test splits, write workdir/metrics.json.
+            checkpoint), write the validation and test losses to workdir/metrics.json, then
+            evaluate (as --mode=eval) and print the turn-taking table.
+  eval      score the trained model (config.eval.checkpoint: best or latest) on turn-taking
+            events, with the VA-only baseline (trained first if needed) and the trivial rules;
+            writes workdir/eval/<split>/{metrics.json,table.md,*.png} and prints the tables.
   summary   build the configured model, run it on one second of audio, print shapes and
             parameter counts (total, trainable, per part).
   data      build the configured corpus if it is not built yet (the synthetic corpus builds
@@ -15,7 +19,7 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', 'configs/vap.py', 'Config file[:variant,...].',
                                 lock_config=True)
-flags.DEFINE_enum('mode', 'train', ['train', 'summary', 'data'], 'What to run.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'summary', 'data'], 'What to run.')
 flags.DEFINE_string('workdir', 'workdir', 'Checkpoints, TensorBoard events and metrics go here.')
 flags.DEFINE_string('compilation_cache', '~/.cache/convssl_jax/xla',
                     'Persistent XLA compilation cache (reruns and resumes skip compiling); '
@@ -80,6 +84,36 @@ def train(config) -> None:
 
   results = train_lib.train_and_evaluate(config, FLAGS.workdir)
   print(json.dumps(results, indent=2))
+  if 'preempted_at_step' not in results:
+    evaluate(config)
+
+
+def evaluate(config) -> None:
+  import pathlib
+
+  import jax
+
+  from configs import vap
+  from convssl_jax import evaluate as evaluate_lib
+  from convssl_jax import metrics
+  from convssl_jax import train as train_lib
+
+  workdir = pathlib.Path(FLAGS.workdir)
+  baselines = {}
+  if config.eval.va_only_baseline:
+    va_only, va_only_dir = vap.va_only(config), workdir / 'va_only'
+    train_lib.train_and_evaluate(va_only, va_only_dir)  # trains once; later calls only resume
+    baselines['VA only'] = (va_only, va_only_dir)
+  results = evaluate_lib.evaluate(config, workdir, baselines)
+  if jax.process_index() == 0:
+    for split in evaluate_lib.SPLITS:
+      print(metrics.report_table(results[split], title=f'{split} split ({config.data.name})'))
+    if baselines:
+      test = results['test']
+      audio, va = (test[m]['shift_hold']['f1_weighted'] for m in ('model', 'VA only'))
+      print(f'S/H weighted F1 on test: model {audio:.3f}, VA only {va:.3f}: the audio adds '
+            f'{audio - va:+.3f}')
+    print(f'written to {workdir / "eval"}')
 
 
 def initialize_distributed() -> None:
@@ -110,9 +144,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   use_compilation_cache()
-  if FLAGS.mode == 'train':
+  if FLAGS.mode in ('train', 'eval'):
     initialize_distributed()
-  {'train': train, 'summary': summary, 'data': data}[FLAGS.mode](FLAGS.config)
+  {'train': train, 'eval': evaluate, 'summary': summary, 'data': data}[FLAGS.mode](FLAGS.config)
 
 
 if __name__ == '__main__':

@@ -7,9 +7,7 @@ with one grain read thread, after one warm-up batch. CPU time, not wall time, so
 per core (grain's worker processes each run this same loop). Prints one JSON line and appends a row to benchmarks/RESULTS.md.
 """
 
-import json
 import pathlib
-import platform
 import sys
 import time
 
@@ -17,6 +15,8 @@ import grain
 from absl import app, flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from benchmarks import results  # noqa: E402
 
 from convssl_jax.data import pipeline  # noqa: E402
 from data_builders import builder_class  # noqa: E402
@@ -58,18 +58,7 @@ def main(_):
       'audio_s_per_cpu_s': round(windows * FLAGS.window_s / cpu, 1),
       'audio_s_per_wall_s': round(windows * FLAGS.window_s / wall, 1),
   }
-  print(json.dumps(result))
-  command = 'python benchmarks/input_pipeline.py ' + ' '.join(sys.argv[1:])
-  row = (f'| {time.strftime("%Y-%m-%d")} | input_pipeline | {platform.processor() or platform.machine()} '
-         f'| grain {_version("grain")}, numpy {_version("numpy")} | `{command.strip()}` '
-         f'| {json.dumps(result)} |\n')
-  with open(pathlib.Path(__file__).with_name('RESULTS.md'), 'a') as f:
-    f.write(row)
-
-
-def _version(package: str) -> str:
-  from importlib.metadata import version
-  return version(package)
+  results.record('input_pipeline', result, ('grain', 'numpy'))
 
 
 if __name__ == '__main__':

@@ -175,6 +175,11 @@ class Checkpoints:
       self._best_value = math.inf if step is None else self._best_meta(step)[_BEST_VALUE]
     return self._best_value
 
+  def best_step(self):
+    """The training step of the best checkpoint, None when there is none."""
+    index = self._best.latest_step()
+    return None if index is None else self._best_meta(index)[_BEST_STEP]
+
   def _best_meta(self, step):
     """The meta item alone of the best checkpoint stored under Orbax step `step`."""
     return self._best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[_META]

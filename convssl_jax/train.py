@@ -108,15 +108,19 @@ def set_plateau_scale(state: nnx.State, value: float) -> nnx.State:
 
 # Losses.
 
+def forward(model, audio: jax.Array, va: jax.Array, va_history: jax.Array | None, n: int):
+  """The model's outputs for a batch; the mono model also reads the first `n` frames of VA."""
+  if isinstance(model, models.MonoVAP):
+    return model(audio, va[:, :n], va_history)
+  return model(audio)
+
+
 def losses(model, batch: dict[str, jax.Array], objective: VAPObjective, train_cfg):
   """Per-example losses [B] (VAP, plus VAD for stereo and F0 with the F0 head) and frame accuracy."""
   va = batch['va']
   n = va.shape[1] - objective.horizon_frames
   labels = objective.labels(va)
-  if isinstance(model, models.MonoVAP):
-    out = model(batch['audio'], va[:, :n], batch['va_history'])
-  else:
-    out = model(batch['audio'])
+  out = forward(model, batch['audio'], va, batch.get('va_history'), n)
   per_example = lambda f, *xs: jax.vmap(lambda *x: f(*(a[None] for a in x)))(*xs)
   terms = {'vap': per_example(objective.loss, out['logits'][:, :n], labels)}
   if 'vad' in out:
@@ -240,19 +244,15 @@ class Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def evaluate_loss(trainer: Trainer, dataset, batch_size: int) -> dict[str, float]:
-  """Mean losses and frame accuracy over every window of `dataset` (one pass, padded batches)."""
+def evaluate_loss(trainer: Trainer, dataset) -> dict[str, float]:
+  """Mean losses and frame accuracy over every window of `dataset` (`eval_dataset`'s batches)."""
   sums, count = {}, 0.0
   for batch in dataset:
-    n = len(batch['va'])
-    pad = batch_size - n
-    weight = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
-    batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) if pad else v
-             for k, v in batch.items()}
     out = trainer.eval_step(trainer.state, to_device(batch, trainer.batch_sharding),
-                            jax.make_array_from_process_local_data(trainer.batch_sharding, weight))
+                            jax.make_array_from_process_local_data(trainer.batch_sharding,
+                                                                   batch['weight']))
     sums = {k: sums.get(k, 0.0) + v for k, v in out.items()}
-    count += n
+    count += float(batch['weight'].sum())
   count = _global_sum(count)
   return {k: float(v) / count for k, v in jax.device_get(sums).items()}
 
@@ -288,7 +288,7 @@ def class_frequency_loss(objective: VAPObjective, train, validation, frame_hz: i
   return float(-(val * np.log(p_train)).sum() / val.sum())
 
 
-def _window_spec(config, objective: VAPObjective):
+def window_spec(config, objective: VAPObjective):
   from convssl_jax.data import pipeline
   d = config.data
   return pipeline.WindowSpec(window_s=d.window_s, frame_hz=config.model.frame_hz,
@@ -359,7 +359,7 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
   store = checkpoints.Checkpoints(workdir / 'checkpoints', keep=t.keep_checkpoints)
   start = store.latest_step() or 0
   trainer = Trainer(config, mesh, step=start)
-  spec = _window_spec(config, trainer.objective)
+  spec = window_spec(config, trainer.objective)
   corpora = {s: pipeline.Corpus.from_builders(builders, s)
              for s in ('train', 'validation', 'test')}
   n_windows = len(pipeline.window_table(corpora['train'], d.window_s, d.overlap_s, cover=False))
@@ -430,7 +430,7 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
         flush()
       if done % t.eval_every == 0 or last:
         flush()
-        val = evaluate_loss(trainer, eval_data('validation'), local_batch)
+        val = evaluate_loss(trainer, eval_data('validation'))
         logger.eval(done, 'validation', val)
         final_val = val
         if val['loss'] < meta['best_val_loss']:
@@ -466,7 +466,7 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
     if split == 'validation' and final_val is not None:  # evaluated at the last step already
       results[split] = final_val
     else:
-      results[split] = evaluate_loss(trainer, eval_data(split), local_batch)
+      results[split] = evaluate_loss(trainer, eval_data(split))
   if jax.process_index() == 0:
     (workdir / 'metrics.json').write_text(json.dumps(results, indent=2))
   store.close()

@@ -45,9 +45,10 @@ def _full_va(segments, duration_s):
 
 def test_eval_windows_cover_every_frame_with_silent_horizon_past_the_end(corpus):
   batches = list(pipeline.eval_dataset(corpus, _spec(normalize=False), batch_size=4))
-  va = np.concatenate([b['va'] for b in batches])
-  conv = np.concatenate([b['conversation'] for b in batches])
-  start = np.concatenate([b['start'] for b in batches])
+  real = np.concatenate([b['weight'] for b in batches]) == 1
+  va = np.concatenate([b['va'] for b in batches])[real]
+  conv = np.concatenate([b['conversation'] for b in batches])[real]
+  start = np.concatenate([b['start'] for b in batches])[real]
   for i, dialog in enumerate(corpus.source):
     full = _full_va(dialog['va'], corpus.durations[i])
     padded = np.concatenate([full, np.zeros((10 * HZ + H, 2), np.float32)])
@@ -126,13 +127,18 @@ def test_windows_stay_inside_their_dialog_and_every_window_is_used_each_epoch(co
   assert np.all(start <= np.maximum(corpus.durations[conv] - 10.0, 0) + 1e-6)
 
 
-def test_processes_read_disjoint_shares_of_the_windows(corpus):
-  shares = []
-  for process in range(2):
-    ds = pipeline.eval_dataset(corpus, _spec(), batch_size=1, process_index=process,
-                               process_count=2)
-    shares.append({(int(b['conversation'][0]), float(b['start'][0])) for b in ds})
+def test_processes_read_disjoint_shares_of_the_windows_in_equally_many_full_batches(corpus):
   table = pipeline.window_table(corpus, 10.0, 0.0, cover=True)
+  assert len(table) == 9  # 3 + 1 + 5 windows: 2 processes x 2 batches of 3 need 3 padding rows
+  shares, batches = [], []
+  for process in range(2):
+    ds = list(pipeline.eval_dataset(corpus, _spec(), batch_size=3, process_index=process,
+                                    process_count=2))
+    batches.append(len(ds))
+    assert all(len(b['weight']) == 3 for b in ds)
+    shares.append({(int(c), float(s)) for b in ds
+                   for c, s, w in zip(b['conversation'], b['start'], b['weight']) if w == 1})
+  assert batches == [2, 2] and sum(map(len, shares)) == 9
   assert not shares[0] & shares[1]
   assert shares[0] | shares[1] == {(int(c), float(np.float32(s))) for c, s in table}
 

@@ -71,7 +71,7 @@ def test_a_run_killed_with_sigkill_resumes_with_the_uninterrupted_losses(tmp_pat
                                                                        uninterrupted):
   flags = [f'--config.data.data_dir={data_dir}', f'--workdir={tmp_path}',
            '--config.train.log_every=1', '--config.train.eval_every=100',
-           '--config.train.checkpoint_every=6']
+           '--config.train.checkpoint_every=6', '--config.eval.va_only_baseline=False']
   # Runs on (steps=10**6) until the step-6 checkpoint is complete, then is killed mid-training.
   proc = _run_py('--config.train.steps=1000000', *flags)
   first = tmp_path / 'checkpoints' / '6'

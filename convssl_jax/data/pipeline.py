@@ -155,6 +155,8 @@ class LoadWindow:
     out['audio'] = audio_lib.mono_mix(audio, channel_axis=-2) if spec.mono else audio
     out['conversation'] = np.int32(index)
     out['start'] = np.float32(start)
+    if len(row) > 2:  # evaluation rows carry a weight: 0 for padding
+      out['weight'] = np.float32(row[2])
     return out
 
 
@@ -197,7 +199,17 @@ def train_dataset(corpus: Corpus, spec: WindowSpec, *, batch_size: int, seed: in
 
 def eval_dataset(corpus: Corpus, spec: WindowSpec, *, batch_size: int, overlap_s: float = 0.0,
                  process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-  """One pass over windows that cover every dialog of the split, in order (last batch may be short)."""
+  """One pass over windows that cover every dialog of the split, in order, in full batches.
+
+  Every process gets the same number of batches (collective steps need that): the table is
+  padded with copies of its last window whose `weight` is 0 (real windows have 1).
+  """
   table = window_table(corpus, spec.window_s, overlap_s, cover=True)
+  if not len(table):
+    raise ValueError('the split has no conversations to evaluate')
+  per_process = -(-len(table) // process_count)
+  total = -(-per_process // batch_size) * batch_size * process_count
+  weight = np.arange(total) < len(table)
+  table = np.column_stack([table[np.minimum(np.arange(total), len(table) - 1)], weight])
   ds = grain.MapDataset.source(table)[process_index::process_count].map(LoadWindow(corpus, spec))
-  return ds.batch(batch_size, drop_remainder=False).to_iter_dataset()
+  return ds.batch(batch_size).to_iter_dataset()

@@ -3,7 +3,8 @@
 Mono: the mono mix -> encoder -> downsample -> + VA conditioning -> causal GPT -> VAP head.
 Stereo: one encoder per speaker (shared weights) -> downsample -> per-speaker GPT ->
 cross-attention layers -> combinator -> VAP head; a VAD head on each speaker's stream.
-Both can carry the F0 head. The encoder (CPC, `self.encoder`) is frozen or trained through the
+Both can carry the F0 head. A mono model with `encoder.name='none'` hears no audio: it is the
+VA-only baseline (VA and its history only). The encoder (CPC, `self.encoder`) is frozen or trained through the
 parameter filter of `trainable_filter`, so a frozen encoder gets no gradient and no optimizer state.
 """
 
@@ -34,8 +35,12 @@ class _FrameEncoder(nnx.Module):
 
   def _init_encoder(self, cfg, dtype, rngs: nnx.Rngs):
     enc = cfg.encoder
+    if enc.name == 'none' and cfg.kind == 'mono':  # the VA-only baseline: no audio at all
+      self.encoder = self.downsample = None
+      return
     if enc.name != 'cpc':
-      raise ValueError(f"model.encoder.name {enc.name!r} is not available; expected 'cpc'")
+      raise ValueError(f"model.encoder.name {enc.name!r} is not available; expected 'cpc' "
+                       "(or 'none' for a mono VA-only model)")
     self.encoder = cpc.CPCEncoder(dim=cfg.dim, lstm_layers=enc.lstm_layers, padding=enc.padding,
                                   unroll=enc.unroll, dtype=dtype, rngs=rngs)
     ks = downsample.downsample_for(cfg.frame_hz)
@@ -68,10 +73,14 @@ class MonoVAP(_FrameEncoder):
                va_history: jax.Array | None = None) -> dict[str, Any]:
     """waveform [B, S] (the mono mix; [B, 2, S] is mixed by averaging), va [B, N, 2],
     va_history [B, N, bins] -> {'logits', and 'f0' with the F0 head}."""
-    if waveform.ndim == 3:
-      waveform = waveform.mean(axis=1)
-    z = self.encode(waveform)[:, :va.shape[1]]
-    z = z + self.va_condition(va, va_history)[:, :z.shape[1]].astype(z.dtype)
+    condition = self.va_condition(va, va_history)
+    if self.encoder is None:
+      z = condition
+    else:
+      if waveform.ndim == 3:
+        waveform = waveform.mean(axis=1)
+      z = self.encode(waveform)[:, :va.shape[1]]
+      z = z + condition[:, :z.shape[1]].astype(z.dtype)
     x = self.transformer(z)
     out = {'logits': self.vap_head(x)}
     if self.f0_head is not None:

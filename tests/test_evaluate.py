@@ -1,0 +1,87 @@
+"""Turn-taking evaluation: windows join into whole dialogs, the VA-only baseline hears no audio,
+and a trained run writes its metrics, tables and plots."""
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import vap
+from convssl_jax import evaluate, metrics, models, train
+
+
+def test_windows_join_with_each_frame_from_the_latest_window_with_enough_context():
+  # Two 10-frame windows (horizon 2) at frames 0 and 6 of a 14-frame dialog, context 3: window 0
+  # gives frames 0..8; window 1 owns frames from 6 + 3 = 9 on and is cut at the dialog's end.
+  first = {'p': np.full((10, 2), 1.0), 'va': np.full((12, 2), 1.0)}
+  second = {'p': np.full((10, 2), 2.0), 'va': np.full((12, 2), 2.0)}
+  dialog = evaluate._stitch([(6, second), (0, first)], frames=14, horizon=2, context=3)
+  np.testing.assert_array_equal(dialog['p'][:, 0], [1] * 9 + [2] * 5)
+  np.testing.assert_array_equal(dialog['va'][:, 1], [1] * 9 + [2] * 7)  # 14 + 2 horizon frames
+
+
+def test_the_va_only_model_ignores_the_audio():
+  cfg = vap.get_config('tiny,va_only').model
+  model = models.build_model(cfg, rngs=nnx.Rngs(0))
+  model.eval()
+  va = (np.random.default_rng(0).uniform(size=(1, 50, 2)) > 0.5).astype(np.float32)
+  history = np.full((1, 50, 5), 0.5, np.float32)
+  quiet, loud = jnp.zeros((1, 16000)), jnp.ones((1, 16000))
+  np.testing.assert_array_equal(model(quiet, va, history)['logits'],
+                                model(loud, va, history)['logits'])
+  assert models.count_params(model) < 50_000  # no encoder
+
+
+@pytest.fixture(scope='module')
+def evaluated(tmp_path_factory):
+  """A tiny model and its VA-only baseline, trained briefly and evaluated."""
+  root = tmp_path_factory.mktemp('eval')
+  config = vap.get_config('tiny')
+  config.data.data_dir = str(root / 'data')
+  config.train.update(steps=4, eval_every=4, checkpoint_every=4)
+  config.eval.events.min_context = 1.0  # the tiny corpus's dialogs last 20 s
+  baseline = vap.va_only(config)
+  train.train_and_evaluate(config, root / 'model')
+  train.train_and_evaluate(baseline, root / 'va_only')
+  results = evaluate.evaluate(config, root / 'model', {'VA only': (baseline, root / 'va_only')})
+  return root / 'model', results
+
+
+def test_evaluation_writes_metrics_tables_and_plots_per_split(evaluated):
+  workdir, results = evaluated
+  for split in ('validation', 'test'):
+    out = workdir / 'eval' / split
+    written = json.loads((out / 'metrics.json').read_text())
+    assert set(written['scores']) == {'model', 'VA only', 'always hold', 'chance'}
+    table = (out / 'table.md').read_text()
+    rows = [line.split('|')[1].strip().split(' ')[0] for line in table.splitlines()
+            if line.startswith('|')]
+    assert [r for r in rows if r in ('S/H', 'S/L', 'S-pred', 'BC-pred')] == [
+        'S/H', 'S/L', 'S-pred', 'BC-pred']
+    assert (out / 'thresholds.png').stat().st_size > 0
+  assert (workdir / 'eval' / 'test' / 'excerpt.png').stat().st_size > 0
+  for thresholds in results['thresholds'].values():
+    assert thresholds['shift_hold'] == 0.5
+    assert all(0.01 <= t <= 0.99 for t in thresholds.values())
+
+
+def test_every_model_and_rule_is_scored_on_the_same_events(evaluated):
+  _, results = evaluated
+  for split in ('validation', 'test'):
+    counts = {name: {e: (r[e]['n_positive'], r[e]['n_negative']) for e in metrics.EVENTS}
+              for name, r in results[split].items()}
+    assert len({json.dumps(c, sort_keys=True) for c in counts.values()}) == 1
+    assert counts['model']['shift_hold'][0] > 0  # the synthetic dialogs have shifts ...
+    assert counts['model']['shift_hold'][1] > 0  # ... and holds
+
+
+def test_always_hold_predicts_every_shift_hold_frame_as_hold(evaluated):
+  _, results = evaluated
+  sh = results['test']['always hold']['shift_hold']
+  n_pos, n_neg = sh['n_positive'], sh['n_negative']
+  # Only holds predicted: F1(hold) = 2 n_neg / (2 n_neg + n_pos), F1(shift) = 0, recall 1 and 0.
+  np.testing.assert_allclose(sh['f1_weighted'], n_neg / (n_pos + n_neg)
+                             * 2 * n_neg / (2 * n_neg + n_pos), rtol=1e-6)
+  np.testing.assert_allclose(sh['balanced_accuracy'], 0.5)
