@@ -132,6 +132,7 @@ class Evaluation:
   def __init__(self, events: TurnTakingEvents):
     self.events_fn = events
     self.events = {}  # (split, swap) -> per-dialog event masks
+    self.counts = collections.defaultdict(collections.Counter)  # split -> event regions
 
   def samples(self, split: str, swap: bool, dialogs: list[dict[str, np.ndarray]]):
     """The frame samples of every event over `dialogs` (events extracted on first use)."""
@@ -140,6 +141,9 @@ class Evaluation:
       rng = np.random.default_rng(self.events_fn.seed + 2 * SPLITS.index(split) + int(swap))
       self.events[key] = [self.events_fn(d['va'], max_frame=len(d['p']), rng=rng)
                           for d in dialogs]
+      for events in self.events[key]:
+        for name, (pos, neg) in metrics.event_counts(events).items():
+          self.counts[split].update({(name, 1): pos, (name, 0): neg})
     return metrics.merge_samples([metrics.event_samples(e, d['p'], d.get('p_bc'))
                    for e, d in zip(self.events[key], dialogs)])
 
@@ -184,7 +188,9 @@ def evaluate(config, workdir, baselines: dict[str, tuple[Any, Any]] | None = Non
   for rule in ('always hold', 'chance'):
     samples[rule] = {s: _rule_samples(samples['model'][s], rule, rng) for s in SPLITS}
   thresholds = {name: metrics.find_thresholds(s['validation']) for name, s in samples.items()}
-  results = {split: {name: metrics.score(s[split], thresholds[name])
+  counts = {split: {e: (evaluation.counts[split][e, 1], evaluation.counts[split][e, 0])
+                     for e in metrics.EVENTS} for split in SPLITS}
+  results = {split: {name: metrics.score(s[split], thresholds[name], counts[split])
                      for name, s in samples.items()} for split in SPLITS}
   if jax.process_index() == 0:
     for split in SPLITS:

@@ -27,6 +27,10 @@ EVENT_LABELS = {'shift_hold': 'S/H', 'short_long': 'S/L', 'shift_prediction': 'S
 CLASSES = {'shift_hold': ('shift', 'hold'), 'short_long': ('short', 'long'),
            'shift_prediction': ('shift', 'no shift'),
            'backchannel_prediction': ('backchannel', 'no backchannel')}
+# The event masks (positive, negative) each metric's samples come from.
+EVENT_MASKS = {'shift_hold': ('shift', 'hold'), 'short_long': ('short', 'long'),
+               'shift_prediction': ('pred_shift', 'pred_shift_neg'),
+               'backchannel_prediction': ('pred_bc', 'pred_bc_neg')}
 TUNED_EVENTS = ('short_long', 'shift_prediction', 'backchannel_prediction')
 # linspace(0, 1, 101) rounded so that the thresholds are the plain decimals 0.00, 0.01, ... 1.00.
 THRESHOLD_GRID = np.round(np.linspace(0.0, 1.0, 101), 2)
@@ -176,16 +180,22 @@ def _event_score(scores: np.ndarray, labels: np.ndarray, threshold: float) -> di
       'f1_pos': float(f1_pos), 'f1_neg': float(f1_neg)}
 
 
-def score(samples: Samples, thresholds: Mapping[str, float] | None = None) -> dict[str, dict]:
+def score(samples: Samples, thresholds: Mapping[str, float] | None = None,
+          counts: Mapping[str, tuple[int, int]] | None = None) -> dict[str, dict]:
   """Metrics of every event in `EVENTS` at the given thresholds (0.5 where one is missing).
 
   Per event: f1_weighted, balanced_accuracy, f1_pos, f1_neg (classes in `CLASSES`), threshold,
-  n_frames, n_positive, n_negative. An event without samples gets NaN metrics and zero counts.
+  n_frames, n_positive, n_negative, and with `counts` (`event_counts` of the samples' events)
+  n_events, n_positive_events, n_negative_events. An event without samples gets NaN metrics and
+  zero counts.
   """
   thresholds = thresholds or {}
-  return {name: _event_score(*samples.get(name, _NO_SAMPLES),
-                             thresholds.get(name, DEFAULT_THRESHOLD))
-          for name in EVENTS}
+  scores = {name: _event_score(*samples.get(name, _NO_SAMPLES),
+                               thresholds.get(name, DEFAULT_THRESHOLD))
+            for name in EVENTS}
+  for name, (pos, neg) in (counts or {}).items():
+    scores[name].update(n_events=pos + neg, n_positive_events=pos, n_negative_events=neg)
+  return scores
 
 
 def _fmt(value: float, digits: int = 3) -> str:
@@ -193,19 +203,32 @@ def _fmt(value: float, digits: int = 3) -> str:
   return 'n/a' if np.isnan(value) else f'{value:.{digits}f}'
 
 
+def event_counts(events: Mapping) -> dict[str, tuple[int, int]]:
+  """Per metric event: (positive, negative) event regions, i.e. runs of True frames per speaker
+  in the masks [..., N, 2] (a metric's frames come from these regions)."""
+  def runs(mask):
+    mask = np.asarray(mask, bool)
+    return int(mask[..., :1, :].sum() + (mask[..., 1:, :] & ~mask[..., :-1, :]).sum())
+  return {name: (runs(events[pos]), runs(events[neg])) for name, (pos, neg) in EVENT_MASKS.items()}
+
+
 def report_table(results: Mapping[str, Mapping[str, Mapping]],
                  title: str = 'Turn-taking events (frame-level)') -> str:
   """Markdown table in the paper's layout: rows S/H, S/L, S-pred, BC-pred.
 
   results: {model name: `score` output}. The first model gets weighted F1, balanced accuracy,
-  threshold and the frame counts (all / positive / negative); the others weighted F1, balanced
-  accuracy and threshold. NaN (no samples) prints as n/a.
+  threshold, the frame counts (all / positive / negative) and, when `score` was given them, the
+  event counts (positive / negative); the others weighted F1, balanced accuracy and threshold.
+  NaN (no samples) prints as n/a.
   """
+  first = next(iter(results.values()))
+  with_events = all('n_events' in first[name] for name in EVENTS)
   header = ['Event']
   for i, model in enumerate(results):
     header += [f'{model} F1w', f'{model} BAcc', f'{model} thr']
     if i == 0:
       header.append(f'{model} frames (pos/neg)')
+      header += ['events (pos/neg)'] if with_events else []
   lines = [f'### {title}', '', '| ' + ' | '.join(header) + ' |',
            '|' + '---|' + '---:|' * (len(header) - 1)]
   for name in EVENTS:
@@ -216,5 +239,8 @@ def report_table(results: Mapping[str, Mapping[str, Mapping]],
               _fmt(metrics['threshold'], 2)]
       if i == 0:
         row.append(f"{metrics['n_frames']} ({metrics['n_positive']}/{metrics['n_negative']})")
+        if with_events:
+          row.append(f"{metrics['n_events']} ({metrics['n_positive_events']}/"
+                     f"{metrics['n_negative_events']})")
     lines.append('| ' + ' | '.join(row) + ' |')
   return '\n'.join(lines) + '\n'
