@@ -103,18 +103,19 @@ def _run_py(*flags, **env):
   return processes.start('run.py', '--config=configs/vap.py:tiny', *flags, **env)
 
 
-def test_two_processes_of_two_devices_train_and_checkpoint_like_one_process(tmp_path, data_dir):
+def test_two_processes_of_two_devices_train_checkpoint_and_evaluate_like_one_process(tmp_path, data_dir):
   short = dict(steps=4, log_every=1, eval_every=100, checkpoint_every=2)
   config = _config(data_dir, **short)
   config.data.batch_size = 4
   one = train.train_and_evaluate(config, tmp_path / 'one')  # also builds the corpus first
   flags = [f'--config.data.data_dir={data_dir}', f'--workdir={tmp_path / "two"}',
            '--config.data.batch_size=4', *(f'--config.train.{k}={v}' for k, v in short.items()),
-           f'--coordinator_address=127.0.0.1:{processes.free_port()}', '--num_processes=2']
+           f'--coordinator_address=127.0.0.1:{processes.free_port()}', '--num_processes=2',
+           '--config.eval.va_only_baseline=False']
   procs = [_run_py(*flags, f'--process_id={i}', JAX_PLATFORMS='cpu',
                    XLA_FLAGS='--xla_force_host_platform_device_count=2') for i in (0, 1)]
   try:
-    outputs = [p.communicate(timeout=400) for p in procs]
+    outputs = [p.communicate(timeout=600) for p in procs]
   finally:
     for p in procs:
       p.kill()  # a failed process leaves its peer waiting at a barrier
@@ -127,6 +128,9 @@ def test_two_processes_of_two_devices_train_and_checkpoint_like_one_process(tmp_
   two = json.loads((tmp_path / 'two' / 'metrics.json').read_text())
   for split in ('validation', 'test'):
     np.testing.assert_allclose(two[split]['loss'], one[split]['loss'], rtol=1e-4)
+  # The turn-taking evaluation that follows training ran over both processes too.
+  scores = json.loads((tmp_path / 'two' / 'eval' / 'test' / 'metrics.json').read_text())['scores']
+  assert scores['model']['shift_hold']['n_frames'] > 0
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, data_dir):
