@@ -85,3 +85,14 @@ def test_always_hold_predicts_every_shift_hold_frame_as_hold(evaluated):
   np.testing.assert_allclose(sh['f1_weighted'], n_neg / (n_pos + n_neg)
                              * 2 * n_neg / (2 * n_neg + n_pos), rtol=1e-6)
   np.testing.assert_allclose(sh['balanced_accuracy'], 0.5)
+
+
+def test_the_latest_or_best_checkpoint_is_restored_and_a_missing_one_is_named(evaluated, tmp_path):
+  workdir, _ = evaluated
+  config = vap.get_config('tiny')
+  _, step = evaluate.restore_trainer(config, workdir, 'latest')
+  assert step == 4
+  with pytest.raises(FileNotFoundError, match=f'no best checkpoint in {tmp_path}'):
+    evaluate.restore_trainer(config, tmp_path, 'best')
+  with pytest.raises(ValueError, match="eval.checkpoint must be 'best' or 'latest'"):
+    evaluate.restore_trainer(config, workdir, 'newest')
