@@ -7,6 +7,8 @@ Modes:
   eval      score the trained model (config.eval.checkpoint: best or latest) on turn-taking
             events, with the VA-only baseline (trained first if needed) and the trivial rules;
             writes workdir/eval/<split>/{metrics.json,table.md,*.png} and prints the tables.
+  predict   per-frame curves of a trained model for --audio (a file or a folder; --va for a VA
+            list): JSON, CSV and a PNG per file in --output.
   summary   build the configured model, run it on one second of audio, print shapes and
             parameter counts (total, trainable, per part).
   data      build the configured corpus if it is not built yet (the synthetic corpus builds
@@ -19,8 +21,15 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', 'configs/vap.py', 'Config file[:variant,...].',
                                 lock_config=True)
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'summary', 'data'], 'What to run.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'summary', 'data'],
+                  'What to run.')
 flags.DEFINE_string('workdir', 'workdir', 'Checkpoints, TensorBoard events and metrics go here.')
+flags.DEFINE_string('audio', None, 'predict: an audio file (stereo: one speaker per channel; mono: '
+                    'speaker A) or a folder of them.')
+flags.DEFINE_string('va', None, 'predict: a JSON VA list ([[[start, end], ...] of A, [...] of B]) '
+                    'for --audio (one file); needed by the mono model.')
+flags.DEFINE_string('output', None, 'predict: where the JSON, CSV and PNG go (default '
+                    'WORKDIR/predictions).')
 flags.DEFINE_string('compilation_cache', '~/.cache/convssl_jax/xla',
                     'Persistent XLA compilation cache (reruns and resumes skip compiling); '
                     "'' turns it off. $JAX_COMPILATION_CACHE_DIR, when set, wins.")
@@ -116,6 +125,29 @@ def evaluate(config) -> None:
     print(f'written to {workdir / "eval"}')
 
 
+def predict(config) -> None:
+  import pathlib
+
+  from convssl_jax import evaluate as evaluate_lib
+  from convssl_jax import predict as predict_lib
+
+  if not FLAGS.audio:
+    raise app.UsageError('--mode=predict needs --audio=FILE_OR_FOLDER')
+  files = predict_lib.audio_files(FLAGS.audio)
+  if FLAGS.va and len(files) > 1:
+    raise app.UsageError('--va goes with a single --audio file')
+  va_list = predict_lib.read_va_list(FLAGS.va) if FLAGS.va else None
+  trainer, step = evaluate_lib.restore_trainer(config, FLAGS.workdir, config.eval.checkpoint)
+  output = pathlib.Path(FLAGS.output or pathlib.Path(FLAGS.workdir) / 'predictions')
+  print(f'model: {FLAGS.workdir} ({config.eval.checkpoint} checkpoint, step {step})')
+  for path in files:
+    result = predict_lib.predict_file(trainer, config, path, va_list)
+    written = predict_lib.write(result, output, path.stem)
+    events = predict_lib.event_list(result['events'], config.model.frame_hz)
+    print(f'{path}: {len(result["va"])} frames, {len(events)} events -> '
+          + ', '.join(map(str, written)))
+
+
 def initialize_distributed() -> None:
   """jax.distributed for multi-process runs: explicit flags, or what TPU pods, SLURM and Open MPI
   put in the environment (jax detects those itself)."""
@@ -146,7 +178,8 @@ def main(argv):
   use_compilation_cache()
   if FLAGS.mode in ('train', 'eval'):
     initialize_distributed()
-  {'train': train, 'eval': evaluate, 'summary': summary, 'data': data}[FLAGS.mode](FLAGS.config)
+  modes = {'train': train, 'eval': evaluate, 'predict': predict, 'summary': summary, 'data': data}
+  modes[FLAGS.mode](FLAGS.config)
 
 
 if __name__ == '__main__':

@@ -13,6 +13,8 @@ from convssl_jax import metrics
 LABELS = {'shift_hold': 'S/H', 'short_long': 'S/L', 'shift_prediction': 'S-pred',
           'backchannel_prediction': 'BC-pred'}
 SPEAKER_COLORS = ('tab:blue', 'tab:orange')
+# Speaker A's curves in the middle panel (whichever the dialog has).
+NEXT_SPEAKER_CURVES = {'p': 'P(next = A)', 'p_now': 'p_now(A)', 'p_future': 'p_future(A)'}
 EVENT_COLORS = {'shift': 'tab:green', 'hold': 'tab:red', 'short': 'tab:purple',
                 'long': 'tab:brown', 'pred_shift': 'tab:olive', 'pred_bc': 'tab:cyan'}
 
@@ -50,7 +52,7 @@ def excerpt(dialog: dict[str, np.ndarray], events: dict[str, np.ndarray], *, fra
   """Both speakers' VA, the next-speaker and backchannel probabilities and the events, over the
   `seconds`-long stretch of the dialog with the most events."""
   events = {k: np.asarray(v).reshape(-1, 2) for k, v in events.items()}
-  frames = len(dialog['p'])
+  frames = min(len(v) for k, v in dialog.items() if k != 'va')  # va may hold the horizon too
   length = min(int(seconds * frame_hz), frames)
   start = _busiest_start(events, frames, length)
   t = (start + np.arange(length)) / frame_hz
@@ -70,7 +72,9 @@ def excerpt(dialog: dict[str, np.ndarray], events: dict[str, np.ndarray], *, fra
   axes[0].set(yticks=[0.4, 1.4], yticklabels=['A', 'B'], ylim=(-0.2, 2),
               title='voice activity and events')
   axes[0].legend(loc='upper right', ncol=4, fontsize=7)
-  axes[1].plot(t, dialog['p'][window, 0], color=SPEAKER_COLORS[0], label='P(next = A)')
+  for key, label in NEXT_SPEAKER_CURVES.items():
+    if key in dialog:
+      axes[1].plot(t, dialog[key][window, 0], label=label)
   axes[1].axhline(0.5, color='gray', lw=0.5)
   axes[1].set(ylim=(0, 1), ylabel='next speaker')
   axes[1].legend(loc='upper right', fontsize=7)

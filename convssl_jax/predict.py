@@ -1,0 +1,122 @@
+"""Prediction on recordings: a trained model's per-frame turn-taking curves for audio files.
+
+Files of any length go through the evaluation's overlapping windows (`evaluate.predict_dialogs`),
+so every frame has at least `eval.context_s` of audio before it. A stereo file holds one speaker
+per channel; a mono file is speaker A with a silent B. The current voice activity, which the mono
+model reads and the next-speaker probability `p` depends on, comes from a VA list (JSON: two lists
+of [start, end] seconds, speaker A then B); without one the output has no `p` and no events.
+"""
+
+import csv
+import json
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from convssl_jax import evaluate, plots
+from convssl_jax.data import audio as audio_lib
+from convssl_jax.data import pipeline
+from convssl_jax.data import va as va_lib
+from convssl_jax.data.pipeline import F0_HZ, SAMPLE_RATE
+from convssl_jax.events import TurnTakingEvents
+
+AUDIO_SUFFIXES = ('.wav', '.flac', '.ogg', '.sph', '.aiff', '.aif')
+CURVES = ('p', 'p_now', 'p_future', 'p_bc', 'vad')  # per speaker, as the head has them
+
+
+def audio_files(path) -> list[pathlib.Path]:
+  """`path` itself, or the audio files of a folder (sorted)."""
+  path = pathlib.Path(path)
+  if path.is_dir():
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+      raise audio_lib.AudioError(f'{path}: no audio files ({", ".join(AUDIO_SUFFIXES)})')
+    return files
+  return [path]
+
+
+def read_va_list(path) -> list[list[list[float]]]:
+  """A VA list from a JSON file: [[[start, end], ...] for speaker A, [...] for speaker B]."""
+  try:
+    va_list = json.loads(pathlib.Path(path).read_text())
+  except (OSError, json.JSONDecodeError) as err:
+    raise ValueError(f'{path}: cannot read a VA list ({err})') from err
+  va_lib.validate_va_list(va_list, source=str(path))
+  return va_list
+
+
+def recording(path, va_list=None) -> pipeline.Corpus:
+  """One audio file (and its VA list, if known) as a one-conversation corpus."""
+  wave = audio_lib.read_audio(path, sample_rate=SAMPLE_RATE)
+  if not len(wave):
+    raise audio_lib.AudioError(f'{path}: the file holds no samples')
+  if not np.isfinite(wave).all():
+    raise audio_lib.AudioError(f'{path}: the audio contains NaN or infinite samples')
+  if wave.shape[1] > 2:
+    raise audio_lib.AudioError(f'{path}: {wave.shape[1]} channels; expected 1 or 2 (one speaker '
+                               'per channel)')
+  if wave.shape[1] == 1:
+    wave = np.concatenate([wave, np.zeros_like(wave)], axis=1)
+  duration = len(wave) / SAMPLE_RATE
+  channels = va_lib.validate_va_list(va_list or [[], []], source=str(path))
+  segments = np.concatenate([np.column_stack([np.full(len(s), c), np.reshape(s, (-1, 2))])
+                             for c, s in enumerate(channels)]).astype(np.float32)
+  example = {'audio': audio_lib.to_int16(wave), 'va': segments,
+             'f0': np.zeros((len(wave) * F0_HZ // SAMPLE_RATE, 2), np.float32)}
+  return pipeline.Corpus(source=[example], sessions=(pathlib.Path(path).stem,),
+                         durations=np.array([duration]))
+
+
+def predict_file(trainer, config, path, va_list=None) -> dict[str, Any]:
+  """Per-frame curves [T, 2] of one file, its VA [T, 2] and, with a VA list, its events."""
+  if va_list is None and config.model.kind == 'mono':
+    raise ValueError(f'{path}: the mono model reads the current voice activity: give a VA list')
+  dialog = evaluate.predict_dialogs(trainer, config, recording(path, va_list))[0]
+  frames = len(dialog['p'])
+  out = {'frame_hz': config.model.frame_hz, 'va': dialog['va'][:frames],
+         **{k: dialog[k] for k in CURVES if k in dialog}}
+  out['events'] = {}
+  if va_list is None:
+    del out['p']
+  else:
+    out['events'] = TurnTakingEvents(config.model.frame_hz, **config.eval.events)(
+        dialog['va'], max_frame=frames)
+  return out
+
+
+def event_list(events: dict[str, np.ndarray], frame_hz: int) -> list[dict[str, Any]]:
+  """Event masks -> [{'event', 'speaker', 'start', 'end'}] in seconds, in time order."""
+  found = []
+  for name, mask in events.items():
+    for speaker in (0, 1):
+      edges = np.diff(np.concatenate([[0], mask[:, speaker].astype(int), [0]]))
+      for start, end in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)):
+        found.append({'event': name, 'speaker': 'AB'[speaker], 'start': start / frame_hz,
+                      'end': end / frame_hz})
+  return sorted(found, key=lambda e: (e['start'], e['event']))
+
+
+def write(result: dict[str, Any], directory, stem: str) -> list[pathlib.Path]:
+  """`<stem>.json` (curves, events), `<stem>.csv` (a row per frame) and `<stem>.png`."""
+  directory = pathlib.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  hz = result['frame_hz']
+  columns = {f'{k}_{s}': result[k][:, i] for k in ('va', *CURVES) if k in result
+             for i, s in enumerate('AB')}
+  time = np.arange(len(result['va'])) / hz
+  paths = [directory / f'{stem}.{ext}' for ext in ('json', 'csv', 'png')]
+  paths[0].write_text(json.dumps({
+      'frame_hz': hz, 'time': time.round(6).tolist(),
+      **{k: np.round(v, 5).tolist() for k, v in columns.items()},
+      'events': event_list(result['events'], hz)}))
+  with open(paths[1], 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(['time', *columns])
+    writer.writerows(zip(time.round(6), *(np.round(v, 5) for v in columns.values())))
+  # Without a VA list the plot shows the model's own VAD (> 0.5) as voice activity.
+  va = result['va'] if result['events'] or 'vad' not in result else result['vad'] > 0.5
+  curves = {k: result[k] for k in CURVES if k in result}
+  plots.excerpt({**curves, 'va': va.astype(np.float32)}, result['events'], frame_hz=hz,
+                seconds=len(time) / hz, path=paths[2])
+  return paths

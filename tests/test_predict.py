@@ -1,0 +1,120 @@
+"""Prediction on recordings: whole files of any length, VA lists, outputs, bad files."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from configs import vap
+from convssl_jax import evaluate, predict, train
+from convssl_jax.data import audio as audio_lib
+from convssl_jax.data import va as va_lib
+from convssl_jax.events import TurnTakingEvents
+from data_builders.synthetic_dialogs import generator
+
+HZ = 50
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  root = tmp_path_factory.mktemp('predict')
+  config = vap.get_config('tiny')
+  config.data.data_dir = str(root / 'data')
+  config.train.update(steps=2, eval_every=2, checkpoint_every=2)
+  train.train_and_evaluate(config, root / 'model')
+  trainer, _ = evaluate.restore_trainer(config, root / 'model', 'best')
+  return config, trainer
+
+
+@pytest.fixture(scope='module')
+def dialog():
+  return generator.generate_dialog(7, generator.DialogConfig(duration_s=12.0))
+
+
+def _wav(path, samples, rate=16000):
+  sf.write(path, samples, rate)
+  return path
+
+
+def test_a_file_longer_than_a_window_gives_every_frame_and_the_events_of_its_va(
+    trained, dialog, tmp_path):
+  config, trainer = trained
+  path = _wav(tmp_path / 'd.wav', dialog.audio)
+  result = predict.predict_file(trainer, config, path, dialog.va_list)
+  frames = va_lib.num_frames(12.0, HZ)
+  assert all(result[k].shape == (frames, 2) for k in ('va', 'p', 'p_now', 'p_bc', 'vad'))
+  va = va_lib.va_frames(dialog.va_list, frames, HZ)
+  np.testing.assert_array_equal(result['va'], va)
+  expected = TurnTakingEvents(HZ, **config.eval.events)(
+      np.concatenate([va, np.zeros((100, 2), np.float32)]), max_frame=frames)
+  for key, mask in expected.items():
+    np.testing.assert_array_equal(result['events'][key], mask, err_msg=key)
+  # The first 5 s come from the first window alone: the same as predicting on the first 5 s.
+  short = _wav(tmp_path / 'short.wav', dialog.audio[:5 * 16000])
+  head = predict.predict_file(trainer, config, short, dialog.va_list)
+  np.testing.assert_allclose(result['p_bc'][:250], head['p_bc'], atol=1e-6)
+
+
+def test_outputs_are_a_frame_table_json_with_events_and_a_plot(trained, dialog, tmp_path):
+  config, trainer = trained
+  path = _wav(tmp_path / 'd.wav', dialog.audio)
+  result = predict.predict_file(trainer, config, path, dialog.va_list)
+  json_path, csv_path, png_path = predict.write(result, tmp_path / 'out', 'd')
+  with open(csv_path) as f:
+    rows = list(csv.reader(f))
+  assert rows[0][:5] == ['time', 'va_A', 'va_B', 'p_A', 'p_B'] and len(rows) == 1 + 600
+  np.testing.assert_allclose(float(rows[101][0]), 100 / HZ)
+  written = json.loads(json_path.read_text())
+  np.testing.assert_allclose(written['p_bc_A'], result['p_bc'][:, 0], atol=1e-5)
+  shifts = [e for e in written['events'] if e['event'] == 'shift']
+  assert len(shifts) == sum(np.diff(np.r_[0, m.astype(int)]).clip(0).sum()
+                            for m in result['events']['shift'].T)
+  assert png_path.stat().st_size > 0
+
+
+def test_without_a_va_list_there_is_no_next_speaker_probability_or_events(trained, dialog,
+                                                                          tmp_path):
+  config, trainer = trained
+  result = predict.predict_file(trainer, config, _wav(tmp_path / 'd.wav', dialog.audio))
+  assert 'p' not in result and not result['events'] and 'p_now' in result
+  assert all(p.exists() for p in predict.write(result, tmp_path, 'd'))
+
+
+def test_a_mono_file_is_speaker_a_and_other_rates_are_resampled(dialog, tmp_path):
+  mono = _wav(tmp_path / 'm.wav', dialog.audio[::2, 0], rate=8000)
+  corpus = predict.recording(mono)
+  audio = corpus.source[0]['audio']
+  assert audio.shape == (12 * 16000, 2) and not audio[:, 1].any() and audio[:, 0].any()
+
+
+def test_the_mono_model_needs_a_va_list(dialog, tmp_path):
+  config = vap.get_config('tiny,mono')
+  with pytest.raises(ValueError, match='give a VA list'):
+    predict.predict_file(None, config, _wav(tmp_path / 'd.wav', dialog.audio))
+
+
+@pytest.mark.parametrize('samples, message', [
+    (np.full((1600, 2), np.nan, np.float32), 'NaN or infinite'),
+    (np.zeros((0, 2), np.float32), 'no samples'),
+    (np.zeros((1600, 3), np.float32), '3 channels'),
+])
+def test_bad_files_are_refused_naming_them(tmp_path, samples, message):
+  path = tmp_path / 'bad.wav'
+  sf.write(path, samples, 16000, subtype='FLOAT')
+  with pytest.raises(audio_lib.AudioError, match=f'{path}.*{message}'):
+    predict.recording(path)
+
+
+def test_a_corrupt_file_is_refused_naming_it(tmp_path):
+  path = tmp_path / 'corrupt.wav'
+  path.write_bytes(b'RIFF0000WAVEfmt garbage')
+  with pytest.raises(audio_lib.AudioError, match=str(path)):
+    predict.recording(path)
+
+
+def test_a_folder_gives_its_audio_files_in_order(tmp_path):
+  for name in ('b.wav', 'a.flac', 'notes.txt'):
+    (tmp_path / name).write_bytes(b'')
+  assert [p.name for p in predict.audio_files(tmp_path)] == ['a.flac', 'b.wav']
