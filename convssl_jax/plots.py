@@ -49,16 +49,24 @@ def _busiest_start(events: dict[str, np.ndarray], frames: int, length: int) -> i
 
 def excerpt(dialog: dict[str, np.ndarray], events: dict[str, np.ndarray], *, frame_hz: int,
             seconds: float, path: pathlib.Path) -> None:
-  """Both speakers' VA, the next-speaker and backchannel probabilities and the events, over the
-  `seconds`-long stretch of the dialog with the most events."""
+  """Both speakers' VA, the next-speaker and backchannel probabilities and the events (and, with
+  an 'envelope' [T, 2], the waveforms), over the `seconds`-long stretch with the most events."""
   events = {k: np.asarray(v).reshape(-1, 2) for k, v in events.items()}
   frames = min(len(v) for k, v in dialog.items() if k != 'va')  # va may hold the horizon too
   length = min(int(seconds * frame_hz), frames)
   start = _busiest_start(events, frames, length)
   t = (start + np.arange(length)) / frame_hz
   window = slice(start, start + length)
-  panels = 3 if 'p_bc' in dialog else 2
+  waves = 'envelope' in dialog
+  panels = 2 + ('p_bc' in dialog) + waves
   fig, axes = plt.subplots(panels, 1, figsize=(12, 1.8 * panels + 0.6), sharex=True)
+  if waves:  # both waveforms as their per-frame peak envelopes (scaled to the loudest), B below A
+    env = dialog['envelope'][window]
+    env = env / max(float(env.max()), 1e-9)
+    for s, sign in ((0, 1), (1, -1)):
+      axes[0].fill_between(t, 0, sign * env[:, s], color=SPEAKER_COLORS[s], step='post', lw=0)
+    axes[0].set(ylim=(-1, 1), yticks=[0.5, -0.5], yticklabels=['A', 'B'], title='waveforms')
+    axes = axes[1:]
   va = dialog['va'][window]
   for s, name in enumerate('AB'):
     axes[0].fill_between(t, s, s + 0.8 * va[:, s], step='post', color=SPEAKER_COLORS[s],
@@ -78,7 +86,7 @@ def excerpt(dialog: dict[str, np.ndarray], events: dict[str, np.ndarray], *, fra
   axes[1].axhline(0.5, color='gray', lw=0.5)
   axes[1].set(ylim=(0, 1), ylabel='next speaker')
   axes[1].legend(loc='upper right', fontsize=7)
-  if panels == 3:
+  if 'p_bc' in dialog:
     for s, name in enumerate('AB'):
       axes[2].plot(t, dialog['p_bc'][window, s], color=SPEAKER_COLORS[s],
                    label=f'P(backchannel by {name})')

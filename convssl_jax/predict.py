@@ -72,9 +72,11 @@ def predict_file(trainer, config, path, va_list=None) -> dict[str, Any]:
   """Per-frame curves [T, 2] of one file, its VA [T, 2] and, with a VA list, its events."""
   if va_list is None and config.model.kind == 'mono':
     raise ValueError(f'{path}: the mono model reads the current voice activity: give a VA list')
-  dialog = evaluate.predict_dialogs(trainer, config, recording(path, va_list))[0]
+  corpus = recording(path, va_list)
+  dialog = evaluate.predict_dialogs(trainer, config, corpus)[0]
   frames = len(dialog['p'])
   out = {'frame_hz': config.model.frame_hz, 'va': dialog['va'][:frames],
+         'envelope': envelope(corpus.source[0]['audio'], frames),
          **{k: dialog[k] for k in CURVES if k in dialog}}
   out['events'] = {}
   if va_list is None:
@@ -83,6 +85,13 @@ def predict_file(trainer, config, path, va_list=None) -> dict[str, Any]:
     out['events'] = TurnTakingEvents(config.model.frame_hz, **config.eval.events)(
         dialog['va'], max_frame=frames)
   return out
+
+
+def envelope(audio: np.ndarray, frames: int) -> np.ndarray:
+  """Peak amplitude [frames, 2] in [0, 1] of int16 audio [S, 2] per frame (for plots)."""
+  hop = len(audio) // frames if frames else 1
+  peaks = np.abs(audio[:hop * frames].astype(np.float32)).reshape(frames, hop, 2).max(1)
+  return peaks / audio_lib.INT16_SCALE
 
 
 def event_list(events: dict[str, np.ndarray], frame_hz: int) -> list[dict[str, Any]]:
@@ -116,7 +125,7 @@ def write(result: dict[str, Any], directory, stem: str) -> list[pathlib.Path]:
     writer.writerows(zip(time.round(6), *(np.round(v, 5) for v in columns.values())))
   # Without a VA list the plot shows the model's own VAD (> 0.5) as voice activity.
   va = result['va'] if result['events'] or 'vad' not in result else result['vad'] > 0.5
-  curves = {k: result[k] for k in CURVES if k in result}
+  curves = {k: result[k] for k in (*CURVES, 'envelope') if k in result}
   plots.excerpt({**curves, 'va': va.astype(np.float32)}, result['events'], frame_hz=hz,
                 seconds=len(time) / hz, path=paths[2])
   return paths
