@@ -17,7 +17,13 @@ unpickled naively; unknown_global.pt holds a `datetime.date`; unknown_storage.pt
 uint16 tensors pickle as `_rebuild_tensor_v3` over an UntypedStorage; torch 2.13 itself cannot read
 that back from tensors_legacy.pt (its legacy loader wants a typed storage), the reader can.
 
-Later fixture groups (models) add a function returning {name: object} and a line in `main`.
+Model fixtures (`cpc_fixtures`): a PyTorch CPC written from reference/checkpoints_spec.md 1.4
+(hidden 32, every parameter perturbed by 0.02 randn) saved in CPC_audio's hub format as
+cpc/cpc_l1.pt (1 LSTM layer, legacy format like the real file) and cpc/cpc_l2.pt (2 layers, zip).
+cpc/inputs.npz holds the waveforms CASE -> [2, S] (several lengths and a quiet, all-zero input);
+cpc/NAME.out.npz torch's conv features `z_CASE` and LSTM output `c_CASE` [2, T, 32].
+
+Later fixture groups add a function returning {name: object} and a line in `main`.
 """
 
 import argparse
@@ -134,6 +140,111 @@ def hostile_fixtures() -> dict:
   }
 
 
+CPC_HIDDEN = 32
+# (name, samples, amplitude); amplitude 0 is the quiet input.
+CPC_CASES = (('len465', 465, 1.0), ('len3200', 3200, 1.0), ('len3371', 3371, 1.0),
+             ('quiet', 3200, 0.0))
+
+
+class _ChannelNorm(torch.nn.Module):
+  """CPC_audio's ChannelNorm: per-frame normalisation over channels, unbiased variance."""
+
+  def __init__(self, channels: int, eps: float = 1e-5):
+    super().__init__()
+    self.eps = eps
+    self.weight = torch.nn.Parameter(torch.ones(1, channels, 1))
+    self.bias = torch.nn.Parameter(torch.zeros(1, channels, 1))
+
+  def forward(self, x):
+    mean, var = x.mean(dim=1, keepdim=True), x.var(dim=1, keepdim=True)
+    return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+
+class _GEncoder(torch.nn.Module):
+  """CPC_audio's CPCEncoder: 5 x (Conv1d -> ChannelNorm -> ReLU), 160x downsampling."""
+
+  def __init__(self, hidden: int):
+    super().__init__()
+    for i, (k, s, p) in enumerate(((10, 5, 3), (8, 4, 2), (4, 2, 1), (4, 2, 1), (4, 2, 1))):
+      setattr(self, f'conv{i}', torch.nn.Conv1d(1 if i == 0 else hidden, hidden, k, s, p))
+      setattr(self, f'batchNorm{i}', _ChannelNorm(hidden))
+
+  def forward(self, x):
+    for i in range(5):
+      x = torch.relu(getattr(self, f'batchNorm{i}')(getattr(self, f'conv{i}')(x)))
+    return x
+
+
+class _GAR(torch.nn.Module):
+  """CPC_audio's CPCAR in LSTM mode: zero initial state, no time reversal."""
+
+  def __init__(self, hidden_encoder: int, hidden_gar: int, levels: int):
+    super().__init__()
+    self.baseNet = torch.nn.LSTM(hidden_encoder, hidden_gar, num_layers=levels, batch_first=True)
+
+  def forward(self, x):
+    return self.baseNet(x)[0]
+
+
+class _CPC(torch.nn.Module):
+  """CPC_audio's CPCModel (gEncoder, gAR): waveform [B, S] -> (z, c), each [B, T, hidden]."""
+
+  def __init__(self, hidden: int, levels: int):
+    super().__init__()
+    self.gEncoder = _GEncoder(hidden)
+    self.gAR = _GAR(hidden, hidden, levels)
+
+  def forward(self, wave):
+    z = self.gEncoder(wave[:, None]).permute(0, 2, 1)
+    return z, self.gAR(z)
+
+
+def _cpc_config(hidden: int, levels: int) -> dict:
+  """The argparse options CPC_audio stores under 'config' (defaults, at the fixture's size)."""
+  return {'hiddenEncoder': hidden, 'hiddenGar': hidden, 'nLevelsGRU': levels, 'arMode': 'LSTM',
+          'normMode': 'layerNorm', 'encoder_type': 'cpc', 'cpc_mode': None,
+          'samplingType': 'samespeaker', 'nPredicts': 12, 'negativeSamplingExt': 128,
+          'sizeWindow': 20480, 'rnnMode': 'transformer', 'dropout': False, 'abspos': False,
+          'learningRate': 2e-4, 'pathCheckpoint': '/checkpoint/cpc/60k'}
+
+
+def cpc_inputs() -> dict:
+  """{CASE: waveform [2, samples]} shared by the CPC fixtures."""
+  torch.manual_seed(0)
+  return {case: amplitude * torch.randn(2, samples) for case, samples, amplitude in CPC_CASES}
+
+
+def cpc_fixtures(inputs: dict) -> dict:
+  """{name: (hub-format checkpoint, legacy serialization?, {z_CASE, c_CASE: torch outputs})}."""
+  fixtures = {}
+  for levels, legacy in ((1, True), (2, False)):
+    torch.manual_seed(levels)
+    model = _CPC(CPC_HIDDEN, levels).eval()
+    outputs = {}
+    with torch.no_grad():
+      for p in model.parameters():
+        p += 0.02 * torch.randn_like(p)
+      for case, wave in inputs.items():
+        outputs[f'z_{case}'], outputs[f'c_{case}'] = (x.numpy() for x in model(wave))
+    checkpoint = {'config': _cpc_config(CPC_HIDDEN, levels), 'weights': model.state_dict(),
+                  'BestValue': 0.25}  # a top-level key converters must ignore
+    fixtures[f'cpc_l{levels}'] = (checkpoint, legacy, outputs)
+  return fixtures
+
+
+def write_cpc() -> list[pathlib.Path]:
+  """cpc/inputs.npz, then per fixture cpc/NAME.pt (in its serialization) and cpc/NAME.out.npz."""
+  (OUT / 'cpc').mkdir(exist_ok=True)
+  inputs = cpc_inputs()
+  paths = [OUT / 'cpc' / 'inputs.npz']
+  np.savez(paths[0], **{k: v.numpy() for k, v in inputs.items()})
+  for name, (checkpoint, legacy, outputs) in cpc_fixtures(inputs).items():
+    paths += [OUT / 'cpc' / f'{name}.pt', OUT / 'cpc' / f'{name}.out.npz']
+    torch.save(checkpoint, paths[-2], _use_new_zipfile_serialization=not legacy)
+    np.savez(paths[-1], **outputs)
+  return paths
+
+
 def _join(key: str, part) -> str:
   return f'{key}/{part}' if key else str(part)
 
@@ -180,6 +291,7 @@ def main():
   OUT.mkdir(parents=True, exist_ok=True)
   paths = [p for name, obj in reader_fixtures().items() for p in write(name, obj, expect=True)]
   paths += [p for name, obj in hostile_fixtures().items() for p in write(name, obj, expect=False)]
+  paths += write_cpc()
   for path in paths:
     print(f'{path.stat().st_size:7d}  {path.relative_to(OUT.parents[2])}')
   print(f'{sum(p.stat().st_size for p in paths):7d}  in total')

@@ -55,6 +55,9 @@ def model_config(kind: str = STEREO) -> ml_collections.ConfigDict:
       freeze=False,
       unfreeze_step=-1,  # with freeze: the step at which the encoder starts training (-1 = never)
   ))
+  # A `python -m checkpoints_convert` output directory: the encoder starts from those weights
+  # (use padding='reference' to reproduce them, usually with freeze=True); '' = random init.
+  m.encoder_checkpoint = ''
   m.transformer = ml_collections.ConfigDict(dict(
       num_heads=4,
       ffn_mult=3,

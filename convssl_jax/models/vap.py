@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from convssl_jax.models import cpc, downsample, heads, layers, transformer
+from convssl_jax.models import cpc, downsample, heads, layers, pretrained, transformer
 
 ENCODER = 'encoder'  # attribute holding the pretrained encoder; the frozen part
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -120,11 +120,19 @@ class StereoVAP(_FrameEncoder):
 
 
 def build_model(cfg, *, rngs: nnx.Rngs) -> MonoVAP | StereoVAP:
-  """The model named by `cfg.kind` ('mono' or 'stereo'), from a `config.model` ConfigDict."""
+  """The model named by `cfg.kind` ('mono' or 'stereo'), from a `config.model` ConfigDict.
+
+  With `cfg.encoder_checkpoint` (a `python -m checkpoints_convert` output) the encoder starts from
+  those converted weights instead of random ones.
+  """
   kinds = {'mono': MonoVAP, 'stereo': StereoVAP}
   if cfg.kind not in kinds:
     raise ValueError(f'model.kind must be one of {sorted(kinds)}, got {cfg.kind!r}')
-  return kinds[cfg.kind](cfg, rngs=rngs)
+  model = kinds[cfg.kind](cfg, rngs=rngs)
+  if cfg.get('encoder_checkpoint') and model.encoder is not None:
+    pretrained.load_into(model.encoder, cfg.encoder_checkpoint, expected={
+        'name': cfg.encoder.name, 'dim': cfg.dim, 'lstm_layers': cfg.encoder.lstm_layers})
+  return model
 
 
 def encoder_frozen(cfg, step: int = 0) -> bool:

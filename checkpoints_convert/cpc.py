@@ -1,0 +1,106 @@
+"""CPC_audio checkpoints (`60k_epoch4-d0f474de.pt` and its hub format) -> our `CPCEncoder`.
+
+The file is `{'config': argparse options, 'weights': state dict, ...}` (reference/
+checkpoints_spec.md 1.3). The architecture comes from the stored config; anything our encoder
+cannot reproduce is refused. Every expected tensor must be present exactly once (a leading
+`module.` is stripped) and no other key may sit in 'weights': CPC_audio loads with strict=False,
+so a misnamed key would otherwise silently stay random.
+"""
+
+import os
+
+import numpy as np
+
+from checkpoints_convert import torch_file
+from convssl_jax.models import cpc
+
+# config field -> (value CPC_audio's hub config defaults to, the values our encoder supports).
+_SUPPORTED = {
+    'arMode': ('LSTM', ('LSTM',)),
+    'normMode': ('layerNorm', ('layerNorm',)),
+    'encoder_type': ('cpc', ('cpc',)),
+    'cpc_mode': (None, (None, 'none')),
+}
+
+
+class ConversionError(ValueError):
+  """The checkpoint does not describe (or does not hold) a CPC encoder we can reproduce."""
+
+
+def encoder_config(config: dict, path: str) -> dict:
+  """Our encoder's config {'dim', 'lstm_layers'} from CPC_audio's stored argparse options."""
+  for field, (default, supported) in _SUPPORTED.items():
+    if (value := config.get(field, default)) not in supported:
+      raise ConversionError(f'{path}: config {field}={value!r} is not supported (our CPC encoder '
+                            f'reproduces {field} in {list(supported)})')
+  dim, hidden_gar = config.get('hiddenEncoder', 256), config.get('hiddenGar', 256)
+  if hidden_gar != dim:
+    raise ConversionError(f'{path}: config hiddenGar={hidden_gar!r} differs from hiddenEncoder='
+                          f'{dim!r}; our CPC encoder has one width')
+  return {'dim': int(dim), 'lstm_layers': int(config.get('nLevelsGRU', 1))}
+
+
+def expected_shapes(dim: int, lstm_layers: int) -> dict[str, tuple[int, ...]]:
+  """CPC_audio's state-dict keys and shapes (spec 1.4) for this architecture."""
+  shapes = {}
+  for i, k in enumerate(cpc.KERNELS):
+    shapes[f'gEncoder.conv{i}.weight'] = (dim, 1 if i == 0 else dim, k)
+    shapes[f'gEncoder.conv{i}.bias'] = (dim,)
+    shapes[f'gEncoder.batchNorm{i}.weight'] = shapes[f'gEncoder.batchNorm{i}.bias'] = (1, dim, 1)
+  for layer in range(lstm_layers):
+    for kind in ('ih', 'hh'):
+      shapes[f'gAR.baseNet.weight_{kind}_l{layer}'] = (4 * dim, dim)
+      shapes[f'gAR.baseNet.bias_{kind}_l{layer}'] = (4 * dim,)
+  return shapes
+
+
+def _checked_weights(weights: dict, shapes: dict, path: str) -> dict[str, np.ndarray]:
+  """`weights` without a `module.` prefix, float32, with exactly the keys and shapes expected."""
+  stripped = {}
+  for key, value in weights.items():
+    name = key.removeprefix('module.')
+    if name in stripped:
+      raise ConversionError(f'{path}: weights hold {name!r} twice (with and without module.)')
+    stripped[name] = value
+  problems = [f'missing {k}' for k in shapes if k not in stripped]
+  problems += [f'unknown {k}' for k in stripped if k not in shapes]
+  problems += [f'{k} has shape {tuple(np.shape(v))}, expected {shapes[k]}'
+               for k, v in stripped.items() if k in shapes and np.shape(v) != shapes[k]]
+  if problems:
+    raise ConversionError(f'{path}: weights do not match the configured CPC: ' +
+                          '; '.join(problems))
+  return torch_file.as_float32(stripped)
+
+
+def params_from_weights(w: dict[str, np.ndarray], lstm_layers: int) -> dict:
+  """CPC_audio's state dict -> the pure dict of `nnx.state(CPCEncoder, nnx.Param)`.
+
+  Conv (O, I, K) -> (K, I, O); ChannelNorm (1, C, 1) -> (C,); LSTM rows keep torch's gate order
+  (i, f, g, o), which `LSTMLayer` splits in, so W -> W.T and the two biases are summed.
+  """
+  lstm = 'gAR.baseNet.'
+  return {
+      'convs': {i: {'kernel': w[f'gEncoder.conv{i}.weight'].transpose(2, 1, 0),
+                    'bias': w[f'gEncoder.conv{i}.bias']} for i in range(len(cpc.KERNELS))},
+      'norms': {i: {'scale': w[f'gEncoder.batchNorm{i}.weight'].reshape(-1),
+                    'bias': w[f'gEncoder.batchNorm{i}.bias'].reshape(-1)}
+                for i in range(len(cpc.KERNELS))},
+      'lstm': {'layers': {
+          l: {'input_proj': {'kernel': w[f'{lstm}weight_ih_l{l}'].T,
+                             'bias': w[f'{lstm}bias_ih_l{l}'] + w[f'{lstm}bias_hh_l{l}']},
+              'hidden_proj': {'kernel': w[f'{lstm}weight_hh_l{l}'].T}}
+          for l in range(lstm_layers)}},
+  }
+
+
+def convert(path: str | os.PathLike) -> tuple[dict, dict]:
+  """(our encoder config {'dim', 'lstm_layers'}, params pure dict) from a CPC_audio hub file."""
+  path = os.fspath(path)
+  checkpoint = torch_file.load(path)
+  if not isinstance(checkpoint, dict) or not {'config', 'weights'} <= checkpoint.keys():
+    found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+    raise ConversionError(f"{path}: not a CPC_audio hub checkpoint (needs 'config' and 'weights',"
+                          f' found {found})')
+  config = encoder_config(checkpoint['config'], path)
+  weights = _checked_weights(checkpoint['weights'], expected_shapes(**config), path)
+  return config, params_from_weights(weights, config['lstm_layers'])

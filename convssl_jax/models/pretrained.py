@@ -1,0 +1,83 @@
+"""Converted pretrained encoders on disk: `DIR/config.json` plus an Orbax checkpoint `DIR/params`.
+
+`python -m checkpoints_convert cpc SRC DIR` writes them; reading needs neither torch nor the
+converter. `config.json` is {'name': 'cpc', 'dim', 'lstm_layers', 'source', ...}.
+"""
+
+import json
+import os
+import pathlib
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from convssl_jax.models import cpc
+
+CONFIG_FILE, PARAMS_DIR = 'config.json', 'params'
+
+
+def save(directory: str | os.PathLike, config: dict, params: dict) -> None:
+  """Writes `config` (JSON) and the encoder's `params` pure dict (Orbax) into a new `directory`."""
+  directory = pathlib.Path(directory).absolute()
+  directory.mkdir(parents=True, exist_ok=True)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(directory / PARAMS_DIR, jax.tree.map(np.asarray, params))
+  checkpointer.wait_until_finished()
+  (directory / CONFIG_FILE).write_text(json.dumps(config, indent=1) + '\n')
+
+
+def load(directory: str | os.PathLike) -> tuple[dict, dict]:
+  """(config, params as a pure dict of numpy arrays) of a converted encoder."""
+  directory = pathlib.Path(directory).absolute()
+  config = json.loads((directory / CONFIG_FILE).read_text())
+  params = ocp.StandardCheckpointer().restore(directory / PARAMS_DIR)
+  return config, jax.tree.map(np.asarray, params)
+
+
+def _flat_shapes(tree) -> dict[str, tuple[int, ...]]:
+  return {'/'.join(str(getattr(k, 'key', k)) for k in path): tuple(np.shape(leaf))
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def assign(module: nnx.Module, params: dict) -> None:
+  """Sets `module`'s parameters to `params` (a pure dict), which must fill every one exactly."""
+  state = nnx.state(module, nnx.Param)
+  want, have = _flat_shapes(nnx.to_pure_dict(state)), _flat_shapes(params)
+  problems = [f'{k} is missing' for k in sorted(want.keys() - have.keys())]
+  problems += [f'{k} is unexpected' for k in sorted(have.keys() - want.keys())]
+  problems += [f'{k} has shape {have[k]}, the module {want[k]}'
+               for k in sorted(want.keys() & have.keys()) if want[k] != have[k]]
+  if problems:
+    raise ValueError(f'converted parameters do not fit {type(module).__name__}: ' +
+                     '; '.join(problems))
+  nnx.replace_by_pure_dict(state, params)
+  nnx.update(module, state)
+
+
+def load_into(encoder: nnx.Module, directory: str | os.PathLike, expected: dict) -> None:
+  """Loads the converted encoder in `directory` into `encoder`, after checking that its config
+  matches `expected` (e.g. {'name': 'cpc', 'dim': model.dim, 'lstm_layers': ...})."""
+  config, params = load(directory)
+  if wrong := [f'{k}={config.get(k)!r} (the model has {v!r})' for k, v in expected.items()
+               if config.get(k) != v]:
+    raise ValueError(f'the converted encoder in {directory} does not fit the model: ' +
+                     ', '.join(wrong))
+  assign(encoder, params)
+
+
+def load_encoder(directory: str | os.PathLike, *, padding: str = 'reference',
+                 **kwargs) -> cpc.CPCEncoder:
+  """The converted encoder in `directory` as an NNX module.
+
+  `padding='reference'` reproduces the PyTorch numbers; 'causal' removes the lookahead but shifts
+  what the pretrained weights see. `kwargs` (unroll, dtype, ...) go to the module.
+  """
+  config, params = load(directory)
+  if config.get('name') != 'cpc':
+    raise ValueError(f'{directory}: encoder {config.get("name")!r} is not supported; expected cpc')
+  encoder = cpc.CPCEncoder(dim=config['dim'], lstm_layers=config['lstm_layers'], padding=padding,
+                           rngs=nnx.Rngs(0), **kwargs)
+  assign(encoder, params)
+  return encoder
