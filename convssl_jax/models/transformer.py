@@ -13,10 +13,13 @@ references, because their released checkpoints are converted into these modules:
 
 ALiBi is written in its relative form m_h * (j - i); the references add m_h * j, which gives the
 same softmax (a constant per query row). `context` bounds how far back a frame may attend.
+
+`init_cache` / `gpt_step` run a GPT with a bounded context incrementally, n frames a step, over a
+fixed-size ring-buffer key/value cache per layer; the outputs equal the offline ones.
 """
 
 import math
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -75,14 +78,25 @@ class MultiHeadAttention(nnx.Module):
     self.attn_dropout = nnx.Dropout(dropout, rngs=rngs)
     self.resid_dropout = nnx.Dropout(dropout, rngs=rngs)
 
+  def _heads(self, t: jax.Array) -> jax.Array:
+    """[B, T, D] -> [B, heads, T, head_dim]."""
+    return jnp.swapaxes(t.reshape(*t.shape[:-1], self.num_heads, -1), -3, -2)
+
+  def keys_values(self, source: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """source [B, Tk, D] -> its keys and values, each [B, heads, Tk, head_dim]."""
+    return self._heads(self.key(source)), self._heads(self.value(source))
+
+  def attend(self, x: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.Array:
+    """x [B, Tq, D] attends to keys/values [B, heads, Tk, head_dim]; bias [heads, Tq, Tk]."""
+    q = self._heads(self.query(x))
+    scores = jnp.einsum('bhqd,bhkd->bhqk', q, k).astype(jnp.float32) * self.scale + bias
+    weights = self.attn_dropout(jax.nn.softmax(scores, axis=-1)).astype(v.dtype)
+    out = jnp.einsum('bhqk,bhkd->bqhd', weights, v)
+    return self.resid_dropout(self.proj(out.reshape(*out.shape[:-2], -1)))
+
   def __call__(self, x: jax.Array, source: jax.Array, bias: jax.Array) -> jax.Array:
     """x [B, Tq, D] attends to source [B, Tk, D]; bias [heads, Tq, Tk]."""
-    split = lambda t: t.reshape(*t.shape[:-1], self.num_heads, -1)
-    q, k, v = split(self.query(x)), split(self.key(source)), split(self.value(source))
-    scores = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32) * self.scale + bias
-    weights = self.attn_dropout(jax.nn.softmax(scores, axis=-1)).astype(v.dtype)
-    out = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
-    return self.resid_dropout(self.proj(out.reshape(*out.shape[:-2], -1)))
+    return self.attend(x, *self.keys_values(source), bias)
 
 
 class FeedForward(nnx.Module):
@@ -123,7 +137,12 @@ class TransformerLayer(nnx.Module):
 
   def __call__(self, x: jax.Array, bias: jax.Array, source: jax.Array | None = None) -> jax.Array:
     h = self.ln_self_attn(x)
-    h = x + self.dropout(self.mha(h, h, bias))
+    return self.after_self_attention(x, self.mha(h, h, bias), bias, source)
+
+  def after_self_attention(self, x: jax.Array, attn: jax.Array, bias: jax.Array | None = None,
+                           source: jax.Array | None = None) -> jax.Array:
+    """The rest of the layer given its input x and self-attention output attn (both [B, T, D])."""
+    h = x + self.dropout(attn)
     if self.double_residual:
       h = x + h
     if self.mha_cross is not None:
@@ -199,3 +218,75 @@ class StereoTransformer(nnx.Module):
       x = self.final_norm(x)
     x1, x2 = x[:batch], x[batch:]
     return self.combinator(x1, x2), x1, x2
+
+
+class KVCache(NamedTuple):
+  """One attention layer's ring buffer: frame p's key and value sit in slot p % C."""
+  keys: jax.Array  # [B, heads, C, head_dim]
+  values: jax.Array  # [B, heads, C, head_dim]
+
+
+class GPTCache(NamedTuple):
+  """What a GPT stream carries between steps; the same shapes at every step."""
+  layers: tuple[KVCache, ...]  # per layer
+  position: jax.Array  # int32 []: frames seen so far, the absolute position of the next frame
+
+
+def _cache_size(gpt: GPT) -> int:
+  """C = the attention context: the keys a frame may attend back to, bounding the cache."""
+  if gpt.context is None:
+    raise ValueError('streaming needs a bounded attention context (GPT(context=...)): with '
+                     'unbounded context the key/value cache would grow without limit')
+  return gpt.context
+
+
+def init_cache(gpt: GPT, batch: int) -> GPTCache:
+  """The cache before any frame: zero keys/values, all slots empty (position 0)."""
+  size = _cache_size(gpt)
+
+  def empty(mha: MultiHeadAttention) -> KVCache:
+    dim = mha.key.out_features
+    zeros = jnp.zeros((batch, mha.num_heads, size, dim // mha.num_heads),
+                      mha.key.dtype or mha.key.param_dtype)
+    return KVCache(zeros, zeros)
+
+  return GPTCache(tuple(empty(layer.mha) for layer in gpt.layers), jnp.zeros((), jnp.int32))
+
+
+def _ring_bias(slopes: np.ndarray, position: jax.Array, size: int, n: int,
+               context: int) -> jax.Array:
+  """The bias [heads, n, C + n] of frames position..position+n-1 over the cache slots then
+  themselves: slot s holds the latest frame p < position with p % C == s (empty while p < 0)."""
+  slot_pos = position - size + (jnp.arange(size) - position) % size
+  new_pos = position + jnp.arange(n)
+  bias = alibi_bias(slopes, new_pos, jnp.concatenate([slot_pos, new_pos]), context)
+  filled = jnp.concatenate([slot_pos >= 0, jnp.ones(n, bool)])
+  return jnp.where(filled, bias, -jnp.inf)
+
+
+def _check_eval(gpt: GPT) -> None:
+  """The step has no dropout randomness: every active dropout must be in eval mode."""
+  if any(isinstance(m, nnx.Dropout) and m.rate > 0 and not m.deterministic
+         for _, m in nnx.iter_modules(gpt)):
+    raise ValueError('streaming runs in eval mode: call gpt.eval() first')
+
+
+def gpt_step(gpt: GPT, cache: GPTCache, x: jax.Array) -> tuple[GPTCache, jax.Array]:
+  """n new frames x [B, n, D] (n <= C) -> (new cache, [B, n, D]), equal to the offline `gpt` over
+  the whole stream at those frames (in eval mode)."""
+  size, n = _cache_size(gpt), x.shape[-2]
+  if n > size:
+    raise ValueError(f'a step of {n} frames exceeds the cache of {size} (the context)')
+  _check_eval(gpt)
+  bias = _ring_bias(gpt.slopes, cache.position, size, n, gpt.context)
+  slots = (cache.position + jnp.arange(n)) % size
+  new_layers = []
+  for layer, kv in zip(gpt.layers, cache.layers):
+    h = layer.ln_self_attn(x)
+    k, v = (t.astype(kv.keys.dtype) for t in layer.mha.keys_values(h))
+    attn = layer.mha.attend(h, jnp.concatenate([kv.keys, k], axis=-2),
+                            jnp.concatenate([kv.values, v], axis=-2), bias)
+    new_layers.append(KVCache(kv.keys.at[:, :, slots].set(k), kv.values.at[:, :, slots].set(v)))
+    x = layer.after_self_attention(x, attn)
+  y = x if gpt.final_norm is None else gpt.final_norm(x)
+  return GPTCache(tuple(new_layers), cache.position + n), y

@@ -1,0 +1,90 @@
+"""Key/value-cache streaming of the ALiBi GPT against its offline forward over the whole stream."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import vap as vap_config
+from convssl_jax.models import transformer
+
+DIM, HEADS, LAYERS, CONTEXT, FRAMES = 32, 2, 2, 16, 60
+
+
+def _gpt(context=CONTEXT, **options):
+  gpt = transformer.GPT(DIM, HEADS, LAYERS, context=context, rngs=nnx.Rngs(0), **options)
+  gpt.eval()
+  return gpt
+
+
+def _stream(gpt, x, n):
+  """Feeds x [B, T, D] n frames a step through one jitted step; the outputs and every cache."""
+  step = nnx.jit(transformer.gpt_step)
+  cache, outputs, caches = transformer.init_cache(gpt, x.shape[0]), [], []
+  for t in range(0, x.shape[1], n):
+    cache, y = step(gpt, cache, jnp.asarray(x[:, t:t + n]))
+    outputs.append(y)
+    caches.append(cache)
+  return np.concatenate(outputs, axis=1), caches
+
+
+def _frames(seed=0):
+  return np.random.default_rng(seed).normal(size=(2, FRAMES, DIM)).astype(np.float32)
+
+
+@pytest.mark.parametrize('n', [1, 4])
+def test_streaming_equals_offline(n):
+  gpt, x = _gpt(), _frames()
+  got, _ = _stream(gpt, x, n)
+  np.testing.assert_allclose(got, gpt(jnp.asarray(x)), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('n', [1, 4])
+def test_streaming_equals_offline_with_the_tiny_mono_config(n):
+  t = vap_config.get_config('tiny,mono').model.transformer
+  gpt = transformer.GPT(DIM, t.num_heads, t.num_layers, context=CONTEXT, rngs=nnx.Rngs(1),
+                        final_norm=t.final_norm, ffn_mult=t.ffn_mult, dropout=t.dropout,
+                        scale=t.scale, double_residual=t.double_residual)
+  assert t.double_residual and t.scale == 'model'
+  gpt.eval()
+  x = _frames(1)
+  got, _ = _stream(gpt, x, n)
+  np.testing.assert_allclose(got, gpt(jnp.asarray(x)), atol=1e-5, rtol=1e-5)
+
+
+def test_streaming_with_a_final_norm_and_head_scale_equals_offline():
+  gpt, x = _gpt(final_norm=True, scale='head'), _frames(2)
+  got, _ = _stream(gpt, x, 4)
+  np.testing.assert_allclose(got, gpt(jnp.asarray(x)), atol=1e-5, rtol=1e-5)
+
+
+def test_cache_shapes_are_constant_and_bounded_by_the_context():
+  gpt = _gpt()
+  _, caches = _stream(gpt, _frames(), 1)
+  shapes = {jax.tree.map(jnp.shape, c) for c in caches}
+  assert len(shapes) == 1
+  (keys, values), = {(kv.keys.shape, kv.values.shape) for kv in caches[-1].layers}
+  assert keys == values == (2, HEADS, CONTEXT, DIM // HEADS)
+  assert int(caches[-1].position) == FRAMES
+
+
+def test_unbounded_context_is_refused():
+  gpt = _gpt(context=None)
+  with pytest.raises(ValueError, match='bounded attention context'):
+    transformer.init_cache(gpt, 1)
+  with pytest.raises(ValueError, match='bounded attention context'):
+    transformer.gpt_step(gpt, None, jnp.zeros((1, 1, DIM)))
+
+
+def test_a_step_longer_than_the_context_is_refused():
+  gpt = _gpt(context=4)
+  with pytest.raises(ValueError, match='exceeds the cache'):
+    transformer.gpt_step(gpt, transformer.init_cache(gpt, 1), jnp.zeros((1, 5, DIM)))
+
+
+def test_training_mode_dropout_is_refused():
+  gpt = _gpt(dropout=0.1)
+  gpt.train()
+  with pytest.raises(ValueError, match='eval mode'):
+    transformer.gpt_step(gpt, transformer.init_cache(gpt, 1), jnp.zeros((1, 1, DIM)))
