@@ -59,9 +59,7 @@ def recording(path, va_list=None) -> pipeline.Corpus:
   if wave.shape[1] == 1:
     wave = np.concatenate([wave, np.zeros_like(wave)], axis=1)
   duration = len(wave) / SAMPLE_RATE
-  channels = va_lib.validate_va_list(va_list or [[], []], source=str(path))
-  segments = np.concatenate([np.column_stack([np.full(len(s), c), np.reshape(s, (-1, 2))])
-                             for c, s in enumerate(channels)]).astype(np.float32)
+  segments = va_lib.va_segments(va_list or [[], []], source=str(path)).astype(np.float32)
   example = {'audio': audio_lib.to_int16(wave), 'va': segments,
              'f0': np.zeros((len(wave) * F0_HZ // SAMPLE_RATE, 2), np.float32)}
   return pipeline.Corpus(source=[example], sessions=(pathlib.Path(path).stem,),

@@ -277,8 +277,8 @@ def class_frequency_loss(objective: VAPObjective, train, validation, frame_hz: i
     sample = np.sort(np.random.default_rng(0).permutation(n)[:max_conversations])
     for i in sample:
       duration, example = corpus.durations[i], corpus.source[int(i)]
-      segments = [example['va'][example['va'][:, 0] == c, 1:] for c in (0, 1)]
-      va = va_lib.va_frames(segments, va_lib.num_frames(duration, frame_hz), frame_hz)
+      va = va_lib.va_frames(va_lib.channel_segments(example['va']),
+                            va_lib.num_frames(duration, frame_hz), frame_hz)
       va = np.concatenate([va, np.zeros((objective.horizon_frames, 2), np.float32)])
       total += np.bincount(np.asarray(objective.labels(va)), minlength=objective.n_classes)
     return total

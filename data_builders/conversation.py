@@ -42,16 +42,9 @@ def features() -> tfds.features.FeaturesDict:
   })
 
 
-def va_segments(va_list, *, source: str) -> np.ndarray:
-  """The reference's VA list `[[[s, e], ...], [[s, e], ...]]`, validated -> [n, 3] (channel, s, e)."""
-  channels = va_lib.validate_va_list(va_list, source=source)
-  rows = [np.column_stack([np.full(len(seg), c, np.float64), seg]) for c, seg in enumerate(channels)]
-  return np.concatenate(rows).reshape(-1, 3)
-
-
 def va_list(segments: np.ndarray) -> list[list[list[float]]]:
   """The stored [n, 3] segments back in the reference's list format."""
-  return [segments[segments[:, 0] == c, 1:].tolist() for c in (0, 1)]
+  return [seg.tolist() for seg in va_lib.channel_segments(segments)]
 
 
 def read_telephone_audio(path: pathlib.Path) -> np.ndarray:
@@ -82,7 +75,7 @@ def conversation(*, session: str, dataset: str, audio: np.ndarray, sample_rate: 
   if f0 is None:
     f0 = f0_lib.pyin_f0(audio, sample_rate)
   duration = audio.shape[0] / sample_rate
-  segments = va_segments(va, source=source)
+  segments = va_lib.va_segments(va, source=source)
   if len(segments) and segments[:, 2].max() > duration + 0.05:
     raise ValueError(f'{source}: VA segment ends at {segments[:, 2].max():.2f} s, after the end '
                      f'of the audio ({duration:.2f} s)')

@@ -3,8 +3,24 @@ persistent compilation cache shared by the test processes (many tests compile th
 import pathlib
 
 import jax
+import pytest
 
 jax.config.update("jax_default_matmul_precision", "highest")
 jax.config.update("jax_compilation_cache_dir",
                   str(pathlib.Path(__file__).parent.parent / ".pytest_cache" / "jax"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+  """(config, workdir) of `configs/vap.py:tiny` trained for 4 steps on its own small corpus."""
+  from configs import vap
+  from convssl_jax import train
+
+  root = tmp_path_factory.mktemp("tiny_run")
+  config = vap.get_config("tiny")
+  config.data.data_dir = str(root / "data")
+  config.train.update(steps=4, eval_every=4, checkpoint_every=4)
+  config.eval.events.min_context = 1.0  # the tiny corpus's dialogs last 20 s
+  train.train_and_evaluate(config, root / "model")
+  return config, root / "model"

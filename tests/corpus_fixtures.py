@@ -12,6 +12,7 @@ import numpy as np
 import soundfile as sf
 
 from convssl_jax.data import sphere_write
+from convssl_jax.data import va as va_lib
 from data_builders import conversation
 
 SWB_RATE = 8000
@@ -41,7 +42,7 @@ def zero_f0(audio: np.ndarray, sample_rate: int) -> np.ndarray:
 
 def assert_va(stored: np.ndarray, va_list):
   """Stored [n, 3] VA segments equal a VA list (TFDS keeps float features at float32)."""
-  np.testing.assert_allclose(stored, conversation.va_segments(va_list, source='expected'),
+  np.testing.assert_allclose(stored, va_lib.va_segments(va_list, source='expected'),
                              atol=1e-6)
 
 

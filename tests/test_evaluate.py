@@ -35,18 +35,13 @@ def test_the_va_only_model_ignores_the_audio():
 
 
 @pytest.fixture(scope='module')
-def evaluated(tmp_path_factory):
-  """A tiny model and its VA-only baseline, trained briefly and evaluated."""
-  root = tmp_path_factory.mktemp('eval')
-  config = vap.get_config('tiny')
-  config.data.data_dir = str(root / 'data')
-  config.train.update(steps=4, eval_every=4, checkpoint_every=4)
-  config.eval.events.min_context = 1.0  # the tiny corpus's dialogs last 20 s
-  baseline = vap.va_only(config)
-  train.train_and_evaluate(config, root / 'model')
-  train.train_and_evaluate(baseline, root / 'va_only')
-  results = evaluate.evaluate(config, root / 'model', {'VA only': (baseline, root / 'va_only')})
-  return root / 'model', results
+def evaluated(tiny_run):
+  """The tiny model and its VA-only baseline (trained the same way), evaluated."""
+  config, workdir = tiny_run
+  baseline, baseline_dir = vap.va_only(config), workdir.parent / 'va_only'
+  train.train_and_evaluate(baseline, baseline_dir)
+  results = evaluate.evaluate(config, workdir, {'VA only': (baseline, baseline_dir)})
+  return workdir, results
 
 
 def test_evaluation_writes_metrics_tables_and_plots_per_split(evaluated):

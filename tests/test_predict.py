@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 from configs import vap
-from convssl_jax import evaluate, predict, train
+from convssl_jax import evaluate, predict
 from convssl_jax.data import audio as audio_lib
 from convssl_jax.data import va as va_lib
 from convssl_jax.events import TurnTakingEvents
@@ -18,13 +18,9 @@ HZ = 50
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-  root = tmp_path_factory.mktemp('predict')
-  config = vap.get_config('tiny')
-  config.data.data_dir = str(root / 'data')
-  config.train.update(steps=2, eval_every=2, checkpoint_every=2)
-  train.train_and_evaluate(config, root / 'model')
-  trainer, _ = evaluate.restore_trainer(config, root / 'model', 'best')
+def trained(tiny_run):
+  config, workdir = tiny_run
+  trainer, _ = evaluate.restore_trainer(config, workdir, 'best')
   return config, trainer
 
 

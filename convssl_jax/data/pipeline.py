@@ -120,7 +120,7 @@ class LoadWindow:
       return self._decoded[index]
     example = self.corpus.source[index]
     spec = self.spec
-    va_list = [example['va'][example['va'][:, 0] == c, 1:] for c in (0, 1)]
+    va_list = va_lib.channel_segments(example['va'])
     n = va_lib.num_frames(self.corpus.durations[index], spec.frame_hz)
     va = va_lib.va_frames(va_list, n, spec.frame_hz)
     conversation = self._decoded[index] = {

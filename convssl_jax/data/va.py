@@ -56,6 +56,18 @@ def validate_va_list(va_list, *, source: str) -> list[np.ndarray]:
   return channels
 
 
+def va_segments(va_list, *, source: str) -> np.ndarray:
+  """A VA list, validated -> the stored segment table [n, 3] (channel, start, end)."""
+  channels = validate_va_list(va_list, source=source)
+  rows = [np.column_stack([np.full(len(seg), c, np.float64), seg]) for c, seg in enumerate(channels)]
+  return np.concatenate(rows).reshape(-1, 3)
+
+
+def channel_segments(segments: np.ndarray) -> list[np.ndarray]:
+  """A segment table [n, 3] -> each channel's [k, 2] (start, end) rows, A then B."""
+  return [segments[segments[:, 0] == c, 1:] for c in (0, 1)]
+
+
 def num_frames(duration_s: float, frame_hz: float) -> int:
   """Frames of a dialog: int(duration * frame_hz), the VAP rule.
 
