@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from convssl_jax import checkpoints, metrics, train
+from convssl_jax import checkpoints, inference, metrics, train
 from convssl_jax.data import pipeline
 from convssl_jax.data import va as va_lib
 from convssl_jax.data import windows as windows_lib
@@ -68,14 +68,8 @@ def _predict_fn(trainer: train.Trainer, swap: bool):
       audio = audio[:, ::-1] if audio.ndim == 3 else audio  # a mono mix stays as it is
     n = va.shape[1] - objective.horizon_frames
     out = train.forward(model, audio, va, history, n)
-    probs = objective.probs(out['logits'][:, :n])
-    result = {'va': va, 'p': objective.next_speaker_probs(probs, va[:, :n])}
-    if objective.head != 'comparative':
-      result['p_bc'] = objective.backchannel_probs(probs)
-    if objective.head == 'discrete':
-      result.update(p_now=objective.p_now(probs), p_future=objective.p_future(probs))
-    if 'vad' in out:
-      result['vad'] = jax.nn.sigmoid(out['vad'][:, :n].astype(np.float32))
+    out = {k: out[k][:, :n] for k in ('logits', 'vad') if k in out}
+    result = {'va': va, **inference.frame_outputs(objective, out, va[:, :n])}
     return result, rows
 
   replicated = NamedSharding(trainer.mesh, P())

@@ -4,6 +4,8 @@ Expected values are derived by hand (see the comments) or by the small loops bel
 the reference's definitions, never by the code under test.
 """
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -215,3 +217,21 @@ def test_words_never_merge_across_utterances():
 def test_words_round_both_ends_to_two_decimals():
   out = va_lib.words_to_va([[[(0.123, 0.456), (0.789, 1.2345)]], [[(3.14159, 3.14159 + 1)]]])
   assert out == [[[0.12, 0.46], [0.79, 1.23]], [[3.14, 4.14]]]
+
+
+def test_va_history_streamed_in_blocks_equals_the_whole_dialog():
+  """Frame by frame or in odd blocks, past the 60-s memory, the history equals the offline one."""
+  rng = np.random.default_rng(0)
+  frame_hz, frames = 10, 1500  # 150 s at 10 Hz: 600 frames of memory, slid over twice
+  va = (rng.random((2, frames, 2)) < 0.3).astype(np.float32)
+  va[:, 200:260] = 0  # a silent stretch: undefined recent bins
+  want = np.stack([va_lib.va_history(v, frame_hz) for v in va])
+  stream = va_lib.VAHistory(frame_hz, batch=2)
+  got, start = [], 0
+  for size in itertools.cycle((1, 7, 333, 2, 50)):
+    if start >= frames:
+      break
+    got.append(stream(va[:, start:start + size]))
+    start += size
+  np.testing.assert_array_equal(np.concatenate(got, axis=1), want)
+  assert stream._cum.shape == (2, 601, 2)  # bounded memory

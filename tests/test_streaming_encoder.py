@@ -69,7 +69,7 @@ def test_streamed_frames_equal_offline_for_any_push_sizes_with_one_compile(monke
   for name, sizes in {'319': (319,), 'one_second': (RATE,), 'mixed': MIXED}.items():
     streamer = inference.StreamingEncoder(model, frame_hz, batch_shape=(1, 2))
     results[name] = _stream(streamer, wave, sizes)
-    assert streamer.step._cache_size() == 1, name
+    assert streamer.compilations == 1, name
   assert len(traces) == 3  # once per streamer, whatever its push sizes
   assert results['319'].shape == offline.shape  # 1 s is a whole number of frames at every rate
   np.testing.assert_allclose(results['319'], offline, atol=1e-4)

@@ -104,17 +104,40 @@ def va_history(va: np.ndarray, frame_hz: float,
   A / (A + B) over the bin's frames, and 0.5 where that is undefined: no activity, or the bin
   ends before the dialog starts (t < e(k)).
   """
-  edges = np.array([int(h * frame_hz) for h in history_times] + [0], np.int64)
-  if np.any(np.diff(edges) >= 0):
-    raise ValueError(f'history_times must be positive and decreasing, got {history_times}')
-  va = np.asarray(va, np.float64)
-  cum = np.concatenate([np.zeros((1, 2)), np.cumsum(va, axis=0)])  # cum[k] = sum of frames < k
-  stop = np.maximum(np.arange(len(va))[:, None] - edges + 1, 0)  # [T, bins] exclusive bin ends
-  start = np.concatenate([np.zeros_like(stop[:, :1]), stop[:, :-1]], axis=1)
-  activity = cum[stop] - cum[start]  # [T, bins, 2]
-  total = activity.sum(-1)
-  ratio = np.where(total > 0, activity[..., 0] / np.where(total > 0, total, 1.0), 0.5)
-  return ratio.astype(np.float32)
+  return VAHistory(frame_hz, history_times)(np.asarray(va)[None])[0]
+
+
+class VAHistory:
+  """`va_history` frame by frame for streams: call it on each new block of frames [B, n, 2].
+
+  It keeps the cumulative activity of the last e0 + 1 frame boundaries (e0 = 60 s of frames), so
+  memory is bounded however long the stream; bin 0 reaches back to frame 0 through the running
+  total. Over a whole dialog in one call it is `va_history` itself.
+  """
+
+  def __init__(self, frame_hz: float, history_times: Sequence[float] = HISTORY_TIMES,
+               batch: int = 1):
+    self.edges = np.array([int(h * frame_hz) for h in history_times] + [0], np.int64)
+    if np.any(np.diff(self.edges) >= 0):
+      raise ValueError(f'history_times must be positive and decreasing, got {history_times}')
+    # cum[k] = activity over frames < k, for k = t - e0 .. t (t = frames seen); 0 before frame 0.
+    self._cum = np.zeros((batch, self.edges[0] + 1, 2))
+
+  def __call__(self, va: np.ndarray) -> np.ndarray:
+    """The next frames' VA [B, n, 2] -> their history [B, n, bins] float32."""
+    va = np.asarray(va, np.float64)
+    if va.ndim != 3 or va.shape[0] != len(self._cum) or va.shape[2] != 2:
+      raise ValueError(f'expected VA frames [{len(self._cum)}, n, 2], got {va.shape}')
+    past = len(self._cum[0])
+    cum = np.concatenate([self._cum, self._cum[:, -1:] + np.cumsum(va, axis=1)], axis=1)
+    # Frame j of the block has its bins end (exclusively) at cum index j - e + 1 + past - 1.
+    stop = np.arange(va.shape[1])[:, None] - self.edges + past
+    activity = cum[:, stop] - np.concatenate(  # bin 0 starts at frame 0, where cum is 0
+        [np.zeros_like(cum[:, stop[:, :1]]), cum[:, stop[:, :-1]]], axis=2)  # [B, n, bins, 2]
+    self._cum = cum[:, -past:]
+    total = activity.sum(-1)
+    ratio = np.where(total > 0, activity[..., 0] / np.where(total > 0, total, 1.0), 0.5)
+    return ratio.astype(np.float32)
 
 
 def _merge_words(words, min_gap: float) -> list[list[float]]:

@@ -14,8 +14,9 @@ references, because their released checkpoints are converted into these modules:
 ALiBi is written in its relative form m_h * (j - i); the references add m_h * j, which gives the
 same softmax (a constant per query row). `context` bounds how far back a frame may attend.
 
-`init_cache` / `gpt_step` run a GPT with a bounded context incrementally, n frames a step, over a
-fixed-size ring-buffer key/value cache per layer; the outputs equal the offline ones.
+`gpt_step` / `stereo_step` run a GPT / StereoTransformer with a bounded context incrementally, n
+frames a step, over a fixed-size ring-buffer key/value cache per attention (`init_cache`,
+`init_stereo_cache`); the outputs equal the offline ones.
 """
 
 import math
@@ -137,19 +138,29 @@ class TransformerLayer(nnx.Module):
 
   def __call__(self, x: jax.Array, bias: jax.Array, source: jax.Array | None = None) -> jax.Array:
     h = self.ln_self_attn(x)
-    return self.after_self_attention(x, self.mha(h, h, bias), bias, source)
-
-  def after_self_attention(self, x: jax.Array, attn: jax.Array, bias: jax.Array | None = None,
-                           source: jax.Array | None = None) -> jax.Array:
-    """The rest of the layer given its input x and self-attention output attn (both [B, T, D])."""
-    h = x + self.dropout(attn)
-    if self.double_residual:
-      h = x + h
+    h = self.add_self_attention(x, self.mha(h, h, bias))
     if self.mha_cross is not None:
       if source is None:
         raise ValueError('a cross-attention layer needs the other speaker stream as `source`')
-      kv = source if self.ln_src_kv is None else self.ln_src_kv(source)
-      h = h + self.dropout(self.mha_cross(self.ln_src_attn(h), kv, bias))
+      h = self.add_cross_attention(
+          h, self.mha_cross(self.ln_src_attn(h), self.cross_source(source), bias))
+    return self.add_feed_forward(h)
+
+  # The layer in parts, so that a streaming step can put cached attention in between.
+
+  def add_self_attention(self, x: jax.Array, attn: jax.Array) -> jax.Array:
+    """The residual around self-attention: x + attn (conv_ssl's double residual: 2x + attn)."""
+    h = x + self.dropout(attn)
+    return x + h if self.double_residual else h
+
+  def cross_source(self, source: jax.Array) -> jax.Array:
+    """What cross-attention keys and values are computed from: the other stream (normalised)."""
+    return source if self.ln_src_kv is None else self.ln_src_kv(source)
+
+  def add_cross_attention(self, h: jax.Array, attn: jax.Array) -> jax.Array:
+    return h + self.dropout(attn)
+
+  def add_feed_forward(self, h: jax.Array) -> jax.Array:
     return h + self.dropout(self.ffn(self.ln_ffn(h)))
 
 
@@ -232,25 +243,48 @@ class GPTCache(NamedTuple):
   position: jax.Array  # int32 []: frames seen so far, the absolute position of the next frame
 
 
-def _cache_size(gpt: GPT) -> int:
+class StereoCache(NamedTuple):
+  """What a StereoTransformer stream carries: the per-speaker GPT's cache (both speakers as one
+  batch of 2B) and, per cross layer, its self-attention and cross-attention caches."""
+  channel: GPTCache
+  cross_layers: tuple[tuple[KVCache, KVCache], ...]
+
+
+def _cache_size(module: GPT | StereoTransformer) -> int:
   """C = the attention context: the keys a frame may attend back to, bounding the cache."""
-  if gpt.context is None:
-    raise ValueError('streaming needs a bounded attention context (GPT(context=...)): with '
+  if module.context is None:
+    raise ValueError('streaming needs a bounded attention context (transformer.context): with '
                      'unbounded context the key/value cache would grow without limit')
-  return gpt.context
+  return module.context
+
+
+def set_context(module: GPT | StereoTransformer, context: int) -> None:
+  """Bounds how far back every frame of `module` attends (its layers and their caches)."""
+  module.context = context
+  if isinstance(module, StereoTransformer):
+    module.ar_channel.context = context
+
+
+def _empty_kv(mha: MultiHeadAttention, batch: int, size: int) -> KVCache:
+  dim = mha.key.out_features
+  zeros = jnp.zeros((batch, mha.num_heads, size, dim // mha.num_heads),
+                    mha.key.dtype or mha.key.param_dtype)
+  return KVCache(zeros, zeros)
 
 
 def init_cache(gpt: GPT, batch: int) -> GPTCache:
   """The cache before any frame: zero keys/values, all slots empty (position 0)."""
   size = _cache_size(gpt)
+  return GPTCache(tuple(_empty_kv(layer.mha, batch, size) for layer in gpt.layers),
+                  jnp.zeros((), jnp.int32))
 
-  def empty(mha: MultiHeadAttention) -> KVCache:
-    dim = mha.key.out_features
-    zeros = jnp.zeros((batch, mha.num_heads, size, dim // mha.num_heads),
-                      mha.key.dtype or mha.key.param_dtype)
-    return KVCache(zeros, zeros)
 
-  return GPTCache(tuple(empty(layer.mha) for layer in gpt.layers), jnp.zeros((), jnp.int32))
+def init_stereo_cache(stereo: StereoTransformer, batch: int) -> StereoCache:
+  """The StereoTransformer's cache before any frame, for `batch` conversations."""
+  size = _cache_size(stereo)
+  return StereoCache(init_cache(stereo.ar_channel, 2 * batch), tuple(
+      (_empty_kv(layer.mha, 2 * batch, size), _empty_kv(layer.mha_cross, 2 * batch, size))
+      for layer in stereo.cross_layers))
 
 
 def _ring_bias(slopes: np.ndarray, position: jax.Array, size: int, n: int,
@@ -264,29 +298,72 @@ def _ring_bias(slopes: np.ndarray, position: jax.Array, size: int, n: int,
   return jnp.where(filled, bias, -jnp.inf)
 
 
-def _check_eval(gpt: GPT) -> None:
-  """The step has no dropout randomness: every active dropout must be in eval mode."""
+def _check_step(module: nnx.Module, size: int, n: int) -> None:
+  """A step fits the cache and has no dropout randomness (every active dropout in eval mode)."""
+  if n > size:
+    raise ValueError(f'a step of {n} frames exceeds the cache of {size} (the context)')
   if any(isinstance(m, nnx.Dropout) and m.rate > 0 and not m.deterministic
-         for _, m in nnx.iter_modules(gpt)):
-    raise ValueError('streaming runs in eval mode: call gpt.eval() first')
+         for _, m in nnx.iter_modules(module)):
+    raise ValueError('streaming runs in eval mode: call .eval() on the model first')
+
+
+def _cached_attention(mha: MultiHeadAttention, kv: KVCache, query: jax.Array, source: jax.Array,
+                      bias: jax.Array, slots: jax.Array) -> tuple[jax.Array, KVCache]:
+  """query [B, n, D] attends to the cached frames and source's n new frames, which then take
+  their slots in the cache."""
+  k, v = (t.astype(kv.keys.dtype) for t in mha.keys_values(source))
+  out = mha.attend(query, jnp.concatenate([kv.keys, k], axis=-2),
+                   jnp.concatenate([kv.values, v], axis=-2), bias)
+  return out, KVCache(kv.keys.at[:, :, slots].set(k), kv.values.at[:, :, slots].set(v))
+
+
+def _layer_step(layer: TransformerLayer, kv: KVCache, x: jax.Array, bias: jax.Array,
+                slots: jax.Array, cross_kv: KVCache | None = None,
+                source: jax.Array | None = None):
+  """`layer` on n new frames x over its caches -> (y, new kv, new cross kv)."""
+  h = layer.ln_self_attn(x)
+  attn, kv = _cached_attention(layer.mha, kv, h, h, bias, slots)
+  h = layer.add_self_attention(x, attn)
+  if cross_kv is not None:
+    attn, cross_kv = _cached_attention(layer.mha_cross, cross_kv, layer.ln_src_attn(h),
+                                       layer.cross_source(source), bias, slots)
+    h = layer.add_cross_attention(h, attn)
+  return layer.add_feed_forward(h), kv, cross_kv
+
+
+def _step_bias(module: GPT | StereoTransformer, position: jax.Array, n: int):
+  """(bias over cache + new frames, the new frames' cache slots) for a step at `position`."""
+  size = _cache_size(module)
+  _check_step(module, size, n)
+  return (_ring_bias(module.slopes, position, size, n, module.context),
+          (position + jnp.arange(n)) % size)
 
 
 def gpt_step(gpt: GPT, cache: GPTCache, x: jax.Array) -> tuple[GPTCache, jax.Array]:
   """n new frames x [B, n, D] (n <= C) -> (new cache, [B, n, D]), equal to the offline `gpt` over
   the whole stream at those frames (in eval mode)."""
-  size, n = _cache_size(gpt), x.shape[-2]
-  if n > size:
-    raise ValueError(f'a step of {n} frames exceeds the cache of {size} (the context)')
-  _check_eval(gpt)
-  bias = _ring_bias(gpt.slopes, cache.position, size, n, gpt.context)
-  slots = (cache.position + jnp.arange(n)) % size
+  bias, slots = _step_bias(gpt, cache.position, x.shape[-2])
   new_layers = []
   for layer, kv in zip(gpt.layers, cache.layers):
-    h = layer.ln_self_attn(x)
-    k, v = (t.astype(kv.keys.dtype) for t in layer.mha.keys_values(h))
-    attn = layer.mha.attend(h, jnp.concatenate([kv.keys, k], axis=-2),
-                            jnp.concatenate([kv.values, v], axis=-2), bias)
-    new_layers.append(KVCache(kv.keys.at[:, :, slots].set(k), kv.values.at[:, :, slots].set(v)))
-    x = layer.after_self_attention(x, attn)
+    x, kv, _ = _layer_step(layer, kv, x, bias, slots)
+    new_layers.append(kv)
   y = x if gpt.final_norm is None else gpt.final_norm(x)
-  return GPTCache(tuple(new_layers), cache.position + n), y
+  return GPTCache(tuple(new_layers), cache.position + x.shape[-2]), y
+
+
+def stereo_step(stereo: StereoTransformer, cache: StereoCache, x1: jax.Array, x2: jax.Array
+                ) -> tuple[StereoCache, tuple[jax.Array, jax.Array, jax.Array]]:
+  """n new frames of each speaker x1, x2 [B, n, D] -> (new cache, (x, x1, x2) as the offline
+  `stereo` gives them at those frames, in eval mode)."""
+  batch = x1.shape[0]
+  bias, slots = _step_bias(stereo, cache.channel.position, x1.shape[-2])
+  channel, x = gpt_step(stereo.ar_channel, cache.channel, jnp.concatenate([x1, x2], axis=0))
+  cross_layers = []
+  for layer, (kv, cross_kv) in zip(stereo.cross_layers, cache.cross_layers):
+    x, kv, cross_kv = _layer_step(layer, kv, x, bias, slots, cross_kv,
+                                  source=jnp.roll(x, batch, axis=0))
+    cross_layers.append((kv, cross_kv))
+  if stereo.final_norm is not None:
+    x = stereo.final_norm(x)
+  x1, x2 = x[:batch], x[batch:]
+  return StereoCache(channel, tuple(cross_layers)), (stereo.combinator(x1, x2), x1, x2)

@@ -73,15 +73,22 @@ class MonoVAP(_FrameEncoder):
                va_history: jax.Array | None = None) -> dict[str, Any]:
     """waveform [B, S] (the mono mix; [B, 2, S] is mixed by averaging), va [B, N, 2],
     va_history [B, N, bins] -> {'logits', and 'f0' with the F0 head}."""
-    condition = self.va_condition(va, va_history)
-    if self.encoder is None:
-      z = condition
-    else:
+    z = None
+    if self.encoder is not None:
       if waveform.ndim == 3:
         waveform = waveform.mean(axis=1)
       z = self.encode(waveform)[:, :va.shape[1]]
-      z = z + condition[:, :z.shape[1]].astype(z.dtype)
-    x = self.transformer(z)
+    z = self.frame_inputs(z, va, va_history)
+    return self.head_outputs(self.transformer(z))
+
+  def frame_inputs(self, z: jax.Array | None, va: jax.Array,
+                   va_history: jax.Array | None) -> jax.Array:
+    """The transformer's input: audio frames z (None without an encoder) + the VA condition."""
+    condition = self.va_condition(va, va_history)
+    return condition if z is None else z + condition[:, :z.shape[1]].astype(z.dtype)
+
+  def head_outputs(self, x: jax.Array) -> dict[str, Any]:
+    """The heads on the transformer's output x [B, N, D]."""
     out = {'logits': self.vap_head(x)}
     if self.f0_head is not None:
       out['f0'] = self.f0_head(x)
@@ -110,7 +117,10 @@ class StereoVAP(_FrameEncoder):
       raise ValueError(f'the stereo model takes waveform [B, 2, samples], got {waveform.shape}')
     batch = waveform.shape[0]
     z = self.encode(jnp.concatenate([waveform[:, 0], waveform[:, 1]], axis=0))
-    x, x1, x2 = self.transformer(z[:batch], z[batch:])
+    return self.head_outputs(*self.transformer(z[:batch], z[batch:]))
+
+  def head_outputs(self, x: jax.Array, x1: jax.Array, x2: jax.Array) -> dict[str, Any]:
+    """The heads on the combined stream x and the speakers' streams x1, x2 [B, N, D]."""
     out = {'logits': self.vap_head(x),
            'vad': jnp.concatenate([self.vad_head(x1), self.vad_head(x2)], axis=-1)}
     if self.f0_head is not None:
