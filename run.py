@@ -9,6 +9,11 @@ Modes:
             writes workdir/eval/<split>/{metrics.json,table.md,*.png} and prints the tables.
   predict   per-frame curves of a trained model for --audio (a file or a folder; --va for a VA
             list): JSON, CSV and a PNG per file in --output.
+  stream    the trained model live (inference.Streamer, 20 ms hops): --audio=FILE paced in real
+            time (--nopace: as fast as possible), --audio=- for raw 16-bit stereo PCM at 16 kHz
+            on stdin, --audio=mic for a 2-channel input device (needs sounddevice); prints a
+            live bar of who is likely to speak next and the push latency; --output also writes
+            the frames as predict does. The mono model needs --va.
   summary   build the configured model, run it on one second of audio, print shapes and
             parameter counts (total, trainable, per part).
   data      build the configured corpus if it is not built yet (the synthetic corpus builds
@@ -21,15 +26,19 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', 'configs/vap.py', 'Config file[:variant,...].',
                                 lock_config=True)
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'summary', 'data'],
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'stream', 'summary', 'data'],
                   'What to run.')
 flags.DEFINE_string('workdir', 'workdir', 'Checkpoints, TensorBoard events and metrics go here.')
 flags.DEFINE_string('audio', None, 'predict: an audio file (stereo: one speaker per channel; mono: '
-                    'speaker A) or a folder of them.')
-flags.DEFINE_string('va', None, 'predict: a JSON VA list ([[[start, end], ...] of A, [...] of B]) '
-                    'for --audio (one file); needed by the mono model.')
+                    'speaker A) or a folder of them. stream: a file, - (stdin PCM) or mic.')
+flags.DEFINE_string('va', None, 'predict, stream: a VA list (JSON [[[start, end], ...] of A, [...] '
+                    'of B], or a TextGrid with one interval tier per speaker) for --audio (one '
+                    'file); needed by the mono model.')
 flags.DEFINE_string('output', None, 'predict: where the JSON, CSV and PNG go (default '
-                    'WORKDIR/predictions).')
+                    'WORKDIR/predictions); stream: the same, written at the end, if given.')
+flags.DEFINE_bool('pace', True, "stream: release a file's audio in real time.")
+flags.DEFINE_float('context_s', None, 'stream: attention context in seconds (default: the '
+                   "model's own, else data.window_s, the longest it was trained on).")
 flags.DEFINE_string('compilation_cache', '~/.cache/convssl_jax/xla',
                     'Persistent XLA compilation cache (reruns and resumes skip compiling); '
                     "'' turns it off. $JAX_COMPILATION_CACHE_DIR, when set, wins.")
@@ -141,11 +150,63 @@ def predict(config) -> None:
   output = pathlib.Path(FLAGS.output or pathlib.Path(FLAGS.workdir) / 'predictions')
   print(f'model: {FLAGS.workdir} ({config.eval.checkpoint} checkpoint, step {step})')
   for path in files:
+    predict_lib.notice_rate(path)
     result = predict_lib.predict_file(trainer, config, path, va_list)
     written = predict_lib.write(result, output, path.stem)
     events = predict_lib.event_list(result['events'], config.model.frame_hz)
     print(f'{path}: {len(result["va"])} frames, {len(events)} events -> '
           + ', '.join(map(str, written)))
+
+
+def stream(config) -> None:
+  import pathlib
+  import sys
+
+  import numpy as np
+  from flax import nnx
+
+  from convssl_jax import evaluate as evaluate_lib
+  from convssl_jax import inference, live
+  from convssl_jax import predict as predict_lib
+  from convssl_jax.data import va as va_lib
+
+  if not FLAGS.audio:
+    raise app.UsageError('--mode=stream needs --audio=FILE, --audio=- (stdin PCM) or --audio=mic')
+  if config.model.kind == 'mono' and not FLAGS.va:
+    raise app.UsageError('the mono model reads the current voice activity: give --va')
+  trainer, step = evaluate_lib.restore_trainer(config, FLAGS.workdir, config.eval.checkpoint)
+  model, _ = nnx.merge(trainer.graphdef, trainer.state)
+  frame_hz = config.model.frame_hz
+  context = (int(FLAGS.context_s * frame_hz) if FLAGS.context_s
+             else config.model.transformer.context or int(config.data.window_s * frame_hz))
+  streamer = inference.Streamer(model, trainer.objective, context=context)
+  va = None
+  if FLAGS.va:
+    va_list = predict_lib.read_va_list(FLAGS.va)
+    end = max([seg[1] for channel in va_list for seg in channel], default=0.0)
+    va = va_lib.va_frames(va_list, va_lib.num_frames(end, frame_hz) + 1, frame_hz)
+  if FLAGS.audio == '-':
+    blocks = live.pcm_source(sys.stdin.buffer)
+  elif FLAGS.audio == 'mic':
+    blocks = live.mic_source()
+  else:
+    predict_lib.notice_rate(FLAGS.audio)
+    blocks = live.file_source(FLAGS.audio, pace=FLAGS.pace)
+  print(f'model: {FLAGS.workdir} ({config.eval.checkpoint} checkpoint, step {step}); '
+        f'{context / frame_hz:g} s of attention context', file=sys.stderr)
+  result = live.run(streamer, blocks, frame_hz, va=va)
+  ms = result['latency_s'] * 1000
+  if len(ms):
+    print(f'{len(ms)} pushes: latency median {np.median(ms):.2f} ms, p99 '
+          f'{np.percentile(ms, 99):.2f} ms', file=sys.stderr)
+  if FLAGS.output and result['outputs']:
+    outputs = result['outputs']
+    frames = len(next(iter(outputs.values())))
+    heard = np.zeros((frames, 2), np.float32) if va is None else va[:frames]
+    stem = 'stream' if FLAGS.audio in ('-', 'mic') else pathlib.Path(FLAGS.audio).stem
+    written = predict_lib.write({'frame_hz': frame_hz, 'va': heard, 'events': {}, **outputs},
+                                FLAGS.output, stem)
+    print('written: ' + ', '.join(map(str, written)), file=sys.stderr)
 
 
 def initialize_distributed() -> None:
@@ -178,7 +239,8 @@ def main(argv):
   use_compilation_cache()
   if FLAGS.mode in ('train', 'eval'):
     initialize_distributed()
-  modes = {'train': train, 'eval': evaluate, 'predict': predict, 'summary': summary, 'data': data}
+  modes = {'train': train, 'eval': evaluate, 'predict': predict, 'stream': stream,
+           'summary': summary, 'data': data}
   modes[FLAGS.mode](FLAGS.config)
 
 

@@ -217,14 +217,15 @@ class StreamState(NamedTuple):
   transformer: transformer.GPTCache | transformer.StereoCache
 
 
-def init_stream_state(model: vap.MonoVAP | vap.StereoVAP, batch: int) -> StreamState:
-  """The state before any audio, for `batch` conversations."""
+def init_stream_state(model: vap.MonoVAP | vap.StereoVAP, batch: int,
+                      step_frames: int = 1) -> StreamState:
+  """The state before any audio, for `batch` conversations and steps of `step_frames` frames."""
   if isinstance(model, vap.StereoVAP):
     return StreamState(init_encoder_state(model.encoder, model.downsample, 2 * batch),
-                       transformer.init_stereo_cache(model.transformer, batch))
+                       transformer.init_stereo_cache(model.transformer, batch, step_frames))
   encoder = (None if model.encoder is None
              else init_encoder_state(model.encoder, model.downsample, batch))
-  return StreamState(encoder, transformer.init_cache(model.transformer, batch))
+  return StreamState(encoder, transformer.init_cache(model.transformer, batch, step_frames))
 
 
 def stream_step(model: vap.MonoVAP | vap.StereoVAP, objective: VAPObjective, state: StreamState,
@@ -292,7 +293,7 @@ class Streamer:
 
     hop = frames_per_step * (frame_samples(model.downsample) if model.encoder is not None
                              else SAMPLE_RATE // objective.frame_hz)
-    state = init_stream_state(model, rows)
+    state = init_stream_state(model, rows, frames_per_step)
     self._buffer = _HopBuffer(step, params, state, hop, 2 * rows)
     frames = jax.ShapeDtypeStruct((rows, frames_per_step, 2), jnp.float32)
     va_args = (frames,) + ((jax.ShapeDtypeStruct((rows, frames_per_step, len(history_times) + 1),

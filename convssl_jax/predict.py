@@ -10,9 +10,11 @@ of [start, end] seconds, speaker A then B); without one the output has no `p` an
 import csv
 import json
 import pathlib
+import sys
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 
 from convssl_jax import evaluate, plots
 from convssl_jax.data import audio as audio_lib
@@ -36,11 +38,26 @@ def audio_files(path) -> list[pathlib.Path]:
   return [path]
 
 
-def read_va_list(path) -> list[list[list[float]]]:
-  """A VA list from a JSON file: [[[start, end], ...] for speaker A, [...] for speaker B]."""
+def notice_rate(path) -> None:
+  """Says on stderr when an audio file is not at 16 kHz (it is resampled when read)."""
   try:
-    va_list = json.loads(pathlib.Path(path).read_text())
-  except (OSError, json.JSONDecodeError) as err:
+    rate = sf.info(str(path)).samplerate
+  except (RuntimeError, OSError):
+    return  # reading it will fail with a clear error
+  if rate != SAMPLE_RATE:
+    print(f'{path}: {rate} Hz, resampled to {SAMPLE_RATE} Hz', file=sys.stderr)
+
+
+def read_va_list(path) -> list[list[list[float]]]:
+  """A VA list from a JSON file ([[[start, end], ...] for speaker A, [...] for speaker B]) or a
+  Praat TextGrid (`va.textgrid_va_list`: one interval tier per speaker)."""
+  path = pathlib.Path(path)
+  try:
+    text = path.read_text()
+    if path.suffix.lower() == '.textgrid':
+      return va_lib.textgrid_va_list(text, source=str(path))
+    va_list = json.loads(text)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
     raise ValueError(f'{path}: cannot read a VA list ({err})') from err
   va_lib.validate_va_list(va_list, source=str(path))
   return va_list

@@ -21,7 +21,7 @@ def _gpt(context=CONTEXT, **options):
 def _stream(gpt, x, n):
   """Feeds x [B, T, D] n frames a step through one jitted step; the outputs and every cache."""
   step = nnx.jit(transformer.gpt_step)
-  cache, outputs, caches = transformer.init_cache(gpt, x.shape[0]), [], []
+  cache, outputs, caches = transformer.init_cache(gpt, x.shape[0], n), [], []
   for t in range(0, x.shape[1], n):
     cache, y = step(gpt, cache, jnp.asarray(x[:, t:t + n]))
     outputs.append(y)
@@ -77,10 +77,10 @@ def test_unbounded_context_is_refused():
     transformer.gpt_step(gpt, transformer.init_cache(_gpt(), 1), jnp.zeros((1, 1, DIM)))
 
 
-def test_a_step_longer_than_the_context_is_refused():
+def test_a_step_longer_than_the_cache_was_made_for_is_refused():
   gpt = _gpt(context=4)
-  with pytest.raises(ValueError, match='exceeds the cache'):
-    transformer.gpt_step(gpt, transformer.init_cache(gpt, 1), jnp.zeros((1, 5, DIM)))
+  with pytest.raises(ValueError, match='made for steps of 2'):
+    transformer.gpt_step(gpt, transformer.init_cache(gpt, 1, 2), jnp.zeros((1, 3, DIM)))
 
 
 def test_training_mode_dropout_is_refused():
@@ -99,7 +99,7 @@ def _stereo(**options):
 
 def _stream_stereo(stereo, x1, x2, n):
   step = nnx.jit(transformer.stereo_step)
-  cache, outputs, caches = transformer.init_stereo_cache(stereo, x1.shape[0]), [], []
+  cache, outputs, caches = transformer.init_stereo_cache(stereo, x1.shape[0], n), [], []
   for t in range(0, x1.shape[1], n):
     cache, y = step(stereo, cache, jnp.asarray(x1[:, t:t + n]), jnp.asarray(x2[:, t:t + n]))
     outputs.append(y)

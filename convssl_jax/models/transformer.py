@@ -232,9 +232,9 @@ class StereoTransformer(nnx.Module):
 
 
 class KVCache(NamedTuple):
-  """One attention layer's ring buffer: frame p's key and value sit in slot p % C."""
-  keys: jax.Array  # [B, heads, C, head_dim]
-  values: jax.Array  # [B, heads, C, head_dim]
+  """One attention layer's ring buffer of S slots: frame p's key and value sit in slot p % S."""
+  keys: jax.Array  # [B, heads, S, head_dim]
+  values: jax.Array  # [B, heads, S, head_dim]
 
 
 class GPTCache(NamedTuple):
@@ -250,8 +250,8 @@ class StereoCache(NamedTuple):
   cross_layers: tuple[tuple[KVCache, KVCache], ...]
 
 
-def _cache_size(module: GPT | StereoTransformer) -> int:
-  """C = the attention context: the keys a frame may attend back to, bounding the cache."""
+def _context(module: GPT | StereoTransformer) -> int:
+  """The attention context: how many frames (itself included) a frame attends to."""
   if module.context is None:
     raise ValueError('streaming needs a bounded attention context (transformer.context): with '
                      'unbounded context the key/value cache would grow without limit')
@@ -267,54 +267,58 @@ def set_context(module: GPT | StereoTransformer, context: int) -> None:
 
 def _empty_kv(mha: MultiHeadAttention, batch: int, size: int) -> KVCache:
   dim = mha.key.out_features
-  zeros = jnp.zeros((batch, mha.num_heads, size, dim // mha.num_heads),
-                    mha.key.dtype or mha.key.param_dtype)
-  return KVCache(zeros, zeros)
+  shape = (batch, mha.num_heads, size, dim // mha.num_heads)
+  dtype = mha.key.dtype or mha.key.param_dtype
+  return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 
-def init_cache(gpt: GPT, batch: int) -> GPTCache:
-  """The cache before any frame: zero keys/values, all slots empty (position 0)."""
-  size = _cache_size(gpt)
+def init_cache(gpt: GPT, batch: int, step_frames: int = 1) -> GPTCache:
+  """The cache before any frame, for steps of up to `step_frames` frames: context + step_frames - 1
+  slots (a step's frames are written first, then attend to the cache alone), all empty."""
+  size = _context(gpt) + step_frames - 1
   return GPTCache(tuple(_empty_kv(layer.mha, batch, size) for layer in gpt.layers),
                   jnp.zeros((), jnp.int32))
 
 
-def init_stereo_cache(stereo: StereoTransformer, batch: int) -> StereoCache:
+def init_stereo_cache(stereo: StereoTransformer, batch: int, step_frames: int = 1) -> StereoCache:
   """The StereoTransformer's cache before any frame, for `batch` conversations."""
-  size = _cache_size(stereo)
-  return StereoCache(init_cache(stereo.ar_channel, 2 * batch), tuple(
+  size = _context(stereo) + step_frames - 1
+  return StereoCache(init_cache(stereo.ar_channel, 2 * batch, step_frames), tuple(
       (_empty_kv(layer.mha, 2 * batch, size), _empty_kv(layer.mha_cross, 2 * batch, size))
       for layer in stereo.cross_layers))
 
 
-def _ring_bias(slopes: np.ndarray, position: jax.Array, size: int, n: int,
+def _ring_bias(slopes: np.ndarray, end: jax.Array, size: int, n: int,
                context: int) -> jax.Array:
-  """The bias [heads, n, C + n] of frames position..position+n-1 over the cache slots then
-  themselves: slot s holds the latest frame p < position with p % C == s (empty while p < 0)."""
-  slot_pos = position - size + (jnp.arange(size) - position) % size
-  new_pos = position + jnp.arange(n)
-  bias = alibi_bias(slopes, new_pos, jnp.concatenate([slot_pos, new_pos]), context)
-  filled = jnp.concatenate([slot_pos >= 0, jnp.ones(n, bool)])
-  return jnp.where(filled, bias, -jnp.inf)
+  """The bias [heads, n, S] of frames end-n..end-1 over the S slots once they are written: slot s
+  holds the latest frame p < end with p % S == s (empty while p < 0)."""
+  slot_pos = end - size + (jnp.arange(size) - end) % size
+  bias = alibi_bias(slopes, end - n + jnp.arange(n), slot_pos, context)
+  return jnp.where(slot_pos >= 0, bias, -jnp.inf)
 
 
-def _check_step(module: nnx.Module, size: int, n: int) -> None:
-  """A step fits the cache and has no dropout randomness (every active dropout in eval mode)."""
-  if n > size:
-    raise ValueError(f'a step of {n} frames exceeds the cache of {size} (the context)')
+def _step_bias(module: GPT | StereoTransformer, kv: KVCache, position: jax.Array, n: int):
+  """(bias, the new frames' slots) for a step of n frames at `position` over caches like kv.
+
+  Also checks that the step fits the cache and has no dropout randomness (eval mode)."""
+  context, size = _context(module), kv.keys.shape[-2]
+  if n > size - context + 1:
+    raise ValueError(f'a step of {n} frames needs a cache of context + {n - 1} slots; this one '
+                     f'was made for steps of {size - context + 1} (init_cache(step_frames=...))')
   if any(isinstance(m, nnx.Dropout) and m.rate > 0 and not m.deterministic
          for _, m in nnx.iter_modules(module)):
     raise ValueError('streaming runs in eval mode: call .eval() on the model first')
+  return (_ring_bias(module.slopes, position + n, size, n, context),
+          (position + jnp.arange(n)) % size)
 
 
 def _cached_attention(mha: MultiHeadAttention, kv: KVCache, query: jax.Array, source: jax.Array,
                       bias: jax.Array, slots: jax.Array) -> tuple[jax.Array, KVCache]:
-  """query [B, n, D] attends to the cached frames and source's n new frames, which then take
-  their slots in the cache."""
+  """source's n new frames take their slots in the cache (in place under donation), then query
+  [B, n, D] attends to the cache."""
   k, v = (t.astype(kv.keys.dtype) for t in mha.keys_values(source))
-  out = mha.attend(query, jnp.concatenate([kv.keys, k], axis=-2),
-                   jnp.concatenate([kv.values, v], axis=-2), bias)
-  return out, KVCache(kv.keys.at[:, :, slots].set(k), kv.values.at[:, :, slots].set(v))
+  kv = KVCache(kv.keys.at[:, :, slots].set(k), kv.values.at[:, :, slots].set(v))
+  return mha.attend(query, kv.keys, kv.values, bias), kv
 
 
 def _layer_step(layer: TransformerLayer, kv: KVCache, x: jax.Array, bias: jax.Array,
@@ -331,18 +335,10 @@ def _layer_step(layer: TransformerLayer, kv: KVCache, x: jax.Array, bias: jax.Ar
   return layer.add_feed_forward(h), kv, cross_kv
 
 
-def _step_bias(module: GPT | StereoTransformer, position: jax.Array, n: int):
-  """(bias over cache + new frames, the new frames' cache slots) for a step at `position`."""
-  size = _cache_size(module)
-  _check_step(module, size, n)
-  return (_ring_bias(module.slopes, position, size, n, module.context),
-          (position + jnp.arange(n)) % size)
-
-
 def gpt_step(gpt: GPT, cache: GPTCache, x: jax.Array) -> tuple[GPTCache, jax.Array]:
-  """n new frames x [B, n, D] (n <= C) -> (new cache, [B, n, D]), equal to the offline `gpt` over
-  the whole stream at those frames (in eval mode)."""
-  bias, slots = _step_bias(gpt, cache.position, x.shape[-2])
+  """n new frames x [B, n, D] (n <= the cache's step_frames) -> (new cache, [B, n, D]), equal to
+  the offline `gpt` over the whole stream at those frames (in eval mode)."""
+  bias, slots = _step_bias(gpt, cache.layers[0], cache.position, x.shape[-2])
   new_layers = []
   for layer, kv in zip(gpt.layers, cache.layers):
     x, kv, _ = _layer_step(layer, kv, x, bias, slots)
@@ -356,7 +352,8 @@ def stereo_step(stereo: StereoTransformer, cache: StereoCache, x1: jax.Array, x2
   """n new frames of each speaker x1, x2 [B, n, D] -> (new cache, (x, x1, x2) as the offline
   `stereo` gives them at those frames, in eval mode)."""
   batch = x1.shape[0]
-  bias, slots = _step_bias(stereo, cache.channel.position, x1.shape[-2])
+  bias, slots = _step_bias(stereo, cache.channel.layers[0], cache.channel.position,
+                           x1.shape[-2])
   channel, x = gpt_step(stereo.ar_channel, cache.channel, jnp.concatenate([x1, x2], axis=0))
   cross_layers = []
   for layer, (kv, cross_kv) in zip(stereo.cross_layers, cache.cross_layers):

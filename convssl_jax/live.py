@@ -1,0 +1,118 @@
+"""Live turn-taking: audio sources paced like a microphone, a `Streamer`, and a terminal bar.
+
+Sources yield stereo blocks [2, n] float32 at 16 kHz (channel 0 = speaker A): a file (read
+whole, resampled if needed, then released `block_s` at a time in real time, or as fast as
+possible), raw 16-bit little-endian interleaved stereo PCM at 16 kHz from a binary stream such as
+stdin, or a microphone through the optional `sounddevice` package.
+"""
+
+import sys
+import time
+from collections.abc import Iterator
+from typing import IO, Any
+
+import numpy as np
+
+from convssl_jax.data import audio as audio_lib
+
+SAMPLE_RATE = 16_000
+
+
+def file_source(path, block_s: float = 0.02, pace: bool = True) -> Iterator[np.ndarray]:
+  """A mono or stereo audio file in blocks [2, n]; with `pace`, each block when its time comes."""
+  wave = audio_lib.read_audio(path, sample_rate=SAMPLE_RATE)
+  if not np.isfinite(wave).all():
+    raise audio_lib.AudioError(f'{path}: the audio contains NaN or infinite samples')
+  if wave.shape[1] not in (1, 2):
+    raise audio_lib.AudioError(f'{path}: {wave.shape[1]} channels; expected 1 or 2')
+  if wave.shape[1] == 1:  # speaker A alone
+    wave = np.concatenate([wave, np.zeros_like(wave)], axis=1)
+  block = max(int(block_s * SAMPLE_RATE), 1)
+  start = time.perf_counter()
+  for first in range(0, len(wave), block):
+    if pace:
+      time.sleep(max(0.0, start + (first + block) / SAMPLE_RATE - time.perf_counter()))
+    yield np.ascontiguousarray(wave[first:first + block].T)
+
+
+def pcm_source(stream: IO[bytes], block_s: float = 0.02) -> Iterator[np.ndarray]:
+  """Raw int16 stereo PCM (16 kHz, little-endian, interleaved A, B) from a binary stream, in
+  blocks [2, n] as they arrive; an odd trailing byte or a half frame at the end is dropped."""
+  frame_bytes = 4  # two int16 samples
+  want = max(int(block_s * SAMPLE_RATE), 1) * frame_bytes
+  pending = b''
+  while True:
+    chunk = stream.read(want - len(pending))
+    if not chunk:
+      break
+    pending += chunk
+    whole = len(pending) // frame_bytes * frame_bytes
+    if whole >= want:
+      pcm = np.frombuffer(pending[:whole], '<i2').reshape(-1, 2)
+      pending = pending[whole:]
+      yield audio_lib.from_int16(pcm).T.copy()
+  whole = len(pending) // frame_bytes * frame_bytes
+  if whole:
+    yield audio_lib.from_int16(np.frombuffer(pending[:whole], '<i2').reshape(-1, 2)).T.copy()
+
+
+def mic_source(block_s: float = 0.02, device=None) -> Iterator[np.ndarray]:
+  """A 2-channel input device (one speaker per channel) through `sounddevice`, if installed."""
+  try:
+    import sounddevice  # pylint: disable=import-outside-toplevel
+  except (ImportError, OSError) as err:
+    raise RuntimeError('--audio=mic needs the optional sounddevice package and PortAudio '
+                       f'(pip install sounddevice): {err}') from err
+  block = max(int(block_s * SAMPLE_RATE), 1)
+  with sounddevice.InputStream(samplerate=SAMPLE_RATE, channels=2, dtype='float32',
+                               blocksize=block, device=device) as stream:
+    while True:
+      data, _ = stream.read(block)
+      yield np.ascontiguousarray(data.T)
+
+
+def bar(frame: dict[str, np.ndarray], time_s: float, width: int = 30) -> str:
+  """One frame's outputs as a line: who is likely to speak next (p_future, else p_now or p) as a
+  bar from A (left) to B (right), and the voice activity the model hears."""
+  key = next(k for k in ('p_future', 'p_now', 'p') if k in frame)
+  p_a = float(frame[key][0])
+  filled = round(p_a * width)
+  line = f'{time_s:8.2f}s  A {"#" * filled}{"." * (width - filled)} B  {key} A {p_a:.2f}'
+  if 'vad' in frame:
+    line += f'  vad A {frame["vad"][0]:.2f} B {frame["vad"][1]:.2f}'
+  if 'p_bc' in frame:
+    line += f'  bc A {frame["p_bc"][0]:.2f} B {frame["p_bc"][1]:.2f}'
+  return line
+
+
+def run(streamer, blocks: Iterator[np.ndarray], frame_hz: int, *, out: IO[str] = sys.stdout,
+        every_s: float = 0.1, va: np.ndarray | None = None) -> dict[str, Any]:
+  """Pushes `blocks` through `streamer`, printing a `bar` every `every_s` seconds of audio (in
+  place on a terminal); returns every frame's outputs {name: [T, 2]} and the push latencies [s].
+
+  `va` [T, 2]: the current VA frames the mono model reads, handed over with the audio they cover.
+  """
+  frames, latencies, done, samples, va_sent = [], [], 0, 0, 0
+  every = max(round(every_s * frame_hz), 1)
+  live = out.isatty()
+  for block in blocks:
+    kwargs = {}
+    samples += block.shape[-1]
+    if va is not None:
+      upto = min(samples * frame_hz // SAMPLE_RATE, len(va))
+      kwargs['va'], va_sent = va[va_sent:upto], upto
+    start = time.perf_counter()
+    result = streamer.push(block, **kwargs)
+    latencies.append(time.perf_counter() - start)
+    n = len(next(iter(result.values())))
+    for i in range(n):
+      if (done + i) % every == 0:
+        line = bar({k: v[i] for k, v in result.items()}, (done + i) / frame_hz)
+        out.write(f'\r{line}' if live else f'{line}\n')
+        out.flush()
+    done += n
+    frames.append(result)
+  if live:
+    out.write('\n')
+  outputs = {k: np.concatenate([f[k] for f in frames]) for k in frames[0]} if frames else {}
+  return {'outputs': outputs, 'latency_s': np.asarray(latencies)}

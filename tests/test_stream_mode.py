@@ -1,0 +1,220 @@
+"""Live streaming: sources, the terminal bar, `run.py --mode=stream`, and TextGrid VA lists."""
+
+import csv
+import io
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+from flax import nnx
+
+from convssl_jax import evaluate, inference, live, predict
+from convssl_jax.data import audio as audio_lib
+from convssl_jax.data import va as va_lib
+from tests import processes
+
+RATE = 16000
+LONG_TEXTGRID = '''File type = "ooTextFile"
+Object class = "TextGrid"
+
+xmin = 0
+xmax = 3.5
+tiers? <exists>
+size = 3
+item []:
+    item [1]:
+        class = "IntervalTier"
+        name = "speaker A"
+        xmin = 0
+        xmax = 3.5
+        intervals: size = 4
+        intervals [1]:
+            xmin = 0
+            xmax = 0.5
+            text = ""
+        intervals [2]:
+            xmin = 0.5
+            xmax = 1.25
+            text = "say ""2"" [3]"
+        intervals [3]:
+            xmin = 1.25
+            xmax = 2
+            text = "again"
+        intervals [4]:
+            xmin = 2
+            xmax = 3.5
+            text = "  "
+    item [2]:
+        class = "TextTier"
+        name = "points 1"
+        xmin = 0
+        xmax = 3.5
+        points: size = 1
+        points [1]:
+            number = 1.5
+            mark = "x"
+    item [3]:
+        class = "IntervalTier"
+        name = "speaker B"
+        xmin = 0
+        xmax = 3.5
+        intervals: size = 2
+        intervals [1]:
+            xmin = 0
+            xmax = 2.1
+            text = ""
+        intervals [2]:
+            xmin = 2.1
+            xmax = 3.5
+            text = "yes"
+'''
+# The same grid in Praat's short text format.
+SHORT_TEXTGRID = '''File type = "ooTextFile"
+Object class = "TextGrid"
+
+0
+3.5
+<exists>
+3
+"IntervalTier"
+"speaker A"
+0
+3.5
+4
+0
+0.5
+""
+0.5
+1.25
+"say ""2"" [3]"
+1.25
+2
+"again"
+2
+3.5
+"  "
+"TextTier"
+"points 1"
+0
+3.5
+1
+1.5
+"x"
+"IntervalTier"
+"speaker B"
+0
+3.5
+2
+0
+2.1
+""
+2.1
+3.5
+"yes"
+'''
+
+
+@pytest.mark.parametrize('text', [LONG_TEXTGRID, SHORT_TEXTGRID], ids=['long', 'short'])
+def test_a_textgrid_gives_the_speech_intervals_of_its_first_two_interval_tiers(tmp_path, text):
+  path = tmp_path / 'talk.TextGrid'
+  path.write_text(text)
+  # Speaker A: "say..." and "again" touch and join; blank and whitespace labels are silence.
+  assert predict.read_va_list(path) == [[[0.5, 2.0]], [[2.1, 3.5]]]
+
+
+@pytest.mark.parametrize('text, message', [
+    ('hello', 'not a Praat TextGrid'),
+    (LONG_TEXTGRID.replace('size = 3', 'size = 1', 1), 'expected two interval tiers'),
+    (LONG_TEXTGRID.split('item [3]')[0], 'ends early'),
+    (LONG_TEXTGRID.replace('xmax = 1.25', 'xmax = "1.25"', 1), "'1.25' where a number"),
+])
+def test_a_bad_textgrid_is_refused_naming_the_file(tmp_path, text, message):
+  path = tmp_path / 'bad.TextGrid'
+  path.write_text(text)
+  with pytest.raises(ValueError, match=f'{path}.*{message}'):
+    predict.read_va_list(path)
+
+
+def test_pcm_source_decodes_interleaved_int16_stereo_in_blocks():
+  pcm = np.arange(-1000, 1000, dtype='<i2').reshape(-1, 2)  # 1000 stereo frames
+  data = pcm.tobytes() + b'\x01'  # a stray trailing byte is dropped
+  blocks = list(live.pcm_source(io.BytesIO(data), block_s=0.02))
+  assert [b.shape for b in blocks] == [(2, 320)] * 3 + [(2, 40)]
+  np.testing.assert_array_equal(np.concatenate(blocks, axis=1), pcm.T / 32768.0)
+
+
+def test_a_file_source_is_paced_in_real_time_and_a_mono_file_is_speaker_a(tmp_path):
+  path = tmp_path / 'a.wav'
+  wave = (0.1 * np.random.default_rng(0).standard_normal(int(0.3 * RATE))).astype(np.float32)
+  sf.write(path, wave, RATE, subtype='FLOAT')
+  start = time.perf_counter()
+  blocks = list(live.file_source(path, block_s=0.05, pace=True))
+  assert time.perf_counter() - start >= 0.28  # 0.3 s of audio released as it would be heard
+  joined = np.concatenate(blocks, axis=1)
+  np.testing.assert_array_equal(joined[0], wave)
+  assert not joined[1].any()
+
+
+def test_a_file_source_refuses_nan_audio(tmp_path):
+  path = tmp_path / 'nan.wav'
+  sf.write(path, np.full((1600, 2), np.nan, np.float32), RATE, subtype='FLOAT')
+  with pytest.raises(audio_lib.AudioError, match=f'{path}.*NaN'):
+    next(live.file_source(path, pace=False))
+
+
+def test_the_microphone_source_names_its_missing_dependency(monkeypatch):
+  monkeypatch.setitem(sys.modules, 'sounddevice', None)  # as if not installed
+  with pytest.raises(RuntimeError, match='sounddevice'):
+    next(live.mic_source())
+
+
+def test_the_bar_points_to_the_likely_next_speaker():
+  frame = {'p_future': np.array([0.8, 0.2]), 'vad': np.array([0.9, 0.1])}
+  line = live.bar(frame, 1.5, width=10)
+  assert '1.50s  A ########.. B  p_future A 0.80' in line and 'vad A 0.90 B 0.10' in line
+
+
+@pytest.fixture(scope='module')
+def stream_audio(tmp_path_factory):
+  """3 s of stereo speech-like noise as int16 PCM."""
+  rng = np.random.default_rng(3)
+  gain = np.repeat(rng.uniform(0, 0.4, (30, 2)), RATE // 10, axis=0)
+  return audio_lib.to_int16(gain * rng.standard_normal((3 * RATE, 2)))
+
+
+def test_stream_mode_on_stdin_pcm_equals_the_streamer(tiny_run, stream_audio, tmp_path):
+  """`run.py --mode=stream --audio=-` over a trained model: its CSV equals a Streamer over the
+  same audio with the same 2 s context, and it reports its latency."""
+  config, workdir = tiny_run
+  args = [sys.executable, 'run.py', '--config=configs/vap.py:tiny', f'--workdir={workdir}',
+          f'--config.data.data_dir={config.data.data_dir}', '--mode=stream', '--audio=-',
+          '--context_s=2', f'--output={tmp_path}']
+  done = subprocess.run(args, cwd=processes.REPO, env=processes.env(), capture_output=True,
+                        input=stream_audio.tobytes(), timeout=300, check=False)
+  stderr = done.stderr.decode()
+  assert done.returncode == 0, stderr[-3000:]
+  assert 'latency median' in stderr and '2 s of attention context' in stderr
+  lines = done.stdout.decode().splitlines()
+  assert len(lines) == 30 and lines[0].strip().startswith('0.00s  A')  # a line per 0.1 s
+
+  trainer, _ = evaluate.restore_trainer(config, workdir, 'best')
+  model, _ = nnx.merge(trainer.graphdef, trainer.state)
+  streamer = inference.Streamer(model, trainer.objective, context=2 * config.model.frame_hz)
+  want = streamer.push(audio_lib.from_int16(stream_audio).T)
+  with open(tmp_path / 'stream.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 150
+  for key in ('p_now', 'p_future', 'p_bc', 'vad'):
+    for i, speaker in enumerate('AB'):
+      got = np.array([float(r[f'{key}_{speaker}']) for r in rows])
+      np.testing.assert_allclose(got, want[key][:, i], atol=1e-4, err_msg=key)
+
+
+def test_stream_mode_refuses_the_mono_model_without_va(tiny_run, tmp_path):
+  config, workdir = tiny_run
+  out = processes.run('run.py', '--config=configs/vap.py:tiny,mono', f'--workdir={workdir}',
+                      '--mode=stream', '--audio=-')
+  assert out.returncode != 0 and 'give --va' in out.stderr
