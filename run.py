@@ -14,6 +14,9 @@ Modes:
             on stdin, --audio=mic for a 2-channel input device (needs sounddevice); prints a
             live bar of who is likely to speak next and the push latency; --output also writes
             the frames as predict does. The mono model needs --va.
+  export    the trained model as self-contained jax.export artifacts in --output (default
+            WORKDIR/export): the streaming step (as --mode=stream runs it, --context_s) and the
+            offline forward over one data.window_s window (convssl_jax/export.py).
   summary   build the configured model, run it on one second of audio, print shapes and
             parameter counts (total, trainable, per part).
   data      build the configured corpus if it is not built yet (the synthetic corpus builds
@@ -26,7 +29,8 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', 'configs/vap.py', 'Config file[:variant,...].',
                                 lock_config=True)
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'stream', 'summary', 'data'],
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'stream', 'export', 'summary',
+                   'data'],
                   'What to run.')
 flags.DEFINE_string('workdir', 'workdir', 'Checkpoints, TensorBoard events and metrics go here.')
 flags.DEFINE_string('audio', None, 'predict: an audio file (stereo: one speaker per channel; mono: '
@@ -158,15 +162,47 @@ def predict(config) -> None:
           + ', '.join(map(str, written)))
 
 
+def _restored_streamer(config):
+  """(trainer, step, Streamer) of the trained model in --workdir, with --context_s of attention
+  (default: the model's own context, else data.window_s, the longest it was trained on)."""
+  from flax import nnx
+
+  from convssl_jax import evaluate as evaluate_lib
+  from convssl_jax import inference
+
+  trainer, step = evaluate_lib.restore_trainer(config, FLAGS.workdir, config.eval.checkpoint)
+  model, _ = nnx.merge(trainer.graphdef, trainer.state)
+  frame_hz = config.model.frame_hz
+  context = (int(FLAGS.context_s * frame_hz) if FLAGS.context_s
+             else config.model.transformer.context or int(config.data.window_s * frame_hz))
+  return trainer, step, inference.Streamer(model, trainer.objective, context=context)
+
+
+def export(config) -> None:
+  import pathlib
+
+  from flax import nnx
+
+  from convssl_jax import export as export_lib
+
+  trainer, step, streamer = _restored_streamer(config)
+  output = pathlib.Path(FLAGS.output or pathlib.Path(FLAGS.workdir) / 'export')
+  output.mkdir(parents=True, exist_ok=True)
+  model, _ = nnx.merge(trainer.graphdef, trainer.state)
+  written = [export_lib.export_stream_step(streamer, output, config.model.frame_hz),
+             export_lib.export_forward(model, trainer.objective, output,
+                                       window_s=config.data.window_s)]
+  print(f'model: {FLAGS.workdir} ({config.eval.checkpoint} checkpoint, step {step}) -> '
+        + ', '.join(map(str, written)))
+
+
 def stream(config) -> None:
   import pathlib
   import sys
 
   import numpy as np
-  from flax import nnx
 
-  from convssl_jax import evaluate as evaluate_lib
-  from convssl_jax import inference, live
+  from convssl_jax import live
   from convssl_jax import predict as predict_lib
   from convssl_jax.data import va as va_lib
 
@@ -174,12 +210,8 @@ def stream(config) -> None:
     raise app.UsageError('--mode=stream needs --audio=FILE, --audio=- (stdin PCM) or --audio=mic')
   if config.model.kind == 'mono' and not FLAGS.va:
     raise app.UsageError('the mono model reads the current voice activity: give --va')
-  trainer, step = evaluate_lib.restore_trainer(config, FLAGS.workdir, config.eval.checkpoint)
-  model, _ = nnx.merge(trainer.graphdef, trainer.state)
+  _, step, streamer = _restored_streamer(config)
   frame_hz = config.model.frame_hz
-  context = (int(FLAGS.context_s * frame_hz) if FLAGS.context_s
-             else config.model.transformer.context or int(config.data.window_s * frame_hz))
-  streamer = inference.Streamer(model, trainer.objective, context=context)
   va = None
   if FLAGS.va:
     va_list = predict_lib.read_va_list(FLAGS.va)
@@ -193,7 +225,7 @@ def stream(config) -> None:
     predict_lib.notice_rate(FLAGS.audio)
     blocks = live.file_source(FLAGS.audio, pace=FLAGS.pace)
   print(f'model: {FLAGS.workdir} ({config.eval.checkpoint} checkpoint, step {step}); '
-        f'{context / frame_hz:g} s of attention context', file=sys.stderr)
+        f'{streamer.context / frame_hz:g} s of attention context', file=sys.stderr)
   result = live.run(streamer, blocks, frame_hz, va=va)
   ms = result['latency_s'] * 1000
   if len(ms):
@@ -240,7 +272,7 @@ def main(argv):
   if FLAGS.mode in ('train', 'eval'):
     initialize_distributed()
   modes = {'train': train, 'eval': evaluate, 'predict': predict, 'stream': stream,
-           'summary': summary, 'data': data}
+           'export': export, 'summary': summary, 'data': data}
   modes[FLAGS.mode](FLAGS.config)
 
 

@@ -277,6 +277,7 @@ class Streamer:
       model = nnx.clone(model)
       transformer.set_context(model.transformer, context)
     self.mono = isinstance(model, vap.MonoVAP)
+    self.context = model.transformer.context  # frames a frame attends to
     self.batch = batch
     rows = batch or 1
     if model.encoder is not None:
@@ -291,16 +292,22 @@ class Streamer:
       model.eval()
       return stream_step(model, objective, state, samples.reshape(rows, 2, -1), *va)
 
-    hop = frames_per_step * (frame_samples(model.downsample) if model.encoder is not None
-                             else SAMPLE_RATE // objective.frame_hz)
-    state = init_stream_state(model, rows, frames_per_step)
-    self._buffer = _HopBuffer(step, params, state, hop, 2 * rows)
-    frames = jax.ShapeDtypeStruct((rows, frames_per_step, 2), jnp.float32)
-    va_args = (frames,) + ((jax.ShapeDtypeStruct((rows, frames_per_step, len(history_times) + 1),
-                                                 jnp.float32),) if self._history else ())
-    _, shapes = jax.eval_shape(step, params, state, jax.ShapeDtypeStruct((2 * rows, hop),
-                                                                         jnp.float32),
-                               *(va_args if self.mono else ()))
+    # The pure step and what it reads, for `export`: step(params, state, samples [B, 2, hop],
+    # *va_inputs) -> (state, outputs); the mono model's va_inputs are VA [B, n, 2] (and history).
+    self.step_fn, self.params = step, params
+    self.hop = frames_per_step * (frame_samples(model.downsample) if model.encoder is not None
+                                  else SAMPLE_RATE // objective.frame_hz)
+    self.initial_state = init_stream_state(model, rows, frames_per_step)
+    self.va_inputs = ()
+    if self.mono:
+      self.va_inputs = (jax.ShapeDtypeStruct((rows, frames_per_step, 2), jnp.float32),)
+      if self._history:
+        self.va_inputs += (jax.ShapeDtypeStruct((rows, frames_per_step, len(history_times) + 1),
+                                                jnp.float32),)
+    self._buffer = _HopBuffer(step, params, self.initial_state, self.hop, 2 * rows)
+    _, shapes = jax.eval_shape(step, params, self.initial_state,
+                               jax.ShapeDtypeStruct((rows, 2, self.hop), jnp.float32),
+                               *self.va_inputs)
     self._empty = {k: np.zeros((rows, 0, *v.shape[2:]), v.dtype) for k, v in shapes.items()}
     self._va = np.zeros((rows, 0, 2), np.float32)  # mono: VA frames not yet heard
 

@@ -1,0 +1,93 @@
+"""Self-contained model artifacts: the streaming step and the offline forward through `jax.export`.
+
+Each artifact is serialized StableHLO with the weights inside, plus a JSON card of its inputs
+and outputs, so it runs wherever jax runs, without this package:
+
+  exported = jax.export.deserialize(open('stream_step.jaxexport', 'rb').read())
+  state = [np.zeros(a.shape, a.dtype) for a in exported.in_avals[:card['state_leaves']]]
+  state, outputs = exported.call(state, samples)  # samples [B, 2, hop] float32 at 16 kHz
+
+The streaming state is a flat list of arrays (all zeros at the start of a stream); outputs are a
+dict of per-frame curves [B, n, 2] (`inference.frame_outputs`). The offline forward maps one
+window `wave [B, 2, S]` (and for the mono model its VA [B, N, 2] and VA history) to the same curves
+for each of its frames.
+"""
+
+import json
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from convssl_jax import inference
+from convssl_jax.data import va as va_lib
+from convssl_jax.models import vap
+from convssl_jax.objective import VAPObjective
+
+STREAM_STEP, FORWARD = 'stream_step', 'forward'
+
+
+def _write(directory: pathlib.Path, name: str, exported: jax.export.Exported,
+           card: dict[str, Any]) -> pathlib.Path:
+  path = directory / f'{name}.jaxexport'
+  path.write_bytes(exported.serialize())
+  (directory / f'{name}.json').write_text(json.dumps(card, indent=2))
+  return path
+
+
+def export_stream_step(streamer: inference.Streamer, directory, frame_hz: int) -> pathlib.Path:
+  """The streamer's step with its weights: (state leaves, samples [B, 2, hop], *va) ->
+  (state leaves, outputs). Writes `stream_step.jaxexport` and `stream_step.json`."""
+  leaves, treedef = jax.tree.flatten(streamer.initial_state)
+  step, params = streamer.step_fn, streamer.params
+
+  def stream_step(state_leaves, samples, *va):
+    state, outputs = step(params, treedef.unflatten(state_leaves), samples, *va)
+    return jax.tree.leaves(state), outputs
+
+  rows = streamer.batch or 1
+  exported = jax.export.export(jax.jit(stream_step))(
+      [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves],
+      jax.ShapeDtypeStruct((rows, 2, streamer.hop), jnp.float32), *streamer.va_inputs)
+  card = {
+      'function': 'stream_step(state, samples, *va) -> (state, outputs)',
+      'state_leaves': len(leaves), 'initial_state': 'zeros of the first state_leaves in_avals',
+      'samples': [rows, 2, streamer.hop], 'sample_rate': inference.SAMPLE_RATE,
+      'frame_hz': frame_hz, 'frames_per_step': streamer.frames_per_step,
+      'va_inputs': [list(v.shape) for v in streamer.va_inputs],
+      'outputs': sorted(exported.out_tree.unflatten(exported.out_avals)[1]),
+  }
+  return _write(pathlib.Path(directory), STREAM_STEP, exported, card)
+
+
+def export_forward(model: vap.MonoVAP | vap.StereoVAP, objective: VAPObjective, directory, *,
+                   window_s: float, batch: int = 1) -> pathlib.Path:
+  """The offline model with its weights over one window: wave [B, 2, S] (mono: and VA [B, N, 2],
+  VA history [B, N, bins]) -> outputs [B, N, 2]. Writes `forward.jaxexport` and `forward.json`."""
+  graphdef, params = nnx.split(model)
+  mono = isinstance(model, vap.MonoVAP)
+  samples = int(window_s * inference.SAMPLE_RATE)
+  frames = va_lib.num_frames(window_s, objective.frame_hz)
+
+  def forward(wave, *va):
+    model = nnx.merge(graphdef, params)
+    model.eval()
+    out = model(wave, *va)
+    out = {k: out[k][:, :frames] for k in ('logits', 'vad') if k in out}
+    return inference.frame_outputs(objective, out, va[0] if va else None)
+
+  inputs = [jax.ShapeDtypeStruct((batch, 2, samples), jnp.float32)]
+  if mono:
+    inputs.append(jax.ShapeDtypeStruct((batch, frames, 2), jnp.float32))
+    if model.va_condition.history_proj is not None:
+      bins = model.va_condition.history_proj.in_features
+      inputs.append(jax.ShapeDtypeStruct((batch, frames, bins), jnp.float32))
+  exported = jax.export.export(jax.jit(forward))(*inputs)
+  card = {
+      'function': 'forward(wave, *va) -> outputs', 'inputs': [list(x.shape) for x in inputs],
+      'sample_rate': inference.SAMPLE_RATE, 'frame_hz': objective.frame_hz,
+      'outputs': sorted(exported.out_tree.unflatten(exported.out_avals)),
+  }
+  return _write(pathlib.Path(directory), FORWARD, exported, card)

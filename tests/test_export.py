@@ -1,0 +1,108 @@
+"""Exported artifacts (jax.export) run without this package and equal the model they came from."""
+
+import json
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import vap as vap_config
+from convssl_jax import export, inference, train
+from convssl_jax.data import va as va_lib
+from convssl_jax.models import vap
+
+RATE, CONTEXT = 16000, 20
+
+# Runs an artifact with jax and numpy only: this package is not importable in the child.
+RUNNER = '''
+import json, sys
+import jax, numpy as np
+sys.path = [p for p in sys.path if p not in ('', '.')]
+directory, name = sys.argv[1], sys.argv[2]
+exported = jax.export.deserialize(open(f'{directory}/{name}.jaxexport', 'rb').read())
+card = json.load(open(f'{directory}/{name}.json'))
+inputs = np.load(f'{directory}/inputs.npz')
+if name == 'stream_step':
+  state = [np.zeros(a.shape, a.dtype) for a in exported.in_avals[:card['state_leaves']]]
+  wave, hop, outs = inputs['wave'], card['samples'][-1], []
+  for start in range(0, wave.shape[-1] - hop + 1, hop):
+    state, out = exported.call(state, wave[..., start:start + hop])
+    outs.append(out)
+  result = {k: np.concatenate([o[k] for o in outs], axis=1) for k in outs[0]}
+else:
+  result = exported.call(inputs['wave'])
+assert not any(m.startswith('convssl_jax') for m in sys.modules)
+np.savez(f'{directory}/outputs.npz', **{k: np.asarray(v) for k, v in result.items()})
+'''
+
+
+def _model(variant='tiny'):
+  cfg = vap_config.get_config(variant).model
+  cfg.transformer.context = CONTEXT
+  model = vap.build_model(cfg, rngs=nnx.Rngs(0))
+  model.eval()
+  return model, train.objective_for(cfg)
+
+
+def _wave(seconds, seed=0):
+  rng = np.random.default_rng(seed)
+  return (0.2 * rng.standard_normal((1, 2, int(seconds * RATE)))).astype(np.float32)
+
+
+def _run_alone(directory, name, wave):
+  np.savez(directory / 'inputs.npz', wave=wave)
+  done = subprocess.run([sys.executable, '-c', RUNNER, str(directory), name], cwd=directory,
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return dict(np.load(directory / 'outputs.npz'))
+
+
+def test_the_exported_stream_step_runs_alone_and_equals_the_streamer(tmp_path):
+  model, objective = _model()
+  wave = _wave(1.0)
+  streamer = inference.Streamer(model, objective, batch=1)
+  export.export_stream_step(streamer, tmp_path, objective.frame_hz)
+  card = json.loads((tmp_path / 'stream_step.json').read_text())
+  assert card['samples'] == [1, 2, 320] and card['outputs'] == ['p_bc', 'p_future', 'p_now', 'vad']
+  got = _run_alone(tmp_path, 'stream_step', wave)
+  want = streamer.push(wave)
+  for key in want:
+    np.testing.assert_allclose(got[key], want[key], atol=1e-5, err_msg=key)
+
+
+def test_the_exported_forward_runs_alone_and_equals_the_model(tmp_path):
+  model, objective = _model()
+  wave = _wave(2.0, seed=1)
+  export.export_forward(model, objective, tmp_path, window_s=2.0)
+  got = _run_alone(tmp_path, 'forward', wave)
+  out = model(jnp.asarray(wave))
+  want = inference.frame_outputs(objective, {k: out[k][:, :100] for k in ('logits', 'vad')})
+  for key in want:
+    np.testing.assert_allclose(got[key], np.asarray(want[key]), atol=1e-5, err_msg=key)
+
+
+def test_the_exported_mono_step_reads_va_and_history(tmp_path):
+  import jax
+  model, objective = _model('tiny,mono')
+  streamer = inference.Streamer(model, objective, batch=1)
+  export.export_stream_step(streamer, tmp_path, objective.frame_hz)
+  exported = jax.export.deserialize((tmp_path / 'stream_step.jaxexport').read_bytes())
+  card = json.loads((tmp_path / 'stream_step.json').read_text())
+  assert card['va_inputs'] == [[1, 1, 2], [1, 1, 5]] and 'p' in card['outputs']
+  wave, frames = _wave(0.4, seed=2), 20
+  va = np.zeros((1, frames, 2), np.float32)
+  va[0, 3:12, 0] = va[0, 10:18, 1] = 1
+  history = va_lib.va_history(va[0], objective.frame_hz)[None]
+  state = [np.zeros(a.shape, a.dtype) for a in exported.in_avals[:card['state_leaves']]]
+  outs = []
+  for i in range(frames):
+    state, out = exported.call(state, wave[..., i * 320:(i + 1) * 320], va[:, i:i + 1],
+                               history[:, i:i + 1])
+    outs.append(out)
+  want = streamer.push(wave, va=va)
+  for key in want:
+    got = np.concatenate([o[key] for o in outs], axis=1)
+    np.testing.assert_allclose(got, want[key], atol=1e-5, err_msg=key)
