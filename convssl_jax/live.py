@@ -20,13 +20,7 @@ SAMPLE_RATE = 16_000
 
 def file_source(path, block_s: float = 0.02, pace: bool = True) -> Iterator[np.ndarray]:
   """A mono or stereo audio file in blocks [2, n]; with `pace`, each block when its time comes."""
-  wave = audio_lib.read_audio(path, sample_rate=SAMPLE_RATE)
-  if not np.isfinite(wave).all():
-    raise audio_lib.AudioError(f'{path}: the audio contains NaN or infinite samples')
-  if wave.shape[1] not in (1, 2):
-    raise audio_lib.AudioError(f'{path}: {wave.shape[1]} channels; expected 1 or 2')
-  if wave.shape[1] == 1:  # speaker A alone
-    wave = np.concatenate([wave, np.zeros_like(wave)], axis=1)
+  wave = audio_lib.read_stereo(path, sample_rate=SAMPLE_RATE)
   block = max(int(block_s * SAMPLE_RATE), 1)
   start = time.perf_counter()
   for first in range(0, len(wave), block):

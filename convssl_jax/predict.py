@@ -65,16 +65,7 @@ def read_va_list(path) -> list[list[list[float]]]:
 
 def recording(path, va_list=None) -> pipeline.Corpus:
   """One audio file (and its VA list, if known) as a one-conversation corpus."""
-  wave = audio_lib.read_audio(path, sample_rate=SAMPLE_RATE)
-  if not len(wave):
-    raise audio_lib.AudioError(f'{path}: the file holds no samples')
-  if not np.isfinite(wave).all():
-    raise audio_lib.AudioError(f'{path}: the audio contains NaN or infinite samples')
-  if wave.shape[1] > 2:
-    raise audio_lib.AudioError(f'{path}: {wave.shape[1]} channels; expected 1 or 2 (one speaker '
-                               'per channel)')
-  if wave.shape[1] == 1:
-    wave = np.concatenate([wave, np.zeros_like(wave)], axis=1)
+  wave = audio_lib.read_stereo(path, sample_rate=SAMPLE_RATE)
   duration = len(wave) / SAMPLE_RATE
   segments = va_lib.va_segments(va_list or [[], []], source=str(path)).astype(np.float32)
   example = {'audio': audio_lib.to_int16(wave), 'va': segments,

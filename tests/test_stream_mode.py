@@ -158,11 +158,23 @@ def test_a_file_source_is_paced_in_real_time_and_a_mono_file_is_speaker_a(tmp_pa
   assert not joined[1].any()
 
 
-def test_a_file_source_refuses_nan_audio(tmp_path):
-  path = tmp_path / 'nan.wav'
-  sf.write(path, np.full((1600, 2), np.nan, np.float32), RATE, subtype='FLOAT')
-  with pytest.raises(audio_lib.AudioError, match=f'{path}.*NaN'):
+@pytest.mark.parametrize('samples, message', [
+    (np.full((1600, 2), np.nan, np.float32), 'NaN or infinite'),
+    (np.zeros((0, 2), np.float32), 'no samples'),
+])
+def test_a_file_source_refuses_bad_audio_naming_the_file(tmp_path, samples, message):
+  path = tmp_path / 'bad.wav'
+  sf.write(path, samples, RATE, subtype='FLOAT')
+  with pytest.raises(audio_lib.AudioError, match=f'{path}.*{message}'):
     next(live.file_source(path, pace=False))
+
+
+def test_a_file_at_another_rate_is_resampled_with_a_notice(tmp_path, capsys):
+  path = tmp_path / 'low.wav'
+  sf.write(path, np.zeros((800, 2), np.float32), 8000)
+  predict.notice_rate(path)
+  assert f'{path}: 8000 Hz, resampled to 16000 Hz' in capsys.readouterr().err
+  assert sum(b.shape[1] for b in live.file_source(path, pace=False)) == 1600
 
 
 def test_the_microphone_source_names_its_missing_dependency(monkeypatch):

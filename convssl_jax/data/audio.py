@@ -28,6 +28,23 @@ def read_audio(path, *, sample_rate: int = 16000) -> np.ndarray:
   return resample(x, sr, sample_rate)
 
 
+def read_stereo(path, *, sample_rate: int = 16000) -> np.ndarray:
+  """A recording for the models: [S, 2] float32, one speaker per channel (a mono file is speaker
+  A with a silent B). Refuses, naming the file, an empty file, NaN or infinite samples and more
+  than two channels."""
+  wave = read_audio(path, sample_rate=sample_rate)
+  if not len(wave):
+    raise AudioError(f'{path}: the file holds no samples')
+  if not np.isfinite(wave).all():
+    raise AudioError(f'{path}: the audio contains NaN or infinite samples')
+  if wave.shape[1] > 2:
+    raise AudioError(f'{path}: {wave.shape[1]} channels; expected 1 or 2 (one speaker per '
+                     'channel)')
+  if wave.shape[1] == 1:
+    wave = np.concatenate([wave, np.zeros_like(wave)], axis=1)
+  return wave
+
+
 def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
   """[S, C] at `sr_in` -> [S * sr_out / sr_in, C] float32 at `sr_out` (soxr HQ; unchanged when
   the rates agree)."""
