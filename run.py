@@ -197,6 +197,7 @@ def export(config) -> None:
 
 
 def stream(config) -> None:
+  import gc
   import pathlib
   import sys
 
@@ -226,6 +227,7 @@ def stream(config) -> None:
     blocks = live.file_source(FLAGS.audio, pace=FLAGS.pace)
   print(f'model: {FLAGS.workdir} ({config.eval.checkpoint} checkpoint, step {step}); '
         f'{streamer.context / frame_hz:g} s of attention context', file=sys.stderr)
+  gc.freeze()  # the startup's objects out of the collector's way: steadier push latency
   result = live.run(streamer, blocks, frame_hz, va=va)
   ms = result['latency_s'] * 1000
   if len(ms):

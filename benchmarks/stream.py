@@ -12,6 +12,7 @@ resident memory after warm-up and at every tenth of the stream (flat = bounded s
 one JSON line and appends a row to benchmarks/RESULTS.md.
 """
 
+import gc
 import os
 import pathlib
 import sys
@@ -61,6 +62,7 @@ def main(_):
 
   for i in range(FLAGS.warmup):
     push(i)
+  gc.freeze()  # as run.py --mode=stream: the startup's objects out of the collector's way
   memory = [round(rss_mb(), 1)]
   latency, cpu = np.empty(pushes), np.empty(pushes)
   for i in range(pushes):

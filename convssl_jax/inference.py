@@ -127,9 +127,13 @@ class _HopBuffer:
   """
 
   def __init__(self, step, params, state, hop: int, rows: int):
-    self._step = jax.jit(step, donate_argnums=1)  # the state is updated in place
+    # The parameters go in as a flat list: flattening their nnx.State at every push costs more
+    # host time than a small model's whole step.
+    self._params, treedef = jax.tree.flatten(params)
+    self._step = jax.jit(lambda leaves, *args: step(treedef.unflatten(leaves), *args),
+                         donate_argnums=1)  # the state is updated in place
     self.state = jax.tree.map(lambda x: jnp.array(x, copy=True), state)  # no shared buffers
-    self._params, self.hop = params, hop
+    self.hop = hop
     self._pending = np.zeros((rows, 0), np.float32)
 
   def hops(self, samples: np.ndarray) -> list[tuple[int, np.ndarray]]:
