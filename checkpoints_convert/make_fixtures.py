@@ -259,7 +259,7 @@ def write_cpc_channel_norm() -> list[pathlib.Path]:
   with torch.no_grad():
     for p in model.parameters():  # the same draws as cpc_fixtures: the same batchNorm0
       p += 0.02 * torch.randn_like(p)
-    x = 1e-3 * torch.randn(2, CPC_HIDDEN, 50) + torch.randn(2, 1, 50)  # offsets per frame
+    x = 1e-3 * torch.randn(2, CPC_HIDDEN, 50) + 1e-2 * torch.randn(2, 1, 50)  # frame offsets
     y = model.gEncoder.batchNorm0(x)
   path = OUT / 'cpc' / 'channel_norm.npz'
   np.savez(path, x=x.permute(0, 2, 1).numpy(), y=y.permute(0, 2, 1).numpy())

@@ -265,10 +265,13 @@ class SSLEncoder(nnx.Module):
       wave = standardize(wave)
     return self.feature_extractor(wave)
 
-  def hidden_states(self, wave: jax.Array, num_layers: int | None = None) -> list[jax.Array]:
-    """The outputs [B, T, dim] of layers 1..num_layers (all by default), as torchaudio's
-    `extract_features` (pre-LN models: without the final LayerNorm)."""
-    x = self.projection(self.projection_norm(self.features(wave)))
+  def extract(self, wave: jax.Array, num_layers: int | None = None
+              ) -> tuple[jax.Array, list[jax.Array]]:
+    """(conv features [B, T, channels], the outputs [B, T, dim] of layers 1..num_layers (all by
+    default)) in one pass; the layer outputs are torchaudio's `extract_features` (pre-LN models:
+    without the final LayerNorm, which `final` applies)."""
+    features = self.features(wave)
+    x = self.projection(self.projection_norm(features))
     pos = self.pos_conv(x)
     if self.config.pos_conv_kernel % 2 == 0:
       pos = pos[:, :-1]
@@ -284,11 +287,18 @@ class SSLEncoder(nnx.Module):
     for layer in self.layers[:num_layers or len(self.layers)]:
       x = layer(x, bias)
       outputs.append(x)
-    return outputs
+    return features, outputs
+
+  def hidden_states(self, wave: jax.Array, num_layers: int | None = None) -> list[jax.Array]:
+    """The outputs [B, T, dim] of layers 1..num_layers (see `extract`)."""
+    return self.extract(wave, num_layers)[1]
+
+  def final(self, last: jax.Array) -> jax.Array:
+    """The encoder output from the last layer's: pre-LN models apply their final LayerNorm."""
+    return self.encoder_norm(last) if self.config.layer_norm_first else last
 
   def __call__(self, wave: jax.Array) -> jax.Array:
     """wave [B, S] float32 at 16 kHz -> [B, num_frames(S), dim] (see the class docstring)."""
     if self.output_layer is not None:
       return self.hidden_states(wave, self.output_layer)[-1]
-    x = self.hidden_states(wave)[-1]
-    return self.encoder_norm(x) if self.config.layer_norm_first else x
+    return self.final(self.hidden_states(wave)[-1])
