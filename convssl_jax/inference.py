@@ -41,6 +41,9 @@ def init_encoder_state(encoder: cpc.CPCEncoder,
                        downsample: downsample_lib.CausalDownsample | None,
                        batch: int) -> EncoderState:
   """The state before any audio: zero contexts (the offline left padding) and a zero LSTM carry."""
+  if not isinstance(encoder, cpc.CPCEncoder):
+    raise ValueError(f'streaming needs the causal CPC encoder, not {type(encoder).__name__} '
+                     '(HuBERT-family encoders attend over the whole input)')
   if encoder.padding != 'causal':
     raise ValueError(f"streaming needs the encoder's 'causal' padding, got {encoder.padding!r} "
                      '(it looks ahead, so hop-by-hop frames would differ from offline ones)')
@@ -105,6 +108,8 @@ class StreamingEncoder:
                frames_per_step: int = 1):
     encoder, downsample = (model if isinstance(model, tuple)
                            else (model.encoder, model.downsample))
+    batch = int(np.prod(batch_shape))
+    self.state = init_encoder_state(encoder, downsample, batch)
     expected = downsample_lib.downsample_for(frame_hz)
     got = None if downsample is None else (downsample.conv.kernel_size[0],
                                            downsample.conv.strides[0])
@@ -113,8 +118,6 @@ class StreamingEncoder:
                        f'model has {got}')
     self.batch_shape = tuple(batch_shape)
     self.hop = frames_per_step * frame_samples(downsample)
-    batch = int(np.prod(self.batch_shape))
-    self.state = init_encoder_state(encoder, downsample, batch)
     graphdef, self._params = nnx.split((encoder, downsample))
 
     def step(params, state, samples):

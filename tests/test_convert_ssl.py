@@ -16,7 +16,8 @@ from flax import nnx
 
 from checkpoints_convert import __main__ as cli
 from checkpoints_convert import keys, ssl, torch_file
-from convssl_jax import models
+from configs import vap
+from convssl_jax import inference, models, train
 from convssl_jax.models import pretrained, ssl_encoders
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures' / 'torch' / 'ssl'
@@ -47,6 +48,7 @@ def _outputs(encoder, wave):
 
 
 _forward = nnx.jit(_outputs)
+_call = nnx.jit(lambda module, wave: module(wave))
 # Inputs for the mistakes (2 shapes, 2 compilations): 2 frames, and the quiet input.
 MISTAKE_INPUTS = ('len720', 'quiet')
 
@@ -141,11 +143,13 @@ def test_the_cli_writes_a_checkpoint_that_load_encoder_reads(tmp_path, capsys):
   encoder = models.load_encoder(dst)
   assert isinstance(encoder, ssl_encoders.SSLEncoder)
   wave = INPUTS['len3200']
-  np.testing.assert_array_equal(encoder(wave), _encoder(config, params)(wave))
-  np.testing.assert_allclose(encoder(wave), _expected('hubert_base')['final_len3200'], **TOL)
+  np.testing.assert_array_equal(_call(encoder, wave), _call(_encoder(config, params), wave))
+  np.testing.assert_allclose(_call(encoder, wave), _expected('hubert_base')['final_len3200'],
+                             **TOL)
   # Any layer's output: torchaudio's extract_features()[layer - 1].
   first = models.load_encoder(dst, output_layer=1)
-  np.testing.assert_allclose(first(wave), _expected('hubert_base')['layer1_len3200'], **TOL)
+  np.testing.assert_allclose(_call(first, wave), _expected('hubert_base')['layer1_len3200'],
+                             **TOL)
   with pytest.raises(ValueError, match=r'output_layer=3 is outside 1..2'):
     models.load_encoder(dst, output_layer=3)
 
@@ -286,3 +290,64 @@ def test_a_file_of_no_known_layout_is_refused(monkeypatch):
   monkeypatch.setattr(torch_file, 'load', lambda path, **kwargs: {'weights': {}})
   with pytest.raises(keys.ConversionError, match=r"found \['weights'\]"):
     ssl.convert('x.pt', 'hubert')
+
+
+# A converted HuBERT as the frozen VAP encoder.
+
+def _params(trainer, part):
+  model, _ = nnx.merge(trainer.graphdef, trainer.state)
+  return jax.device_get(nnx.to_pure_dict(nnx.state(getattr(model, part), nnx.Param)))
+
+
+def test_a_converted_frozen_hubert_trains_with_tiny_and_stays_unchanged(tmp_path):
+  dst = tmp_path / 'hubert'
+  cli.main(['hubert', str(FIXTURES / 'hubert_base_fairseq.pt'), str(dst)])
+  config = vap.get_config('tiny')
+  config.model.update(encoder_checkpoint=str(dst))
+  config.model.encoder.update(name='hubert', freeze=True)
+  trainer = train.Trainer(config, train.make_mesh(1))
+  converted = _convert('hubert_base_fairseq.pt')[1]
+  jax.tree.map(np.testing.assert_array_equal, _params(trainer, 'encoder'), converted)
+  trained = {part: _params(trainer, part) for part in ('project', 'vap_head')}
+  rng = np.random.default_rng(0)
+  for _ in range(3):
+    batch = {'audio': rng.uniform(-0.5, 0.5, (2, 2, 16000)).astype(np.float32),
+             'va': (rng.uniform(size=(2, 150, 2)) > 0.5).astype(np.float32)}
+    trainer.state, metrics = trainer.train_step(trainer.state,
+                                                train.to_device(batch, trainer.batch_sharding))
+    assert np.isfinite(float(metrics['loss']))
+  jax.tree.map(np.testing.assert_array_equal, _params(trainer, 'encoder'), converted)
+  for part, before in trained.items():
+    changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), _params(trainer, part), before)
+    assert all(jax.tree.leaves(changed)), part
+
+
+def test_the_encoder_gives_one_frame_per_50_hz_va_frame(tmp_path):
+  dst = tmp_path / 'wavlm'
+  cli.main(['wavlm', str(FIXTURES / 'wavlm_base_unilm.pt'), str(dst)])
+  config = vap.get_config('tiny').model
+  config.update(encoder_checkpoint=str(dst))
+  config.encoder.update(name='wavlm', output_layer=1)
+  model = models.build_model(config, rngs=nnx.Rngs(0))
+  assert model.encoder.output_layer == 1
+  encode = nnx.jit(lambda model, wave: model.encode(wave))
+  for seconds in (1, 2):
+    frames = encode(model, np.zeros((1, 16000 * seconds), np.float32))
+    assert frames.shape == (1, 50 * seconds, config.dim)
+  with pytest.raises(ValueError, match='streaming needs the causal CPC encoder'):
+    inference.StreamingEncoder(model, 50)
+
+
+def test_an_ssl_encoder_needs_a_checkpoint_and_50_hz(tmp_path):
+  config = vap.get_config('tiny').model
+  config.encoder.name = 'hubert'
+  with pytest.raises(ValueError, match='model.encoder_checkpoint'):
+    models.build_model(config, rngs=nnx.Rngs(0))
+  cli.main(['hubert', str(FIXTURES / 'hubert_base_fairseq.pt'), str(tmp_path / 'h')])
+  config.update(encoder_checkpoint=str(tmp_path / 'h'), frame_hz=20)
+  with pytest.raises(ValueError, match='frame_hz=20: the hubert encoder gives 50 Hz'):
+    models.build_model(config, rngs=nnx.Rngs(0))
+  config.update(frame_hz=50)
+  config.encoder.name = 'wavlm'
+  with pytest.raises(ValueError, match="encoder in .* does not fit the model: name='hubert'"):
+    models.build_model(config, rngs=nnx.Rngs(0))
