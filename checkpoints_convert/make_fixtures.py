@@ -513,6 +513,59 @@ def write_ssl() -> list[pathlib.Path]:
   return paths
 
 
+FULL_SIZE_DIR = pathlib.Path(os.environ.get('FULL_SIZE_DIR', '/tmp/convssl_full_size'))
+# name -> (torchaudio factory, files): released Base/Large architectures, random perturbed weights.
+FULL_SIZE = {'hubert_base': ('hubert_base', ('hubert_base.pth', 'hubert_base_fairseq.pt')),
+             'wavlm_base': ('wavlm_base', ('wavlm_base_unilm.pt',)),
+             'hubert_large': ('hubert_large', ('hubert_large.pth',))}
+
+
+def write_full_size() -> list[pathlib.Path]:
+  """Full-size models in FULL_SIZE_DIR (hundreds of MB: never committed) for the slow test
+  tests/test_convert_ssl.py::test_full_size_parity: inputs.npz (2 s, a quiet 2 s, 20 s), per
+  model NAME.out.npz (every layer) and its files."""
+  w2v = torchaudio_wav2vec2()
+  _fake_fairseq_module()
+  FULL_SIZE_DIR.mkdir(parents=True, exist_ok=True)
+  torch.manual_seed(0)
+  inputs = {'len32000': torch.randn(1, 32000), 'quiet': 1e-3 * torch.randn(1, 32000),
+            'len320000': torch.randn(1, 320000)}  # 999 frames: WavLM offsets past 800
+  paths = [FULL_SIZE_DIR / 'inputs.npz']
+  np.savez(paths[0], **{k: v.numpy() for k, v in inputs.items()})
+  for index, (name, (factory, files)) in enumerate(FULL_SIZE.items()):
+    torch.manual_seed(20 + index)
+    model = getattr(w2v, factory)().eval()
+    large = model.encoder.transformer.layers[0].layer_norm_first  # pre-LN: Large
+    outputs = {}
+    with torch.no_grad():
+      for p in model.parameters():
+        p += 0.02 * torch.randn_like(p)
+      for case, wave in inputs.items():
+        if case == 'len320000' and not name.startswith('wavlm'):
+          continue
+        outputs.update(_ssl_outputs(model, wave, normalize=large, case=case))
+    paths.append(FULL_SIZE_DIR / f'{name}.out.npz')
+    np.savez(paths[-1], **outputs)
+    state = model.state_dict()
+    mode = 'layer_norm' if large else 'group_norm'
+    for file in files:
+      paths.append(FULL_SIZE_DIR / file)
+      if file.endswith('_unilm.pt'):
+        cfg = {'extractor_mode': 'default', 'encoder_layers': 12, 'encoder_embed_dim': 768,
+               'encoder_ffn_embed_dim': 3072, 'encoder_attention_heads': 12,
+               'layer_norm_first': False, 'relative_position_embedding': True,
+               'num_buckets': 320, 'max_distance': 800, 'gru_rel_pos': True, 'normalize': False}
+        torch.save({'cfg': cfg, 'model': _unilm_state(state, mode)}, paths[-1])
+      elif file.endswith('_fairseq.pt'):
+        cfg = {'model': {'_name': 'hubert', 'extractor_mode': 'default'},
+               'task': {'normalize': False}}
+        torch.save({'args': None, 'cfg': cfg, 'model': _fairseq_state(w2v, state, mode)},
+                   paths[-1])
+      else:
+        torch.save(state, paths[-1])
+  return paths
+
+
 def _join(key: str, part) -> str:
   return f'{key}/{part}' if key else str(part)
 
@@ -562,17 +615,18 @@ def _write_reader() -> list[pathlib.Path]:
 
 
 GROUPS = {'reader': _write_reader, 'cpc': lambda: write_cpc() + write_cpc_channel_norm(),
-          'ssl': write_ssl}
+          'ssl': write_ssl, 'full': write_full_size}
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('groups', nargs='*', choices=[[], *GROUPS], default=list(GROUPS),
-                      help='fixture groups to (re)write (default: all)')
+  parser.add_argument('groups', nargs='*', choices=[[], *GROUPS],
+                      default=['reader', 'cpc', 'ssl'],
+                      help='fixture groups to (re)write (default: all but full)')
   OUT.mkdir(parents=True, exist_ok=True)
   paths = [p for group in parser.parse_args().groups for p in GROUPS[group]()]
   for path in paths:
-    print(f'{path.stat().st_size:7d}  {path.relative_to(OUT.parents[2])}')
+    print(f'{path.stat().st_size:7d}  {path}')
   print(f'{sum(p.stat().st_size for p in paths):7d}  in total')
 
 

@@ -7,6 +7,7 @@ every parameter perturbed), saved as torchaudio, fairseq and unilm files, with t
 the conv extractor, each layer and `forward`; no torch is needed here.
 """
 
+import os
 import pathlib
 
 import jax
@@ -351,3 +352,32 @@ def test_an_ssl_encoder_needs_a_checkpoint_and_50_hz(tmp_path):
   config.encoder.name = 'wavlm'
   with pytest.raises(ValueError, match="encoder in .* does not fit the model: name='hubert'"):
     models.build_model(config, rngs=nnx.Rngs(0))
+
+
+FULL_SIZE = pathlib.Path(os.environ.get('FULL_SIZE_DIR', '/tmp/convssl_full_size'))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (FULL_SIZE / 'inputs.npz').exists(),
+                    reason='run `make_fixtures.py full` (needs torch) first')
+@pytest.mark.parametrize('file, family', [('hubert_base.pth', 'hubert'),
+                                          ('hubert_base_fairseq.pt', 'hubert'),
+                                          ('wavlm_base_unilm.pt', 'wavlm'),
+                                          ('hubert_large.pth', 'hubert')])
+def test_full_size_parity(file, family):
+  """Released Base/Large sizes (random weights, made by `make_fixtures.py full`): max |diff| per
+  output over 2 s, a quiet 2 s and (WavLM) 20 s of audio."""
+  config, params = ssl.convert(FULL_SIZE / file, family)
+  encoder = _encoder(config, params)
+  model = file.split('.')[0].removesuffix('_fairseq').removesuffix('_unilm')
+  expected = dict(np.load(FULL_SIZE / f'{model}.out.npz'))
+  inputs = dict(np.load(FULL_SIZE / 'inputs.npz'))
+  worst = {}
+  for case, wave in inputs.items():
+    if f'final_{case}' not in expected:
+      continue
+    for key, ours in _forward(encoder, wave).items():
+      ref = expected[f'{key}_{case}']
+      worst[key] = max(worst.get(key, 0.0), float(np.abs(np.asarray(ours) - ref).max()))
+      np.testing.assert_allclose(ours, ref, **TOL, err_msg=f'{key} {case}')
+  print(file, {k: f'{v:.1e}' for k, v in worst.items()})
