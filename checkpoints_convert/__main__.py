@@ -3,7 +3,9 @@
 DST gets `config.json` and an Orbax `params` checkpoint that
 `convssl_jax.models.load_encoder(DST)` and `--config.model.encoder_checkpoint=DST` read.
 Formats: cpc (CPC_audio, e.g. `60k_epoch4-d0f474de.pt`); hubert, wav2vec2 (torchaudio `.pth`
-or fairseq `.pt`) and wavlm (torchaudio `.pth` or unilm `.pt`), Base and Large.
+or fairseq `.pt`) and wavlm (torchaudio `.pth` or unilm `.pt`), Base and Large; vap (a whole
+VoiceActivityProjection stereo model, state dict or Lightning `.ckpt`; read it back with
+`convssl_jax.models.load_model(DST)`).
 `--set FIELD=VALUE` (hubert/wav2vec2/wavlm) sets an architecture field a file does not store,
 e.g. `--set num_heads=16` for a torchaudio file of an unusual width (VALUE is JSON).
 """
@@ -16,10 +18,10 @@ import os
 import jax
 import numpy as np
 
-from checkpoints_convert import cpc, ssl
+from checkpoints_convert import cpc, ssl, vap
 from convssl_jax.models import pretrained
 
-CONVERTERS = {'cpc': cpc.convert,
+CONVERTERS = {'cpc': cpc.convert, 'vap': vap.convert,
               **{name: functools.partial(ssl.convert, family=name) for name in ssl.NAMES}}
 
 
@@ -42,8 +44,8 @@ def main(argv=None) -> None:
   parser.add_argument('--set', type=_override, action='append', default=[], metavar='FIELD=VALUE',
                       help='override an architecture field (hubert, wav2vec2, wavlm)')
   args = parser.parse_args(argv)
-  if args.set and args.format == 'cpc':
-    parser.error('--set applies to hubert, wav2vec2 and wavlm (CPC files store their config)')
+  if args.set and args.format not in ssl.NAMES:
+    parser.error(f'--set applies to {", ".join(ssl.NAMES)}, not {args.format}')
   kwargs = {'overrides': dict(args.set)} if args.set else {}
   config, params = CONVERTERS[args.format](args.src, **kwargs)
   config = {'name': args.format, **config, 'source': os.path.abspath(args.src)}

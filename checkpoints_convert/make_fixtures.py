@@ -31,6 +31,7 @@ import collections
 import datetime
 import importlib
 import json
+import math
 import os
 import pathlib
 import re
@@ -513,6 +514,194 @@ def write_ssl() -> list[pathlib.Path]:
   return paths
 
 
+# VoiceActivityProjection's stereo VapGPT, written from reference/data_and_stereo_spec.md B.3-B.7.
+VAP_DIM, VAP_HEADS, VAP_SELF, VAP_CROSS = 32, 4, 1, 2
+VAP_CASES = (('len16000', 16000, 1.0), ('len4800', 4800, 1.0), ('quiet', 4800, 1e-3))
+
+
+def _alibi_slopes(n: int) -> list[float]:
+  start = 2.0 ** (-(2.0 ** -(math.log2(n) - 3)))
+  return [start ** (i + 1) for i in range(n)]
+
+
+class _VapMHA(torch.nn.Module):
+  """No biases; scores scaled by 1/sqrt(dim); ALiBi m_h * (key index) plus a causal mask."""
+
+  def __init__(self, dim: int, heads: int):
+    super().__init__()
+    self.heads = heads
+    for name in ('key', 'query', 'value', 'proj'):
+      setattr(self, name, torch.nn.Linear(dim, dim, bias=False))
+    slopes = torch.tensor(_alibi_slopes(heads), dtype=torch.float32)
+    self.m = torch.nn.Parameter(slopes.view(heads, 1, 1),
+                                requires_grad=False)
+
+  def forward(self, q_in, kv_in):
+    b, t, d = q_in.shape
+    split = lambda x: x.view(b, t, self.heads, -1).transpose(1, 2)
+    q, k, v = split(self.query(q_in)), split(self.key(kv_in)), split(self.value(kv_in))
+    scores = q @ k.transpose(-1, -2) / d ** 0.5
+    j = torch.arange(t, dtype=torch.float32)
+    bias = self.m * j.view(1, 1, t) + torch.full((t, t), float('-inf')).triu(1)
+    out = torch.softmax(scores + bias, dim=-1) @ v
+    return self.proj(out.transpose(1, 2).reshape(b, t, d))
+
+
+class _VapLayer(torch.nn.Module):
+  """Pre-LN: self-attention, (cross-attention with un-normalised source), FFN; no final LN."""
+
+  def __init__(self, dim: int, heads: int, cross: bool):
+    super().__init__()
+    self.ln_self_attn, self.ln_ffnetwork = torch.nn.LayerNorm(dim), torch.nn.LayerNorm(dim)
+    self.mha = _VapMHA(dim, heads)
+    if cross:
+      self.ln_src_attn, self.mha_cross = torch.nn.LayerNorm(dim), _VapMHA(dim, heads)
+    self.ffnetwork = torch.nn.Sequential(
+        torch.nn.Linear(dim, 3 * dim, bias=False), torch.nn.GELU(), torch.nn.Dropout(0.1),
+        torch.nn.Linear(3 * dim, dim, bias=False))
+
+  def forward(self, x, src=None):
+    h = self.ln_self_attn(x)
+    x = x + self.mha(h, h)
+    if src is not None:
+      x = x + self.mha_cross(self.ln_src_attn(x), src)
+    return x + self.ffnetwork(self.ln_ffnetwork(x))
+
+
+class _Combinator(torch.nn.Module):
+  def __init__(self, dim: int):
+    super().__init__()
+    self.h0_a = torch.nn.Linear(dim, dim, bias=False)
+    self.h0_b = torch.nn.Linear(dim, dim, bias=False)
+    self.ln = torch.nn.LayerNorm(dim)
+
+  def forward(self, x1, x2):
+    gelu = torch.nn.functional.gelu
+    return gelu(self.ln(self.h0_a(x1))) + gelu(self.ln(self.h0_b(x2)))
+
+
+class _Stereo(torch.nn.Module):
+  """GPTStereo: shared layers, each updating both speakers from the layer's inputs."""
+
+  def __init__(self, dim: int, heads: int, layers: int):
+    super().__init__()
+    self.layers = torch.nn.ModuleList([_VapLayer(dim, heads, True) for _ in range(layers)])
+    self.combinator = _Combinator(dim)
+
+  def forward(self, x1, x2):
+    for layer in self.layers:
+      x1, x2 = layer(x1, x2), layer(x2, x1)
+    return self.combinator(x1, x2), x1, x2
+
+
+class _Channel(torch.nn.Module):
+  def __init__(self, dim: int, heads: int, layers: int):
+    super().__init__()
+    self.layers = torch.nn.ModuleList([_VapLayer(dim, heads, False) for _ in range(layers)])
+
+  def forward(self, x):
+    for layer in self.layers:
+      x = layer(x)
+    return x
+
+
+class _Transpose(torch.nn.Module):  # einops Rearrange 'b t d -> b d t' (no parameters)
+  def forward(self, x):
+    return x.transpose(1, 2)
+
+
+class _CConv1d(torch.nn.Conv1d):
+  """Causal conv: (k - 1) zeros on the left only."""
+
+  def forward(self, x):
+    return super().forward(torch.nn.functional.pad(x, (self.kernel_size[0] - 1, 0)))
+
+
+class _LNWrap(torch.nn.Module):  # LayerNorm over channels of (B, C, T), stored as `.ln`
+  def __init__(self, dim: int):
+    super().__init__()
+    self.ln = torch.nn.LayerNorm(dim)
+
+  def forward(self, x):
+    return self.ln(x.transpose(1, 2)).transpose(1, 2)
+
+
+class _EncoderCPC(torch.nn.Module):
+  """CPC (gEncoder + gAR, always) then the 50-Hz causal downsampler."""
+
+  def __init__(self, dim: int):
+    super().__init__()
+    self.encoder = _CPC(dim, 1)
+    self.downsample = torch.nn.Sequential(_Transpose(), _CConv1d(dim, dim, 5, 2), _LNWrap(dim),
+                                          torch.nn.GELU(), _Transpose())
+
+  def forward(self, wave):
+    return self.downsample(self.encoder(wave)[1])
+
+
+class _VapGPT(torch.nn.Module):
+  def __init__(self):
+    super().__init__()
+    self.encoder = _EncoderCPC(VAP_DIM)
+    self.ar_channel = _Channel(VAP_DIM, VAP_HEADS, VAP_SELF)
+    self.ar = _Stereo(VAP_DIM, VAP_HEADS, VAP_CROSS)
+    self.objective = torch.nn.Module()
+    self.objective.codebook = torch.nn.Module()
+    codes = [[(c >> p) & 1 for p in range(8)] for c in range(256)]
+    self.objective.codebook.emb = torch.nn.Embedding(256, 8)
+    self.objective.codebook.emb.weight = torch.nn.Parameter(
+        torch.tensor(codes, dtype=torch.float32), requires_grad=False)
+    self.va_classifier = torch.nn.Linear(VAP_DIM, 1)
+    self.vap_head = torch.nn.Linear(VAP_DIM, 256)
+
+  def forward(self, waveform):
+    x1 = self.ar_channel(self.encoder(waveform[:, 0]))
+    x2 = self.ar_channel(self.encoder(waveform[:, 1]))
+    x, x1, x2 = self.ar(x1, x2)
+    vad = torch.cat([self.va_classifier(x1), self.va_classifier(x2)], dim=-1)
+    return self.vap_head(x), vad
+
+
+def _fake_lightning_module():
+  """Registers `lightning_fabric.utilities.data.AttributeDict` (a dict subclass) for pickling."""
+  for name in ('lightning_fabric', 'lightning_fabric.utilities', 'lightning_fabric.utilities.data'):
+    sys.modules.setdefault(name, types.ModuleType(name))
+  attribute_dict = type('AttributeDict', (dict,), {'__module__': 'lightning_fabric.utilities.data'})
+  sys.modules['lightning_fabric.utilities.data'].AttributeDict = attribute_dict
+  return attribute_dict
+
+
+def write_vap() -> list[pathlib.Path]:
+  """vap/inputs.npz (stereo [1, 2, S]), vap/out.npz (logits_CASE, vad_CASE), the model as
+  VoiceActivityProjection [main]'s state dict (vap_state_dict.pt) and as a [newMaster] Lightning
+  checkpoint (vap_lightning.ckpt: `model.transformer.` names, AttributeDict hyper_parameters)."""
+  folder = OUT / 'vap'
+  folder.mkdir(exist_ok=True)
+  torch.manual_seed(30)
+  model = _VapGPT().eval()
+  inputs = {case: amplitude * torch.randn(1, 2, samples) for case, samples, amplitude in VAP_CASES}
+  outputs = {}
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if not name.endswith('.m') and 'codebook' not in name:
+        p += 0.02 * torch.randn_like(p)
+    for case, wave in inputs.items():
+      outputs[f'logits_{case}'], outputs[f'vad_{case}'] = (x.numpy() for x in model(wave))
+  paths = [folder / 'inputs.npz', folder / 'out.npz', folder / 'vap_state_dict.pt',
+           folder / 'vap_lightning.ckpt']
+  np.savez(paths[0], **{k: v.numpy() for k, v in inputs.items()})
+  np.savez(paths[1], **outputs)
+  state = model.state_dict()
+  torch.save(state, paths[2])
+  renamed = collections.OrderedDict(
+      ('model.' + re.sub(r'^(ar_channel|ar)\.', r'transformer.\1.', k), v) for k, v in state.items())
+  hyper = _fake_lightning_module()(conf={'model': {'dim': VAP_DIM}}, lr=3.63e-4)
+  torch.save({'epoch': 9, 'global_step': 1000, 'pytorch-lightning_version': '2.0.0',
+              'state_dict': renamed, 'hyper_parameters': hyper, 'optimizer_states': [],
+              'lr_schedulers': [], 'callbacks': {}}, paths[3])
+  return paths
+
+
 FULL_SIZE_DIR = pathlib.Path(os.environ.get('FULL_SIZE_DIR', '/tmp/convssl_full_size'))
 # name -> (torchaudio factory, files): released Base/Large architectures, random perturbed weights.
 FULL_SIZE = {'hubert_base': ('hubert_base', ('hubert_base.pth', 'hubert_base_fairseq.pt')),
@@ -615,13 +804,13 @@ def _write_reader() -> list[pathlib.Path]:
 
 
 GROUPS = {'reader': _write_reader, 'cpc': lambda: write_cpc() + write_cpc_channel_norm(),
-          'ssl': write_ssl, 'full': write_full_size}
+          'ssl': write_ssl, 'vap': write_vap, 'full': write_full_size}
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('groups', nargs='*', choices=[[], *GROUPS],
-                      default=['reader', 'cpc', 'ssl'],
+                      default=['reader', 'cpc', 'ssl', 'vap'],
                       help='fixture groups to (re)write (default: all but full)')
   OUT.mkdir(parents=True, exist_ok=True)
   paths = [p for group in parser.parse_args().groups for p in GROUPS[group]()]

@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import nnx
 
 from convssl_jax.models import (cpc, downsample, heads, layers, pretrained, ssl_encoders,
@@ -164,6 +165,20 @@ def build_model(cfg, *, rngs: nnx.Rngs) -> MonoVAP | StereoVAP:
       expected.update(dim=cfg.dim, lstm_layers=cfg.encoder.lstm_layers)
     pretrained.load_into(model.encoder, cfg.encoder_checkpoint, expected=expected)
   return model
+
+
+def load_model(directory) -> tuple[MonoVAP | StereoVAP, ml_collections.ConfigDict]:
+  """(the model, its `config.model`) of a converted VAP model (`python -m checkpoints_convert vap
+  SRC DIR`), in eval mode."""
+  config, params = pretrained.load(directory)
+  if 'model' not in config:
+    raise ValueError(f'{directory}: a converted {config.get("name")!r} encoder, not a VAP model '
+                     '(use load_encoder)')
+  cfg = ml_collections.ConfigDict(config['model'])
+  model = build_model(cfg, rngs=nnx.Rngs(0))
+  pretrained.assign(model, params)
+  model.eval()
+  return model, cfg
 
 
 def encoder_frozen(cfg, step: int = 0) -> bool:
