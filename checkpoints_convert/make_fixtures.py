@@ -533,8 +533,7 @@ class _VapMHA(torch.nn.Module):
     for name in ('key', 'query', 'value', 'proj'):
       setattr(self, name, torch.nn.Linear(dim, dim, bias=False))
     slopes = torch.tensor(_alibi_slopes(heads), dtype=torch.float32)
-    self.m = torch.nn.Parameter(slopes.view(heads, 1, 1),
-                                requires_grad=False)
+    self.m = torch.nn.Parameter(slopes.view(heads, 1, 1), requires_grad=False)
 
   def forward(self, q_in, kv_in):
     b, t, d = q_in.shape
