@@ -5,7 +5,10 @@ the project itself never installs. In a throwaway venv, from the repository root
 
   python3.12 -m venv /tmp/torchenv
   /tmp/torchenv/bin/pip install torch==2.13.0 numpy omegaconf==2.0.6
-  /tmp/torchenv/bin/python checkpoints_convert/make_fixtures.py
+  /tmp/torchenv/bin/pip download torchaudio==2.9.1 --no-deps -d /tmp/ta  # for `ssl` and `full`
+  /tmp/torchenv/bin/python checkpoints_convert/make_fixtures.py [GROUP ...]
+
+Groups: reader, cpc, ssl, vap (the default: all four), full (never committed).
 
 Reader fixtures (`reader_fixtures`): each group NAME is saved as NAME.pt (zip format) and
 NAME_legacy.pt (`_use_new_zipfile_serialization=False`, the pre-1.6 format), next to
@@ -21,9 +24,18 @@ Model fixtures (`cpc_fixtures`): a PyTorch CPC written from reference/checkpoint
 (hidden 32, every parameter perturbed by 0.02 randn) saved in CPC_audio's hub format as
 cpc/cpc_l1.pt (1 LSTM layer, legacy format like the real file) and cpc/cpc_l2.pt (2 layers, zip).
 cpc/inputs.npz holds the waveforms CASE -> [2, S] (several lengths and a quiet, all-zero input);
-cpc/NAME.out.npz torch's conv features `z_CASE` and LSTM output `c_CASE` [2, T, 32].
+cpc/NAME.out.npz torch's conv features `z_CASE` and LSTM output `c_CASE` [2, T, 32];
+cpc/channel_norm.npz its first ChannelNorm on low-variance frames (where eps matters).
 
-Later fixture groups add a function returning {name: object} and a line in `main`.
+`ssl` (`write_ssl`): torchaudio's own wav2vec2/HuBERT/WavLM models, imported from the torchaudio
+wheel's pure-Python `models/wav2vec2` (its native libraries do not load beside a CPU torch), at a
+tiny size, saved as torchaudio, fairseq and unilm files with torch's per-layer outputs.
+`vap` (`write_vap`): VoiceActivityProjection's stereo VapGPT written from
+reference/data_and_stereo_spec.md, as a [main] state dict and a [newMaster] Lightning checkpoint.
+`full` (`write_full_size`): full-size Base/Large models in FULL_SIZE_DIR for a slow test.
+Legacy-format files are not byte-reproducible (storage keys change); their content is.
+
+Later fixture groups add a writer returning its paths and an entry in `GROUPS`.
 """
 
 import argparse
