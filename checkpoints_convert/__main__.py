@@ -2,20 +2,37 @@
 
 DST gets `config.json` and an Orbax `params` checkpoint that
 `convssl_jax.models.load_encoder(DST)` and `--config.model.encoder_checkpoint=DST` read.
-Formats: cpc (CPC_audio, e.g. `60k_epoch4-d0f474de.pt`).
+Formats: cpc (CPC_audio, e.g. `60k_epoch4-d0f474de.pt`); hubert, wav2vec2 (torchaudio `.pth`
+or fairseq `.pt`) and wavlm (torchaudio `.pth` or unilm `.pt`), Base and Large; vap (a whole
+VoiceActivityProjection stereo model, state dict or Lightning `.ckpt`; read it back with
+`convssl_jax.models.load_model(DST)`).
+`--set FIELD=VALUE` (hubert/wav2vec2/wavlm) sets an architecture field a file does not store,
+e.g. `--set num_heads=16` for a torchaudio file of an unusual width (VALUE is JSON).
 """
 
 import argparse
+import functools
 import json
 import os
 
 import jax
 import numpy as np
 
-from checkpoints_convert import cpc
+from checkpoints_convert import cpc, ssl, vap
 from convssl_jax.models import pretrained
 
-CONVERTERS = {'cpc': cpc.convert}
+CONVERTERS = {'cpc': cpc.convert, 'vap': vap.convert,
+              **{name: functools.partial(ssl.convert, family=name) for name in ssl.NAMES}}
+
+
+def _override(text: str) -> tuple[str, object]:
+  field, sep, value = text.partition('=')
+  if not sep:
+    raise argparse.ArgumentTypeError(f'expected FIELD=VALUE, got {text!r}')
+  try:
+    return field, json.loads(value)
+  except json.JSONDecodeError:
+    return field, value  # a bare string such as layer_norm
 
 
 def main(argv=None) -> None:
@@ -24,8 +41,13 @@ def main(argv=None) -> None:
   parser.add_argument('format', choices=sorted(CONVERTERS))
   parser.add_argument('src', help='the PyTorch file')
   parser.add_argument('dst', help='the output directory (must not hold a conversion already)')
+  parser.add_argument('--set', type=_override, action='append', default=[], metavar='FIELD=VALUE',
+                      help='override an architecture field (hubert, wav2vec2, wavlm)')
   args = parser.parse_args(argv)
-  config, params = CONVERTERS[args.format](args.src)
+  if args.set and args.format not in ssl.NAMES:
+    parser.error(f'--set applies to {", ".join(ssl.NAMES)}, not {args.format}')
+  kwargs = {'overrides': dict(args.set)} if args.set else {}
+  config, params = CONVERTERS[args.format](args.src, **kwargs)
   config = {'name': args.format, **config, 'source': os.path.abspath(args.src)}
   pretrained.save(args.dst, config, params)
   leaves = jax.tree.leaves(params)

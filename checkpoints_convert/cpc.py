@@ -11,7 +11,8 @@ import os
 
 import numpy as np
 
-from checkpoints_convert import torch_file
+from checkpoints_convert import keys, torch_file
+from checkpoints_convert.keys import ConversionError
 from convssl_jax.models import cpc
 
 # config field -> (value CPC_audio's hub config defaults to, the values our encoder supports).
@@ -21,10 +22,6 @@ _SUPPORTED = {
     'encoder_type': ('cpc', ('cpc',)),
     'cpc_mode': (None, (None, 'none')),
 }
-
-
-class ConversionError(ValueError):
-  """The checkpoint does not describe (or does not hold) a CPC encoder we can reproduce."""
 
 
 def encoder_config(config: dict, path: str) -> dict:
@@ -52,24 +49,6 @@ def expected_shapes(dim: int, lstm_layers: int) -> dict[str, tuple[int, ...]]:
       shapes[f'gAR.baseNet.weight_{kind}_l{layer}'] = (4 * dim, dim)
       shapes[f'gAR.baseNet.bias_{kind}_l{layer}'] = (4 * dim,)
   return shapes
-
-
-def _checked_weights(weights: dict, shapes: dict, path: str) -> dict[str, np.ndarray]:
-  """`weights` without a `module.` prefix, float32, with exactly the keys and shapes expected."""
-  stripped = {}
-  for key, value in weights.items():
-    name = key.removeprefix('module.')
-    if name in stripped:
-      raise ConversionError(f'{path}: weights hold {name!r} twice (with and without module.)')
-    stripped[name] = value
-  problems = [f'missing {k}' for k in shapes if k not in stripped]
-  problems += [f'unknown {k}' for k in stripped if k not in shapes]
-  problems += [f'{k} has shape {tuple(np.shape(v))}, expected {shapes[k]}'
-               for k, v in stripped.items() if k in shapes and np.shape(v) != shapes[k]]
-  if problems:
-    raise ConversionError(f'{path}: weights do not match the configured CPC: ' +
-                          '; '.join(problems))
-  return torch_file.as_float32(stripped)
 
 
 def params_from_weights(w: dict[str, np.ndarray], lstm_layers: int) -> dict:
@@ -102,5 +81,6 @@ def convert(path: str | os.PathLike) -> tuple[dict, dict]:
     raise ConversionError(f"{path}: not a CPC_audio hub checkpoint (needs 'config' and 'weights',"
                           f' found {found})')
   config = encoder_config(checkpoint['config'], path)
-  weights = _checked_weights(checkpoint['weights'], expected_shapes(**config), path)
+  weights = keys.checked(keys.strip_module_prefix(checkpoint['weights'], path),
+                         expected_shapes(**config), path, 'configured CPC')
   return config, params_from_weights(weights, config['lstm_layers'])

@@ -56,6 +56,10 @@ _STORAGES = {
 _CONFIG_CLASSES = ('argparse.Namespace',)
 _CONFIG_MODULES = ('omegaconf.dictconfig', 'omegaconf.listconfig', 'omegaconf.nodes',
                    'omegaconf.base')
+# Lightning's `hyper_parameters` container, a dict subclass: read as a plain dict.
+_DICT_CLASSES = ('pytorch_lightning.utilities.parsing.AttributeDict',
+                 'lightning_fabric.utilities.data.AttributeDict',
+                 'lightning.fabric.utilities.data.AttributeDict')
 
 
 class TorchFileError(Exception):
@@ -191,6 +195,13 @@ _ADMITTED = {
 }
 
 
+class _DictStandIn(dict):
+  """Stands in for a dict subclass (`_DICT_CLASSES`): its items, nothing else."""
+
+  def __setstate__(self, state):
+    del state  # an AttributeDict keeps its items as items, not in its __dict__
+
+
 class _StandIn:
   """Inert stand-in for a config class: keeps the pickled arguments and state, runs nothing."""
   qualname = ''
@@ -240,6 +251,8 @@ class _Unpickler(pickle.Unpickler):
       return qualname  # a dtype (`torch.float16`) stays its name
     if qualname in _ADMITTED:
       return _ADMITTED[qualname]
+    if qualname in _DICT_CLASSES:
+      return _DictStandIn
     if (qualname in _CONFIG_CLASSES or module in _CONFIG_MODULES
         or _within(module, self._inert)):
       if qualname not in self._stand_ins:

@@ -48,15 +48,17 @@ def model_config(kind: str = STEREO) -> ml_collections.ConfigDict:
   m.dtype = 'float32'  # compute dtype ('float32' | 'bfloat16'); parameters stay float32
   m.f0_head = False
   m.encoder = ml_collections.ConfigDict(dict(
-      name='cpc',
+      name='cpc',  # 'cpc' | 'hubert' | 'wav2vec2' | 'wavlm' (converted) | 'none' (mono VA-only)
       padding='causal',  # 'causal' (real-time exact) | 'reference' (CPC_audio's, for converted weights)
       lstm_layers=1,
       unroll=16,  # LSTM scan unroll
       freeze=False,
       unfreeze_step=-1,  # with freeze: the step at which the encoder starts training (-1 = never)
+      output_layer=0,  # hubert/wav2vec2/wavlm: the transformer layer used (0 = the last)
   ))
   # A `python -m checkpoints_convert` output directory: the encoder starts from those weights
   # (use padding='reference' to reproduce them, usually with freeze=True); '' = random init.
+  # hubert/wav2vec2/wavlm take their architecture from it too, so they need it.
   m.encoder_checkpoint = ''
   m.transformer = ml_collections.ConfigDict(dict(
       num_heads=4,

@@ -49,6 +49,9 @@ def init_encoder_state(encoder: cpc.CPCEncoder,
                        downsample: downsample_lib.CausalDownsample | None,
                        batch: int) -> EncoderState:
   """The state before any audio: zero contexts (the offline left padding) and a zero LSTM carry."""
+  if not isinstance(encoder, cpc.CPCEncoder):
+    raise ValueError(f'streaming needs the causal CPC encoder, not {type(encoder).__name__} '
+                     '(HuBERT-family encoders attend over the whole input)')
   if encoder.padding != 'causal':
     raise ValueError(f"streaming needs the encoder's 'causal' padding, got {encoder.padding!r} "
                      '(it looks ahead, so hop-by-hop frames would differ from offline ones)')
@@ -176,16 +179,17 @@ class StreamingEncoder:
                frames_per_step: int = 1):
     encoder, downsample = (model if isinstance(model, tuple)
                            else (model.encoder, model.downsample))
-    _check_frame_rate(downsample, frame_hz)
     self.batch_shape = tuple(batch_shape)
     rows = int(np.prod(self.batch_shape))
+    state = init_encoder_state(encoder, downsample, rows)  # refuses what cannot stream
+    _check_frame_rate(downsample, frame_hz)
     graphdef, params = nnx.split((encoder, downsample))
 
     def step(params, state, samples):
       return encode_step(*nnx.merge(graphdef, params), state, samples)
 
-    self._buffer = _HopBuffer(step, params, init_encoder_state(encoder, downsample, rows),
-                              frames_per_step * frame_samples(downsample), rows)
+    self._buffer = _HopBuffer(step, params, state, frames_per_step * frame_samples(downsample),
+                              rows)
     self._empty = np.zeros((rows, 0, encoder.lstm.hidden), np.float32)
 
   @property
@@ -284,8 +288,6 @@ class Streamer:
     self.context = model.transformer.context  # frames a frame attends to
     self.batch = batch
     rows = batch or 1
-    if model.encoder is not None:
-      _check_frame_rate(model.downsample, objective.frame_hz)
     self.frames_per_step = frames_per_step
     graphdef, params = nnx.split(model)
     history = (model.va_condition.history_proj is not None) if self.mono else False
@@ -301,7 +303,10 @@ class Streamer:
     self.step_fn, self.params = step, params
     self.hop = frames_per_step * (frame_samples(model.downsample) if model.encoder is not None
                                   else SAMPLE_RATE // objective.frame_hz)
+    # The state first: it refuses, with the reason, an encoder that cannot stream.
     self.initial_state = init_stream_state(model, rows, frames_per_step)
+    if model.encoder is not None:
+      _check_frame_rate(model.downsample, objective.frame_hz)
     self.va_inputs = ()
     if self.mono:
       self.va_inputs = (jax.ShapeDtypeStruct((rows, frames_per_step, 2), jnp.float32),)

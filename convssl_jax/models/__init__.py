@@ -4,7 +4,8 @@ import jax
 from flax import nnx
 
 from convssl_jax.models.pretrained import load_encoder
-from convssl_jax.models.vap import MonoVAP, StereoVAP, build_model, encoder_frozen, trainable_filter
+from convssl_jax.models.vap import (MonoVAP, StereoVAP, build_model, encoder_frozen, load_model,
+                                   trainable_filter)
 
 
 def count_params(module: nnx.Module, wrt: nnx.filterlib.Filter = nnx.Param) -> int:
@@ -13,4 +14,4 @@ def count_params(module: nnx.Module, wrt: nnx.filterlib.Filter = nnx.Param) -> i
 
 
 __all__ = ['MonoVAP', 'StereoVAP', 'build_model', 'count_params', 'encoder_frozen',
-           'load_encoder', 'trainable_filter']
+           'load_encoder', 'load_model', 'trainable_filter']

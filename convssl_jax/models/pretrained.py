@@ -1,7 +1,9 @@
 """Converted pretrained encoders on disk: `DIR/config.json` plus an Orbax checkpoint `DIR/params`.
 
-`python -m checkpoints_convert cpc SRC DIR` writes them; reading needs neither torch nor the
-converter. `config.json` is {'name': 'cpc', 'dim', 'lstm_layers', 'source', ...}.
+`python -m checkpoints_convert FORMAT SRC DIR` writes them; reading needs neither torch nor the
+converter. `config.json` is {'name': 'cpc', 'dim', 'lstm_layers', 'source'} or, for the
+wav2vec2 family, {'name': 'hubert' | 'wav2vec2' | 'wavlm', 'format', 'architecture' (an
+`SSLConfig`), 'ignored_keys', 'source'}.
 """
 
 import json
@@ -13,7 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from convssl_jax.models import cpc
+from convssl_jax.models import cpc, ssl_encoders
 
 CONFIG_FILE, PARAMS_DIR = 'config.json', 'params'
 
@@ -67,17 +69,34 @@ def load_into(encoder: nnx.Module, directory: str | os.PathLike, expected: dict)
   assign(encoder, params)
 
 
-def load_encoder(directory: str | os.PathLike, *, padding: str = 'reference',
-                 **kwargs) -> cpc.CPCEncoder:
-  """The converted encoder in `directory` as an NNX module.
+def ssl_config(directory: str | os.PathLike) -> ssl_encoders.SSLConfig:
+  """The architecture of the converted HuBERT / wav2vec2 / WavLM encoder in `directory`."""
+  config = json.loads((pathlib.Path(directory) / CONFIG_FILE).read_text())
+  if config.get('name') not in ssl_encoders.NAMES:
+    raise ValueError(f'{directory}: encoder {config.get("name")!r} is not one of '
+                     f'{list(ssl_encoders.NAMES)}')
+  return ssl_encoders.SSLConfig.from_dict(config['architecture'])
 
-  `padding='reference'` reproduces the PyTorch numbers; 'causal' removes the lookahead but shifts
-  what the pretrained weights see. `kwargs` (unroll, dtype, ...) go to the module.
+
+def load_encoder(directory: str | os.PathLike, **kwargs) -> cpc.CPCEncoder | ssl_encoders.SSLEncoder:
+  """The converted encoder in `directory` as an NNX module; `module(wave)` with wave [B, S] at
+  16 kHz gives [B, T, D] (CPC: the LSTM output at 100 Hz; the others: the last layer at 50 Hz).
+
+  `kwargs` go to the module: CPC's `padding` ('reference', the default, reproduces the PyTorch
+  numbers; 'causal' removes the lookahead but shifts what the weights see), `unroll`, `dtype`;
+  the others' `output_layer`, `dtype`.
   """
   config, params = load(directory)
-  if config.get('name') != 'cpc':
-    raise ValueError(f'{directory}: encoder {config.get("name")!r} is not supported; expected cpc')
-  encoder = cpc.CPCEncoder(dim=config['dim'], lstm_layers=config['lstm_layers'], padding=padding,
-                           rngs=nnx.Rngs(0), **kwargs)
+  name = config.get('name')
+  if name == 'cpc':
+    kwargs.setdefault('padding', 'reference')
+    encoder = cpc.CPCEncoder(dim=config['dim'], lstm_layers=config['lstm_layers'],
+                             rngs=nnx.Rngs(0), **kwargs)
+  elif name in ssl_encoders.NAMES:
+    encoder = ssl_encoders.SSLEncoder(ssl_encoders.SSLConfig.from_dict(config['architecture']),
+                                      rngs=nnx.Rngs(0), **kwargs)
+  else:
+    raise ValueError(f'{directory}: encoder {name!r} is not supported; expected one of '
+                     f'{["cpc", *ssl_encoders.NAMES]}')
   assign(encoder, params)
   return encoder

@@ -6,15 +6,20 @@ cross-attention layers -> combinator -> VAP head; a VAD head on each speaker's s
 Both can carry the F0 head. A mono model with `encoder.name='none'` hears no audio: it is the
 VA-only baseline (VA and its history only). The encoder (CPC, `self.encoder`) is frozen or trained through the
 parameter filter of `trainable_filter`, so a frozen encoder gets no gradient and no optimizer state.
+A converted HuBERT / wav2vec2 / WavLM (`encoder.name`, architecture and weights from
+`encoder_checkpoint`) can stand in for CPC: its 50-Hz features pass a trainable projection to the
+model dim instead of the downsampler. It attends over the whole input, so it is not causal.
 """
 
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import nnx
 
-from convssl_jax.models import cpc, downsample, heads, layers, pretrained, transformer
+from convssl_jax.models import (cpc, downsample, heads, layers, pretrained, ssl_encoders,
+                               transformer)
 
 ENCODER = 'encoder'  # attribute holding the pretrained encoder; the frozen part
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -36,19 +41,44 @@ class _FrameEncoder(nnx.Module):
   def _init_encoder(self, cfg, dtype, rngs: nnx.Rngs):
     enc = cfg.encoder
     if enc.name == 'none' and cfg.kind == 'mono':  # the VA-only baseline: no audio at all
-      self.encoder = self.downsample = None
+      self.encoder = self.downsample = self.project = None
+      return
+    if enc.name in ssl_encoders.NAMES:
+      self._init_ssl_encoder(cfg, dtype, rngs)
       return
     if enc.name != 'cpc':
-      raise ValueError(f"model.encoder.name {enc.name!r} is not available; expected 'cpc' "
-                       "(or 'none' for a mono VA-only model)")
+      raise ValueError(f'model.encoder.name {enc.name!r} is not available; expected one of '
+                       f"{['cpc', *ssl_encoders.NAMES]} (or 'none' for a mono VA-only model)")
     self.encoder = cpc.CPCEncoder(dim=cfg.dim, lstm_layers=enc.lstm_layers, padding=enc.padding,
                                   unroll=enc.unroll, dtype=dtype, rngs=rngs)
+    self.project = None  # only the HuBERT-family encoders project to the model dim
     ks = downsample.downsample_for(cfg.frame_hz)
     self.downsample = (None if ks is None else
                        downsample.CausalDownsample(cfg.dim, *ks, dtype=dtype, rngs=rngs))
 
+  def _init_ssl_encoder(self, cfg, dtype, rngs: nnx.Rngs):
+    enc = cfg.encoder
+    if not cfg.get('encoder_checkpoint'):
+      raise ValueError(f'model.encoder.name={enc.name!r} takes its architecture and weights from '
+                       'model.encoder_checkpoint (a `python -m checkpoints_convert '
+                       f'{enc.name} SRC DIR` output), which is not set')
+    config = pretrained.ssl_config(cfg.encoder_checkpoint)
+    if cfg.frame_hz * config.hop != 16000:
+      raise ValueError(f'model.frame_hz={cfg.frame_hz}: the {enc.name} encoder gives '
+                       f'{16000 / config.hop:g} Hz frames, so frame_hz must be that')
+    self.encoder = ssl_encoders.SSLEncoder(config, output_layer=enc.get('output_layer') or None,
+                                           dtype=dtype, rngs=rngs)
+    self.project = layers.linear(config.dim, cfg.dim, dtype=dtype, rngs=rngs)
+    self.downsample = None
+
   def encode(self, wave: jax.Array) -> jax.Array:
     """wave [B, S] at 16 kHz -> frames [B, N, D] at the model's frame rate."""
+    if self.project is not None:
+      # Right-pad by field - hop (80 samples) so that S samples give S / hop frames, frame t
+      # covering samples [hop t, hop t + field), like the VA frames [hop t, hop (t + 1)).
+      c = self.encoder.config
+      wave = jnp.pad(wave, ((0, 0), (0, c.receptive_field - c.hop)))
+      return self.project(self.encoder(wave))
     z = self.encoder(wave)
     return z if self.downsample is None else self.downsample(z)
 
@@ -140,9 +170,25 @@ def build_model(cfg, *, rngs: nnx.Rngs) -> MonoVAP | StereoVAP:
     raise ValueError(f'model.kind must be one of {sorted(kinds)}, got {cfg.kind!r}')
   model = kinds[cfg.kind](cfg, rngs=rngs)
   if cfg.get('encoder_checkpoint') and model.encoder is not None:
-    pretrained.load_into(model.encoder, cfg.encoder_checkpoint, expected={
-        'name': cfg.encoder.name, 'dim': cfg.dim, 'lstm_layers': cfg.encoder.lstm_layers})
+    expected = {'name': cfg.encoder.name}
+    if cfg.encoder.name == 'cpc':
+      expected.update(dim=cfg.dim, lstm_layers=cfg.encoder.lstm_layers)
+    pretrained.load_into(model.encoder, cfg.encoder_checkpoint, expected=expected)
   return model
+
+
+def load_model(directory) -> tuple[MonoVAP | StereoVAP, ml_collections.ConfigDict]:
+  """(the model, its `config.model`) of a converted VAP model (`python -m checkpoints_convert vap
+  SRC DIR`), in eval mode."""
+  config, params = pretrained.load(directory)
+  if 'model' not in config:
+    raise ValueError(f'{directory}: a converted {config.get("name")!r} encoder, not a VAP model '
+                     '(use load_encoder)')
+  cfg = ml_collections.ConfigDict(config['model'])
+  model = build_model(cfg, rngs=nnx.Rngs(0))
+  pretrained.assign(model, params)
+  model.eval()
+  return model, cfg
 
 
 def encoder_frozen(cfg, step: int = 0) -> bool:

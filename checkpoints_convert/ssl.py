@@ -1,0 +1,364 @@
+"""wav2vec 2.0 / HuBERT / WavLM checkpoints -> our `SSLEncoder` (reference/checkpoints_spec.md 2-3).
+
+Three file layouts, told apart by their top level:
+
+* torchaudio (`hubert_fairseq_base_ls960.pth`, `wav2vec2_fairseq_base_ls960.pth`, `wavlm_base.pth`,
+  ...): a flat state dict, no config. The architecture is read from the shapes; what shapes do not
+  show follows the released bundles: heads from the width (768 -> 12, 1024/1280 -> 16),
+  pre-LN layers and a standardised waveform iff the extractor is the layer-norm (Large) one,
+  strides from the kernels (10 -> 5, 3 -> 2, 2 -> 2), WavLM max_distance 800. `overrides` change
+  any of them.
+* fairseq (`hubert_base_ls960.pt`, `wav2vec_small.pt`, ...): {'cfg': {'model', 'task', ...}} (hydra)
+  or {'args': Namespace} (2020) beside 'model', the state dict in fairseq's module names.
+* unilm WavLM (`WavLM-Base.pt`, `WavLM-Base+.pt`, `WavLM-Large.pt`): {'cfg': flat dict, 'model'}.
+
+Every file is first renamed to one canonical naming (torchaudio's, with WavLM's packed q/k/v
+split into q_proj/k_proj/v_proj), the positional conv's weight norm g * v / |v| (norm over
+dims 0, 1 per tap) is folded, and then every key is checked against the configured architecture:
+missing, unknown and misshapen keys are all errors, except the pre-training-only tensors of each
+layout (`IGNORED`), which are listed in the output config.
+"""
+
+import ast
+import os
+import re
+
+import numpy as np
+
+from checkpoints_convert import keys, torch_file
+from checkpoints_convert.keys import ConversionError
+from convssl_jax.models.ssl_encoders import BASE_CONV_LAYERS, NAMES, SSLConfig
+
+# Keys dropped on purpose, per layout: pre-training heads, quantizer, mask embedding, CTC head.
+IGNORED = {
+    'torchaudio': r'aux\.',
+    'fairseq': r'(mask_emb|label_embs_concat|final_proj\.|quantizer\.|project_q\.)',
+    'unilm': r'mask_emb',
+}
+_STRIDES = {10: 5, 3: 2, 2: 2}  # the released extractors' kernel -> stride
+_HEADS = {768: 12, 1024: 16, 1280: 16}  # the released models' width -> heads
+WAVLM_MAX_DISTANCE = 800
+_LAYER = r'encoder\.transformer\.layers\.(\d+)\.'
+_POS = 'encoder.transformer.pos_conv_embed.conv.'
+
+# fairseq / unilm module name -> canonical name (torchaudio's import_fairseq._map_key, plus
+# unilm's WavLM attention names: grep_linear, grep_a, relative_attention_bias).
+_FROM_FAIRSEQ = (
+    (r'feature_extractor\.conv_layers\.(\d+)\.0\.', r'feature_extractor.conv_layers.\1.conv.'),
+    (r'feature_extractor\.conv_layers\.(\d+)\.2\.(1\.)?', r'feature_extractor.conv_layers.\1.layer_norm.'),
+    (r'post_extract_proj\.', 'encoder.feature_projection.projection.'),
+    (r'layer_norm\.', 'encoder.feature_projection.layer_norm.'),
+    (r'encoder\.pos_conv\.0\.', _POS),
+    (r'encoder\.layer_norm\.', 'encoder.transformer.layer_norm.'),
+    (r'encoder\.layers\.(\d+)\.self_attn\.grep_linear\.',
+     r'encoder.transformer.layers.\1.attention.gru_rel_pos_linear.'),
+    (r'encoder\.layers\.(\d+)\.self_attn\.grep_a$',
+     r'encoder.transformer.layers.\1.attention.gru_rel_pos_const'),
+    (r'encoder\.layers\.(\d+)\.self_attn\.relative_attention_bias\.',
+     r'encoder.transformer.layers.\1.attention.rel_attn_embed.'),
+    (r'encoder\.layers\.(\d+)\.self_attn\.', r'encoder.transformer.layers.\1.attention.'),
+    (r'encoder\.layers\.(\d+)\.self_attn_layer_norm\.', r'encoder.transformer.layers.\1.layer_norm.'),
+    (r'encoder\.layers\.(\d+)\.fc1\.', r'encoder.transformer.layers.\1.feed_forward.intermediate_dense.'),
+    (r'encoder\.layers\.(\d+)\.fc2\.', r'encoder.transformer.layers.\1.feed_forward.output_dense.'),
+    (r'encoder\.layers\.(\d+)\.final_layer_norm\.', r'encoder.transformer.layers.\1.final_layer_norm.'),
+)
+
+
+def _layout(checkpoint, path: str) -> str:
+  if isinstance(checkpoint, dict) and checkpoint and all(
+      isinstance(v, np.ndarray) for v in checkpoint.values()):
+    return 'torchaudio'
+  if isinstance(checkpoint, dict) and 'model' in checkpoint:
+    cfg = checkpoint.get('cfg')
+    if isinstance(cfg, dict) and isinstance(cfg.get('model'), dict):
+      return 'fairseq'
+    if isinstance(cfg, dict) and 'encoder_layers' in cfg:
+      return 'unilm'
+    if isinstance(checkpoint.get('args'), dict):
+      return 'fairseq'
+  found = sorted(checkpoint)[:12] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+  raise ConversionError(f'{path}: not a torchaudio state dict, a fairseq checkpoint ({{cfg or args,'
+                        f' model}}) or a unilm WavLM checkpoint ({{cfg, model}}); found {found}')
+
+
+def _canonical_name(key: str, layout: str) -> str | None:
+  """The canonical name of a file key, or None if the layout has no such tensor."""
+  if layout == 'torchaudio':
+    key = re.sub(r'parametrizations\.weight\.original0$', 'weight_g', key)
+    key = re.sub(r'parametrizations\.weight\.original1$', 'weight_v', key)
+    return re.sub(_LAYER + r'attention\.attention\.out_proj\.',
+                  r'encoder.transformer.layers.\1.attention.out_proj.', key)
+  for pattern, replacement in _FROM_FAIRSEQ:
+    if re.match(pattern, key):
+      return re.sub(pattern, replacement, key, count=1)
+  return None
+
+
+def _canonical(weights: dict, layout: str, path: str) -> tuple[dict, dict, list[str]]:
+  """(canonical weights, canonical -> file key, ignored file keys); unknown keys are errors."""
+  out, source, ignored, unknown = {}, {}, [], []
+  for key, value in keys.strip_module_prefix(weights, path).items():
+    if re.match(IGNORED[layout], key):
+      ignored.append(key)
+      continue
+    name = _canonical_name(key, layout)
+    if name is None:
+      unknown.append(key)
+      continue
+    if match := re.fullmatch(_LAYER + r'attention\.attention\.in_proj_(weight|bias)', name):
+      for proj, part in zip('qkv', np.split(value, 3)):  # nn.MultiheadAttention rows: q; k; v
+        split = f'encoder.transformer.layers.{match[1]}.attention.{proj}_proj.{match[2]}'
+        out[split], source[split] = part, key
+      continue
+    out[name], source[name] = value, key
+  if unknown:
+    raise ConversionError(f'{path}: unknown keys for a {layout} checkpoint: ' + ', '.join(unknown))
+  return out, source, ignored
+
+
+def fold_weight_norm(g: np.ndarray, v: np.ndarray) -> np.ndarray:
+  """torch weight_norm(dim=2): W = g * v / |v|, the norm over dims (0, 1) for each kernel tap."""
+  return g * v / np.sqrt(np.square(v).sum(axis=(0, 1), keepdims=True))
+
+
+def _fold_pos_conv(weights: dict, source: dict, path: str) -> None:
+  parts = [k for k in (_POS + 'weight_g', _POS + 'weight_v') if k in weights]
+  if not parts:
+    return  # a folded `weight` (or nothing: then the key check names it)
+  if len(parts) == 1:
+    raise ConversionError(f'{path}: the positional conv has {source[parts[0]]} but not its '
+                          'weight-norm partner (weight_g and weight_v go together)')
+  g, v = weights.pop(_POS + 'weight_g'), weights.pop(_POS + 'weight_v')
+  if g.shape != (1, 1, v.shape[-1]):
+    raise ConversionError(f'{path}: {source[_POS + "weight_g"]} has shape {g.shape}, expected '
+                          f'(1, 1, {v.shape[-1]}) (weight norm over dims 0, 1)')
+  weights[_POS + 'weight'] = fold_weight_norm(g.astype(np.float64), v.astype(np.float64))
+  source[_POS + 'weight'] = source[_POS + 'weight_v']
+
+
+def conv_layers_from_string(text: str, path: str) -> tuple[tuple[int, int, int], ...]:
+  """fairseq's `conv_feature_layers` expression ('[(512,10,5)] + [(512,3,2)] * 4 + ...'),
+  evaluated without `eval`: only int tuples, lists, + and * are allowed."""
+
+  def value(node):
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+      return node.value
+    if isinstance(node, (ast.Tuple, ast.List)):
+      items = [value(e) for e in node.elts]
+      return tuple(items) if isinstance(node, ast.Tuple) else items
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
+      left, right = value(node.left), value(node.right)
+      return left + right if isinstance(node.op, ast.Add) else left * right
+    raise ValueError(ast.dump(node))
+
+  try:
+    layers = value(ast.parse(text, mode='eval').body)
+    return tuple((int(c), int(k), int(s)) for c, k, s in layers)
+  except (SyntaxError, ValueError, TypeError) as error:
+    raise ConversionError(f'{path}: config conv_feature_layers={text!r} is not a list of '
+                          f'(channels, kernel, stride) ints ({error})') from None
+
+
+def _from_stored_config(model: dict, normalize, family: str, path: str) -> dict:
+  """SSLConfig fields from fairseq/unilm model config fields (fairseq's defaults if absent)."""
+  for field, value in model.items():
+    if isinstance(value, str) and value.startswith('${'):
+      raise ConversionError(f'{path}: config {field}={value!r} is an unresolved interpolation')
+  if 'w2v_args' in model or 'w2v_path' in model:
+    raise ConversionError(f'{path}: a fine-tuned fairseq checkpoint (config w2v_args); convert '
+                          'the pre-trained one')
+  if (activation := model.get('activation_fn', 'gelu')) != 'gelu':
+    raise ConversionError(f'{path}: config activation_fn={activation!r} is not supported (gelu)')
+  modes = {'default': 'group_norm', 'layer_norm': 'layer_norm'}
+  if (mode := model.get('extractor_mode', 'default')) not in modes:
+    raise ConversionError(f'{path}: config extractor_mode={mode!r} is not supported '
+                          f'(expected one of {list(modes)})')
+  layers = model.get('conv_feature_layers')
+  fields = dict(
+      conv_layers=BASE_CONV_LAYERS if layers is None else conv_layers_from_string(layers, path),
+      extractor_mode=modes[mode], conv_bias=bool(model.get('conv_bias', False)),
+      dim=int(model.get('encoder_embed_dim', 768)), num_layers=int(model.get('encoder_layers', 12)),
+      num_heads=int(model.get('encoder_attention_heads', 12)),
+      ffn_dim=int(model.get('encoder_ffn_embed_dim', 3072)),
+      layer_norm_first=bool(model.get('layer_norm_first', False)),
+      pos_conv_kernel=int(model.get('conv_pos', 128)),
+      pos_conv_groups=int(model.get('conv_pos_groups', 16)),
+      normalize_waveform=bool(normalize))
+  relative = bool(model.get('relative_position_embedding', False))
+  if relative != (family == 'wavlm'):
+    raise ConversionError(f'{path}: config relative_position_embedding={relative} does not fit '
+                          f'format {family!r} (WavLM has it, HuBERT and wav2vec2 do not)')
+  if relative:
+    if not model.get('gru_rel_pos', True):
+      raise ConversionError(f'{path}: config gru_rel_pos=False is not supported (WavLM gates its '
+                            'position bias)')
+    fields.update(num_buckets=int(model.get('num_buckets', 320)),
+                  max_distance=int(model.get('max_distance', WAVLM_MAX_DISTANCE)))
+  return fields
+
+
+def _from_shapes(w: dict, path: str) -> dict:
+  """SSLConfig fields read from a torchaudio state dict's shapes (plus the released rules)."""
+  def shape(key):
+    if key not in w:
+      raise ConversionError(f'{path}: missing {key}, needed to read the architecture')
+    return np.shape(w[key])
+
+  conv = 'feature_extractor.conv_layers.{}.'
+  count = lambda pattern: len({m[1] for k in w if (m := re.fullmatch(pattern, k))})
+  conv_layers = []
+  for i in range(count(r'feature_extractor\.conv_layers\.(\d+)\.conv\.weight')):
+    channels, _, kernel = shape(conv.format(i) + 'conv.weight')
+    if kernel not in _STRIDES:
+      raise ConversionError(f'{path}: conv layer {i} has kernel {kernel}, whose stride a '
+                            f'torchaudio file does not say (known: {_STRIDES}); give '
+                            'conv_layers as an override')
+    conv_layers.append((channels, kernel, _STRIDES[kernel]))
+  mode = 'layer_norm' if conv.format(1) + 'layer_norm.weight' in w else 'group_norm'
+  dim = shape('encoder.feature_projection.projection.weight')[0]
+  pos = shape(_POS + 'weight')
+  fields = dict(conv_layers=tuple(conv_layers), extractor_mode=mode,
+                conv_bias=conv.format(0) + 'conv.bias' in w, dim=dim,
+                num_layers=count(_LAYER + r'final_layer_norm\.weight'),
+                ffn_dim=shape('encoder.transformer.layers.0.feed_forward.intermediate_dense.weight')[0],
+                layer_norm_first=mode == 'layer_norm', normalize_waveform=mode == 'layer_norm',
+                pos_conv_kernel=pos[2], pos_conv_groups=dim // pos[1])
+  embed = 'encoder.transformer.layers.0.attention.rel_attn_embed.weight'
+  if embed in w:
+    buckets, heads = shape(embed)
+    fields.update(num_heads=heads, num_buckets=buckets, max_distance=WAVLM_MAX_DISTANCE)
+  elif dim in _HEADS:
+    fields['num_heads'] = _HEADS[dim]
+  return fields
+
+
+def expected_shapes(c: SSLConfig) -> dict[str, tuple[int, ...]]:
+  """The canonical keys and shapes of an encoder with config `c`."""
+  shapes, in_channels = {}, 1
+  for i, (channels, kernel, _) in enumerate(c.conv_layers):
+    prefix = f'feature_extractor.conv_layers.{i}.'
+    shapes[prefix + 'conv.weight'] = (channels, in_channels, kernel)
+    if c.conv_bias:
+      shapes[prefix + 'conv.bias'] = (channels,)
+    if c.extractor_mode == 'layer_norm' or i == 0:
+      shapes[prefix + 'layer_norm.weight'] = shapes[prefix + 'layer_norm.bias'] = (channels,)
+    in_channels = channels
+  d, f, h = c.dim, c.ffn_dim, c.num_heads
+  shapes.update({
+      'encoder.feature_projection.layer_norm.weight': (in_channels,),
+      'encoder.feature_projection.layer_norm.bias': (in_channels,),
+      'encoder.feature_projection.projection.weight': (d, in_channels),
+      'encoder.feature_projection.projection.bias': (d,),
+      _POS + 'weight': (d, d // c.pos_conv_groups, c.pos_conv_kernel), _POS + 'bias': (d,),
+      'encoder.transformer.layer_norm.weight': (d,), 'encoder.transformer.layer_norm.bias': (d,)})
+  for n in range(c.num_layers):
+    p = f'encoder.transformer.layers.{n}.'
+    for proj in ('q_proj', 'k_proj', 'v_proj', 'out_proj'):
+      shapes[f'{p}attention.{proj}.weight'], shapes[f'{p}attention.{proj}.bias'] = (d, d), (d,)
+    for norm in ('layer_norm', 'final_layer_norm'):
+      shapes[f'{p}{norm}.weight'] = shapes[f'{p}{norm}.bias'] = (d,)
+    shapes[f'{p}feed_forward.intermediate_dense.weight'] = (f, d)
+    shapes[f'{p}feed_forward.intermediate_dense.bias'] = (f,)
+    shapes[f'{p}feed_forward.output_dense.weight'] = (d, f)
+    shapes[f'{p}feed_forward.output_dense.bias'] = (d,)
+    if c.num_buckets:
+      shapes[f'{p}attention.gru_rel_pos_linear.weight'] = (8, d // h)
+      shapes[f'{p}attention.gru_rel_pos_linear.bias'] = (8,)
+      shapes[f'{p}attention.gru_rel_pos_const'] = (1, h, 1, 1)
+  if c.num_buckets:
+    shapes['encoder.transformer.layers.0.attention.rel_attn_embed.weight'] = (c.num_buckets, h)
+  return shapes
+
+
+def params_from_weights(w: dict[str, np.ndarray], c: SSLConfig) -> dict:
+  """Canonical weights -> the pure dict of `nnx.state(SSLEncoder(c), nnx.Param)`.
+
+  Conv (O, I/g, K) -> (K, I/g, O); Linear (out, in) -> (in, out); norms weight/bias -> scale/bias.
+  """
+  dense = lambda p: {'kernel': w[p + '.weight'].T, 'bias': w[p + '.bias']}
+  norm = lambda p: {'scale': w[p + '.weight'], 'bias': w[p + '.bias']}
+  conv = 'feature_extractor.conv_layers.{}.'
+  convs = {}
+  for i in range(len(c.conv_layers)):
+    convs[i] = {'kernel': w[conv.format(i) + 'conv.weight'].transpose(2, 1, 0)}
+    if c.conv_bias:
+      convs[i]['bias'] = w[conv.format(i) + 'conv.bias']
+  n_norms = len(c.conv_layers) if c.extractor_mode == 'layer_norm' else 1
+  layers = {}
+  for n in range(c.num_layers):
+    p = f'encoder.transformer.layers.{n}.'
+    attention = {proj: dense(f'{p}attention.{proj}')
+                 for proj in ('q_proj', 'k_proj', 'v_proj', 'out_proj')}
+    if c.num_buckets:
+      attention['gate'] = dense(f'{p}attention.gru_rel_pos_linear')
+      attention['gate_const'] = w[f'{p}attention.gru_rel_pos_const'].reshape(-1)
+    layers[n] = {'attention': attention, 'attention_norm': norm(p + 'layer_norm'),
+                 'intermediate': dense(p + 'feed_forward.intermediate_dense'),
+                 'output': dense(p + 'feed_forward.output_dense'),
+                 'final_norm': norm(p + 'final_layer_norm')}
+  params = {
+      'feature_extractor': {'convs': convs, 'norms': {
+          i: norm(conv.format(i) + 'layer_norm') for i in range(n_norms)}},
+      'projection_norm': norm('encoder.feature_projection.layer_norm'),
+      'projection': dense('encoder.feature_projection.projection'),
+      'pos_conv': {'kernel': w[_POS + 'weight'].transpose(2, 1, 0), 'bias': w[_POS + 'bias']},
+      'encoder_norm': norm('encoder.transformer.layer_norm'),
+      'layers': layers,
+  }
+  if c.num_buckets:
+    params['rel_pos_embed'] = {
+        'embedding': w['encoder.transformer.layers.0.attention.rel_attn_embed.weight']}
+  return params
+
+
+def _stored_config(checkpoint: dict, layout: str, family: str, path: str) -> dict:
+  if layout == 'unilm':
+    if family != 'wavlm':
+      raise ConversionError(f'{path}: a unilm WavLM checkpoint; convert it as wavlm, not {family}')
+    return _from_stored_config(checkpoint['cfg'], checkpoint['cfg'].get('normalize', False),
+                               family, path)
+  cfg = checkpoint.get('cfg')
+  if isinstance(cfg, dict) and isinstance(cfg.get('model'), dict):
+    model, normalize = cfg['model'], (cfg.get('task') or {}).get('normalize', False)
+    name = model.get('_name')
+  else:  # 2020: one Namespace with the model and task options
+    model = checkpoint['args']
+    normalize, name = model.get('normalize', False), model.get('arch')
+  if family == 'wavlm' or (name and not str(name).startswith(family)):
+    raise ConversionError(f'{path}: a fairseq {name or "wav2vec2/HuBERT"} checkpoint; convert it '
+                          f'as {name if name in NAMES else "hubert or wav2vec2"}, not {family}')
+  return _from_stored_config(model, normalize, family, path)
+
+
+def convert(path: str | os.PathLike, family: str, overrides: dict | None = None
+            ) -> tuple[dict, dict]:
+  """({'format', 'architecture', 'ignored_keys'}, params pure dict) from a `family` checkpoint
+  ('hubert', 'wav2vec2' or 'wavlm'). `overrides` set SSLConfig fields the file does not say."""
+  path = os.fspath(path)
+  if family not in NAMES:
+    raise ValueError(f'family must be one of {list(NAMES)}, got {family!r}')
+  checkpoint = torch_file.load(path, inert_modules=('fairseq',))
+  layout = _layout(checkpoint, path)
+  weights = checkpoint if layout == 'torchaudio' else checkpoint['model']
+  weights, source, ignored = _canonical(weights, layout, path)
+  _fold_pos_conv(weights, source, path)
+  if layout == 'torchaudio':
+    fields = _from_shapes(weights, path)
+    wavlm = 'num_buckets' in fields
+    if wavlm != (family == 'wavlm'):
+      raise ConversionError(f'{path}: {"a" if wavlm else "no"} WavLM relative position bias, '
+                            f'which does not fit format {family!r}')
+  else:
+    fields = _stored_config(checkpoint, layout, family, path)
+  fields.update(overrides or {})
+  if 'num_heads' not in fields:
+    raise ConversionError(f'{path}: the head count of a {fields["dim"]}-wide model is not stored '
+                          'in a torchaudio file; give num_heads as an override')
+  try:
+    config = SSLConfig.from_dict(fields)
+  except (TypeError, ValueError) as error:
+    raise ConversionError(f'{path}: {error}') from None
+  weights = keys.checked(weights, expected_shapes(config), path,
+                         f'{family} architecture {config.to_dict()}', source)
+  return ({'format': layout, 'architecture': config.to_dict(), 'ignored_keys': ignored},
+          params_from_weights(weights, config))

@@ -1,0 +1,178 @@
+"""VoiceActivityProjection's stereo VAP model (VapGPT) -> our `StereoVAP`, CPC encoder included.
+
+Two layouts (reference/data_and_stereo_spec.md B.7): the [main] state dict
+(`VAP_3mmz3t0u_50Hz_ad20s_134-epoch9-val_2.56.pt`: `encoder.encoder.gEncoder.*`, `encoder.downsample.*`,
+`ar_channel.*`, `ar.*`, `va_classifier.*`, `vap_head.*`), and the [newMaster] ones (stacks under
+`transformer.`; a Lightning `.ckpt` adds `model.` and keeps the weights under 'state_dict' beside
+bookkeeping, its `hyper_parameters` AttributeDict read as a dict). The architecture is read from
+the shapes: width, heads (the stored ALiBi slopes `mha.m`, which must be the standard ones), FFN
+multiplier, per-speaker and cross layer counts, LSTM layers, the downsampler's kernel (5 -> 50 Hz,
+11 -> 20 Hz; none -> 100 Hz). The CPC encoder keeps CPC_audio's padding ('reference'). The frozen
+codebook `objective.codebook.emb.weight` is skipped (our objective computes the same codes).
+"""
+
+import os
+import re
+
+import numpy as np
+
+from checkpoints_convert import cpc as convert_cpc
+from checkpoints_convert import keys, torch_file
+from checkpoints_convert.keys import ConversionError
+from configs import vap as vap_config
+from convssl_jax.models import downsample, transformer
+
+IGNORED = r'objective\.codebook\.'
+_FRAME_HZ = {downsample.downsample_for(hz)[0]: hz for hz in (50, 20)}  # kernel -> Hz
+# the released code's Lightning / DataParallel / older-Lightning prefixes
+_PREFIXES = ('module.', 'model.', 'net.')
+
+
+def _canonical(weights: dict, path: str) -> tuple[dict, dict]:
+  """([main] names -> values, [main] name -> file key)."""
+  out, source = {}, {}
+  for key, value in weights.items():
+    name = key
+    for prefix in _PREFIXES:
+      name = name.removeprefix(prefix)
+    name = re.sub(r'^transformer\.(ar_channel|ar)\.', r'\1.', name)
+    if name in out:
+      raise ConversionError(f'{path}: {key} and {source[name]} are the same tensor')
+    if name.endswith('.m'):  # ALiBi slopes: (heads, 1, 1) whatever shape they were kept in
+      value = np.reshape(value, (-1, 1, 1))
+    out[name], source[name] = value, key
+  return out, source
+
+
+def _count(w: dict, pattern: str) -> int:
+  return len({m[1] for k in w if (m := re.match(pattern, k))})
+
+
+def _shape(w: dict, key: str, path: str) -> tuple[int, ...]:
+  if key not in w:
+    raise ConversionError(f'{path}: missing {key}, needed to read the architecture')
+  return np.shape(w[key])
+
+
+def architecture(w: dict, path: str) -> dict:
+  """{'dim', 'num_heads', 'ffn_mult', 'self_layers', 'cross_layers', 'lstm_layers', 'frame_hz'}."""
+  if any(k.startswith('feature_projection.') for k in w):
+    raise ConversionError(f'{path}: a feature_projection (encoder width != model width) is not '
+                          'supported: our stereo model uses the CPC width')
+  dim = _shape(w, 'ar_channel.layers.0.ln_self_attn.weight', path)[0]
+  kernel = (_shape(w, 'encoder.downsample.1.weight', path)[-1]
+            if 'encoder.downsample.1.weight' in w else None)
+  if kernel is not None and kernel not in _FRAME_HZ:
+    raise ConversionError(f'{path}: downsampler kernel {kernel} is none of the released ones '
+                          f'{_FRAME_HZ} (kernel -> Hz)')
+  return {'dim': dim, 'num_heads': int(np.size(w.get('ar_channel.layers.0.mha.m', ()))),
+          'ffn_mult': _shape(w, 'ar_channel.layers.0.ffnetwork.0.weight', path)[0] // dim,
+          'self_layers': _count(w, r'ar_channel\.layers\.(\d+)\.'),
+          'cross_layers': _count(w, r'ar\.layers\.(\d+)\.'),
+          'lstm_layers': _count(w, r'encoder\.encoder\.gAR\.baseNet\.weight_ih_l(\d+)$'),
+          'frame_hz': 100 if kernel is None else _FRAME_HZ[kernel]}
+
+
+def _layer_shapes(prefix: str, dim: int, heads: int, ffn: int, cross: bool) -> dict:
+  norms = ('ln_self_attn', 'ln_ffnetwork') + (('ln_src_attn',) if cross else ())
+  shapes = {f'{prefix}{n}.{p}': (dim,) for n in norms for p in ('weight', 'bias')}
+  for mha in ('mha', 'mha_cross') if cross else ('mha',):
+    shapes.update({f'{prefix}{mha}.{p}.weight': (dim, dim)
+                   for p in ('key', 'query', 'value', 'proj')})
+    shapes[f'{prefix}{mha}.m'] = (heads, 1, 1)
+  shapes[f'{prefix}ffnetwork.0.weight'] = (ffn, dim)
+  shapes[f'{prefix}ffnetwork.3.weight'] = (dim, ffn)
+  return shapes
+
+
+def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
+  d, h, f = a['dim'], a['num_heads'], a['ffn_mult'] * a['dim']
+  shapes = {f'encoder.encoder.{k}': v
+            for k, v in convert_cpc.expected_shapes(d, a['lstm_layers']).items()}
+  if a['frame_hz'] != 100:
+    kernel = downsample.downsample_for(a['frame_hz'])[0]
+    shapes.update({'encoder.downsample.1.weight': (d, d, kernel), 'encoder.downsample.1.bias': (d,),
+                   'encoder.downsample.2.ln.weight': (d,), 'encoder.downsample.2.ln.bias': (d,)})
+  for i in range(a['self_layers']):
+    shapes.update(_layer_shapes(f'ar_channel.layers.{i}.', d, h, f, cross=False))
+  for i in range(a['cross_layers']):
+    shapes.update(_layer_shapes(f'ar.layers.{i}.', d, h, f, cross=True))
+  shapes.update({'ar.combinator.h0_a.weight': (d, d), 'ar.combinator.h0_b.weight': (d, d),
+                 'ar.combinator.ln.weight': (d,), 'ar.combinator.ln.bias': (d,),
+                 'va_classifier.weight': (1, d), 'va_classifier.bias': (1,),
+                 'vap_head.weight': (256, d), 'vap_head.bias': (256,)})
+  return shapes
+
+
+def _layer_params(w: dict, prefix: str, cross: bool) -> dict:
+  norm = lambda p: {'scale': w[p + '.weight'], 'bias': w[p + '.bias']}
+  mha = lambda p: {n: {'kernel': w[f'{p}.{n}.weight'].T} for n in ('key', 'query', 'value', 'proj')}
+  out = {'ln_self_attn': norm(prefix + 'ln_self_attn'), 'mha': mha(prefix + 'mha'),
+         'ln_ffn': norm(prefix + 'ln_ffnetwork'),
+         'ffn': {'up': {'kernel': w[prefix + 'ffnetwork.0.weight'].T},
+                 'down': {'kernel': w[prefix + 'ffnetwork.3.weight'].T}}}
+  if cross:
+    out.update(ln_src_attn=norm(prefix + 'ln_src_attn'), mha_cross=mha(prefix + 'mha_cross'))
+  return out
+
+
+def params_from_weights(w: dict[str, np.ndarray], a: dict) -> dict:
+  """[main]-named weights -> the pure dict of `nnx.state(StereoVAP, nnx.Param)`."""
+  cpc_weights = {k.removeprefix('encoder.encoder.'): v for k, v in w.items()
+                 if k.startswith('encoder.encoder.')}
+  params = {
+      'encoder': convert_cpc.params_from_weights(cpc_weights, a['lstm_layers']),
+      'transformer': {
+          'ar_channel': {'layers': {i: _layer_params(w, f'ar_channel.layers.{i}.', False)
+                                    for i in range(a['self_layers'])}},
+          'cross_layers': {i: _layer_params(w, f'ar.layers.{i}.', True)
+                           for i in range(a['cross_layers'])},
+          'combinator': {'h0_a': {'kernel': w['ar.combinator.h0_a.weight'].T},
+                         'h0_b': {'kernel': w['ar.combinator.h0_b.weight'].T},
+                         'ln': {'scale': w['ar.combinator.ln.weight'],
+                                'bias': w['ar.combinator.ln.bias']}}},
+      'vap_head': {'proj': {'kernel': w['vap_head.weight'].T, 'bias': w['vap_head.bias']}},
+      'vad_head': {'kernel': w['va_classifier.weight'].T, 'bias': w['va_classifier.bias']},
+  }
+  if a['frame_hz'] != 100:
+    params['downsample'] = {
+        'conv': {'kernel': w['encoder.downsample.1.weight'].transpose(2, 1, 0),
+                 'bias': w['encoder.downsample.1.bias']},
+        'norm': {'scale': w['encoder.downsample.2.ln.weight'],
+                 'bias': w['encoder.downsample.2.ln.bias']}}
+  return params
+
+
+def model_config(a: dict):
+  """Our `config.model` for the architecture: the stereo reference settings at its sizes."""
+  cfg = vap_config.model_config('stereo')
+  cfg.update(dim=a['dim'], frame_hz=a['frame_hz'])
+  cfg.encoder.update(name='cpc', padding='reference', lstm_layers=a['lstm_layers'], freeze=True)
+  cfg.transformer.update(num_heads=a['num_heads'], ffn_mult=a['ffn_mult'],
+                         self_layers=a['self_layers'], cross_layers=a['cross_layers'])
+  return cfg
+
+
+def convert(path: str | os.PathLike) -> tuple[dict, dict]:
+  """({'format', 'architecture', 'model' (our config.model as a dict), 'ignored_keys'}, params)."""
+  path = os.fspath(path)
+  checkpoint = torch_file.load(path, inert_modules=('vap', 'pytorch_lightning', 'lightning',
+                                                    'lightning_fabric'))
+  lightning = isinstance(checkpoint, dict) and isinstance(checkpoint.get('state_dict'), dict)
+  weights = checkpoint['state_dict'] if lightning else checkpoint
+  if not isinstance(weights, dict) or not all(isinstance(v, np.ndarray) for v in weights.values()):
+    found = sorted(weights)[:12] if isinstance(weights, dict) else type(weights).__name__
+    raise ConversionError(f'{path}: not a VAP state dict or Lightning checkpoint; found {found}')
+  weights, source = _canonical(weights, path)
+  ignored = [source[k] for k in weights if re.match(IGNORED, k)]
+  weights = {k: v for k, v in weights.items() if not re.match(IGNORED, k)}
+  a = architecture(weights, path)
+  weights = keys.checked(weights, expected_shapes(a), path, f'VAP architecture {a}', source)
+  slopes = transformer.alibi_slopes(a['num_heads'])
+  for key in (k for k in weights if k.endswith('.m')):
+    if not np.allclose(weights[key].reshape(-1), slopes, rtol=1e-6, atol=0):
+      raise ConversionError(f'{path}: {source[key]} holds ALiBi slopes {weights[key].reshape(-1)}, '
+                            f'not the standard {slopes} our model uses')
+  return ({'format': 'lightning' if lightning else 'state_dict', 'architecture': a,
+           'model': model_config(a).to_dict(), 'ignored_keys': ignored},
+          params_from_weights(weights, a))

@@ -1,0 +1,102 @@
+"""VoiceActivityProjection stereo model -> StereoVAP: parity with a PyTorch VapGPT written from
+reference/data_and_stereo_spec.md (make_fixtures.py `vap`: CPC hidden 32, 4 heads, 1 + 2 layers,
+perturbed weights) in the [main] state-dict and [newMaster] Lightning layouts; refusals."""
+
+import pathlib
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from checkpoints_convert import __main__ as cli
+from checkpoints_convert import keys, torch_file
+from checkpoints_convert import vap as convert_vap
+from convssl_jax import models
+
+FIXTURES = pathlib.Path(__file__).parent / 'fixtures' / 'torch' / 'vap'
+TOL = dict(atol=1e-4, rtol=1e-4)
+INPUTS = dict(np.load(FIXTURES / 'inputs.npz'))
+EXPECTED = dict(np.load(FIXTURES / 'out.npz'))
+_forward = nnx.jit(lambda model, wave: model(wave))
+
+
+@pytest.fixture(scope='module', params=['vap_state_dict.pt', 'vap_lightning.ckpt'])
+def converted(request, tmp_path_factory):
+  dst = tmp_path_factory.mktemp('vap') / 'model'
+  cli.main(['vap', str(FIXTURES / request.param), str(dst)])
+  return request.param, dst
+
+
+def test_the_converted_model_matches_pytorch_logits_and_vad(converted):
+  name, dst = converted
+  model, cfg = models.load_model(dst)
+  assert isinstance(model, models.StereoVAP)
+  assert (cfg.dim, cfg.frame_hz, cfg.encoder.padding, cfg.encoder.lstm_layers) == (
+      32, 50, 'reference', 1)
+  assert (cfg.transformer.num_heads, cfg.transformer.self_layers,
+          cfg.transformer.cross_layers, cfg.transformer.ffn_mult) == (4, 1, 2, 3)
+  diff = 0.0
+  for case, wave in INPUTS.items():
+    out = _forward(model, wave)
+    for key in ('logits', 'vad'):
+      np.testing.assert_allclose(out[key], EXPECTED[f'{key}_{case}'], **TOL, err_msg=case)
+      diff = max(diff, float(np.abs(np.asarray(out[key]) - EXPECTED[f'{key}_{case}']).max()))
+  print(name, f'max |diff| {diff:.1e}')
+
+
+def test_the_lightning_hyper_parameters_load_as_a_plain_dict():
+  checkpoint = torch_file.load(FIXTURES / 'vap_lightning.ckpt')
+  assert type(checkpoint['hyper_parameters']) is dict
+  assert checkpoint['hyper_parameters']['conf'] == {'model': {'dim': 32}}
+  assert convert_vap.convert(FIXTURES / 'vap_lightning.ckpt')[0]['ignored_keys'] == [
+      'model.objective.codebook.emb.weight']
+
+
+def test_the_attention_scale_quirk_is_needed(converted):
+  """Scaling scores by 1/sqrt(head dim), the usual choice, misses the reference by far more."""
+  _, dst = converted
+  model, _ = models.load_model(dst)
+  for _, module in nnx.iter_graph(model):
+    if hasattr(module, 'scale') and hasattr(module, 'num_heads'):
+      module.scale *= 2.0  # head dim 8 = dim 32 / 4 heads: sqrt(32 / 8) = 2
+  out = nnx.jit(lambda model, wave: model(wave))(model, INPUTS['len16000'])
+  with pytest.raises(AssertionError):
+    np.testing.assert_allclose(out['logits'], EXPECTED['logits_len16000'], **TOL)
+
+
+def _patched(monkeypatch, change):
+  checkpoint = torch_file.load(FIXTURES / 'vap_state_dict.pt')
+  change(checkpoint)
+  monkeypatch.setattr(torch_file, 'load', lambda path, **kwargs: checkpoint)
+
+
+def test_missing_and_unknown_keys_are_named(monkeypatch):
+  def change(checkpoint):
+    del checkpoint['ar.layers.1.mha_cross.value.weight']
+    checkpoint['ar.extra.weight'] = np.zeros(3, np.float32)
+  _patched(monkeypatch, change)
+  with pytest.raises(keys.ConversionError) as error:
+    convert_vap.convert('x.pt')
+  assert 'missing ar.layers.1.mha_cross.value.weight' in str(error.value)
+  assert 'unknown ar.extra.weight' in str(error.value)
+
+
+def test_non_standard_alibi_slopes_are_refused(monkeypatch):
+  _patched(monkeypatch, lambda c: c['ar.layers.0.mha.m'].__imul__(2.0))
+  with pytest.raises(keys.ConversionError, match=r'ar\.layers\.0\.mha\.m holds ALiBi slopes'):
+    convert_vap.convert('x.pt')
+
+
+def test_a_feature_projection_is_refused(monkeypatch):
+  _patched(monkeypatch, lambda c: c.update({'feature_projection.0.weight': np.zeros(2)}))
+  with pytest.raises(keys.ConversionError, match='feature_projection'):
+    convert_vap.convert('x.pt')
+
+
+def test_load_model_refuses_an_encoder_and_load_encoder_a_model(tmp_path, converted):
+  _, dst = converted
+  with pytest.raises(ValueError, match="encoder 'vap' is not supported"):
+    models.load_encoder(dst)
+  cli.main(['cpc', str(FIXTURES.parent / 'cpc' / 'cpc_l1.pt'), str(tmp_path / 'cpc')])
+  with pytest.raises(ValueError, match="a converted 'cpc' encoder, not a VAP model"):
+    models.load_model(tmp_path / 'cpc')
