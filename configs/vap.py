@@ -70,6 +70,9 @@ def model_config(kind: str = STEREO) -> ml_collections.ConfigDict:
       norm_cross_kv=False,  # VAP quirk: cross-attention keys/values are not normalised
       final_norm=False,  # neither reference normalises after the last layer
       context=config_dict.placeholder(int),  # frames a frame may attend back; None = unbounded
+      # 'auto': jax.nn.dot_product_attention (cuDNN on GPU in bf16) unless attention dropout is
+      # active; 'einsum': always the explicit path. Same numbers.
+      attention='auto',
   ))
   m.va_cond = ml_collections.ConfigDict(dict(history_bins=5))  # mono only
   m.vap = ml_collections.ConfigDict(dict(

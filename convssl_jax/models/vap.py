@@ -65,7 +65,7 @@ class MonoVAP(_FrameEncoder):
     self.transformer = transformer.GPT(
         cfg.dim, t.num_heads, t.num_layers, context=t.context, final_norm=t.final_norm,
         ffn_mult=t.ffn_mult, dropout=t.dropout, double_residual=t.double_residual, scale=t.scale,
-        **kw)
+        attention=t.attention, **kw)
     self.vap_head = heads.VAPHead(cfg.dim, cfg.vap.head, n_bins(cfg), **kw)
     self.f0_head = heads.F0Head(cfg.dim, 2, **kw) if cfg.f0_head else None
 
@@ -99,7 +99,8 @@ class StereoVAP(_FrameEncoder):
     self.transformer = transformer.StereoTransformer(
         cfg.dim, t.num_heads, self_layers=t.self_layers, cross_layers=t.cross_layers,
         context=t.context, final_norm=t.final_norm, ffn_mult=t.ffn_mult, dropout=t.dropout,
-        double_residual=t.double_residual, norm_cross_kv=t.norm_cross_kv, scale=t.scale, **kw)
+        double_residual=t.double_residual, norm_cross_kv=t.norm_cross_kv, scale=t.scale,
+        attention=t.attention, **kw)
     self.vap_head = heads.VAPHead(cfg.dim, cfg.vap.head, n_bins(cfg), **kw)
     self.vad_head = layers.linear(cfg.dim, 1, **kw)
     self.f0_head = heads.F0Head(cfg.dim, 1, **kw) if cfg.f0_head else None
