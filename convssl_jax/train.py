@@ -26,7 +26,7 @@ from convssl_jax.models import heads
 from convssl_jax.objective import VAPObjective
 
 BATCH_AXES = ('data', 'fsdp')
-DEVICE_KEYS = ('audio', 'va', 'va_history', 'f0')  # batch entries the model reads
+DEVICE_KEYS = ('audio', 'features', 'va', 'va_history', 'f0')  # batch entries the model reads
 
 
 def objective_for(model_cfg) -> VAPObjective:
@@ -108,11 +108,13 @@ def set_plateau_scale(state: nnx.State, value: float) -> nnx.State:
 
 # Losses.
 
-def forward(model, audio: jax.Array, va: jax.Array, va_history: jax.Array | None, n: int):
-  """The model's outputs for a batch; the mono model also reads the first `n` frames of VA."""
+def forward(model, audio: jax.Array | None, va: jax.Array, va_history: jax.Array | None, n: int,
+            features: jax.Array | None = None):
+  """The model's outputs for a batch; the mono model also reads the first `n` frames of VA.
+  `features` (from a feature cache) stand in for the audio."""
   if isinstance(model, models.MonoVAP):
-    return model(audio, va[:, :n], va_history)
-  return model(audio)
+    return model(audio, va[:, :n], va_history, features=features)
+  return model(audio, features=features)
 
 
 def losses(model, batch: dict[str, jax.Array], objective: VAPObjective, train_cfg):
@@ -120,7 +122,7 @@ def losses(model, batch: dict[str, jax.Array], objective: VAPObjective, train_cf
   va = batch['va']
   n = va.shape[1] - objective.horizon_frames
   labels = objective.labels(va)
-  out = forward(model, batch['audio'], va, batch.get('va_history'), n)
+  out = forward(model, batch.get('audio'), va, batch.get('va_history'), n, batch.get('features'))
   per_example = lambda f, *xs: jax.vmap(lambda *x: f(*(a[None] for a in x)))(*xs)
   terms = {'vap': per_example(objective.loss, out['logits'][:, :n], labels)}
   if 'vad' in out:

@@ -47,9 +47,10 @@ class _FrameEncoder(nnx.Module):
     self.downsample = (None if ks is None else
                        downsample.CausalDownsample(cfg.dim, *ks, dtype=dtype, rngs=rngs))
 
-  def encode(self, wave: jax.Array) -> jax.Array:
-    """wave [B, S] at 16 kHz -> frames [B, N, D] at the model's frame rate."""
-    z = self.encoder(wave)
+  def encode(self, wave: jax.Array | None, features: jax.Array | None = None) -> jax.Array:
+    """wave [B, S] at 16 kHz -> frames [B, N, D] at the model's frame rate. `features` [B, T, D],
+    the encoder's 100-Hz output computed beforehand (a feature cache), replace the encoder."""
+    z = self.encoder(wave) if features is None else features
     return z if self.downsample is None else self.downsample(z)
 
 
@@ -69,17 +70,19 @@ class MonoVAP(_FrameEncoder):
     self.vap_head = heads.VAPHead(cfg.dim, cfg.vap.head, n_bins(cfg), **kw)
     self.f0_head = heads.F0Head(cfg.dim, 2, **kw) if cfg.f0_head else None
 
-  def __call__(self, waveform: jax.Array, va: jax.Array,
-               va_history: jax.Array | None = None) -> dict[str, Any]:
+  def __call__(self, waveform: jax.Array | None, va: jax.Array,
+               va_history: jax.Array | None = None, *,
+               features: jax.Array | None = None) -> dict[str, Any]:
     """waveform [B, S] (the mono mix; [B, 2, S] is mixed by averaging), va [B, N, 2],
-    va_history [B, N, bins] -> {'logits', and 'f0' with the F0 head}."""
+    va_history [B, N, bins] -> {'logits', and 'f0' with the F0 head}. `features` [B, T, D]: the
+    encoder's output for the mix, in place of the waveform."""
     condition = self.va_condition(va, va_history)
     if self.encoder is None:
       z = condition
     else:
-      if waveform.ndim == 3:
+      if waveform is not None and waveform.ndim == 3:
         waveform = waveform.mean(axis=1)
-      z = self.encode(waveform)[:, :va.shape[1]]
+      z = self.encode(waveform, features)[:, :va.shape[1]]
       z = z + condition[:, :z.shape[1]].astype(z.dtype)
     x = self.transformer(z)
     out = {'logits': self.vap_head(x)}
@@ -105,12 +108,17 @@ class StereoVAP(_FrameEncoder):
     self.vad_head = layers.linear(cfg.dim, 1, **kw)
     self.f0_head = heads.F0Head(cfg.dim, 1, **kw) if cfg.f0_head else None
 
-  def __call__(self, waveform: jax.Array) -> dict[str, Any]:
-    """waveform [B, 2, S] (channel 0 = speaker A) -> {'logits', 'vad' [B, N, 2], and 'f0'}."""
-    if waveform.ndim != 3 or waveform.shape[1] != 2:
-      raise ValueError(f'the stereo model takes waveform [B, 2, samples], got {waveform.shape}')
-    batch = waveform.shape[0]
-    z = self.encode(jnp.concatenate([waveform[:, 0], waveform[:, 1]], axis=0))
+  def __call__(self, waveform: jax.Array | None, *,
+               features: jax.Array | None = None) -> dict[str, Any]:
+    """waveform [B, 2, S] (channel 0 = speaker A) -> {'logits', 'vad' [B, N, 2], and 'f0'}.
+    `features` [B, 2, T, D]: the encoder's output per channel, in place of the waveform."""
+    x = waveform if features is None else features
+    if x is None or x.ndim != (3 if features is None else 4) or x.shape[1] != 2:
+      raise ValueError('the stereo model takes waveform [B, 2, samples] or features '
+                       f'[B, 2, frames, dim], got {None if x is None else x.shape}')
+    batch = x.shape[0]
+    both = lambda a: None if a is None else jnp.concatenate([a[:, 0], a[:, 1]], axis=0)
+    z = self.encode(both(waveform), both(features))
     x, x1, x2 = self.transformer(z[:batch], z[batch:])
     out = {'logits': self.vap_head(x),
            'vad': jnp.concatenate([self.vad_head(x1), self.vad_head(x2)], axis=-1)}
