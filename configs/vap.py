@@ -94,6 +94,12 @@ def data_config(kind: str = STEREO) -> ml_collections.ConfigDict:
   d.overlap_s = 2.0  # between consecutive training windows (evaluation windows cover each dialog)
   d.batch_size = 8  # global, over all devices and hosts
   d.channel_swap = 0.5  # training-only speaker-swap probability
+  # Training windows move by a random offset below window_s - overlap_s: any (0) or a multiple of
+  # this many seconds (> 0; what a feature cache needs: it holds the windows of that grid).
+  d.jitter_grid_s = 0.0
+  # A frozen-encoder feature cache (run.py --mode=cache_features) to train from instead of audio;
+  # '' = the encoder runs in every step. Built for this config's corpus, windows and encoder.
+  d.features = ''
   d.normalize = kind == MONO  # per-window peak normalisation: conv_ssl yes, VAP stereo no
   d.history_times = (60, 30, 10, 5)  # VA history bin edges, seconds
   return d
@@ -146,6 +152,7 @@ def va_only(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   baseline.model.kind = MONO
   baseline.model.encoder.name = 'none'
   baseline.model.f0_head = False
+  baseline.data.features = ''  # it hears no audio
   baseline.eval.va_only_baseline = False
   return baseline
 

@@ -366,10 +366,14 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
              for s in ('train', 'validation', 'test')}
   n_windows = len(pipeline.window_table(corpora['train'], d.window_s, d.overlap_s, cover=False))
   shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
+  features = None
+  if d.features:  # the frozen encoder's features, cached: the step skips the encoder
+    from convssl_jax import feature_cache
+    features = feature_cache.open_for(config, corpora['train'], trainer)
   train_iter = iter(pipeline.train_dataset(
       corpora['train'], spec, batch_size=local_batch, seed=config.seed, overlap_s=d.overlap_s,
       channel_swap=d.channel_swap, epochs=min(100, -(-t.steps * d.batch_size // n_windows)),
-      **shard))
+      jitter_grid_s=d.jitter_grid_s, features=features, **shard))
   eval_data = lambda split: pipeline.eval_dataset(corpora[split], spec, batch_size=local_batch,
                                                   overlap_s=0.0, **shard)
 
