@@ -25,7 +25,8 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', 'configs/vap.py', 'Config file[:variant,...].',
                                 lock_config=True)
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'summary', 'data', 'cache_features'],
+flags.DEFINE_enum('mode', 'train',
+                  ['train', 'eval', 'predict', 'summary', 'data', 'cache_features'],
                   'What to run.')
 flags.DEFINE_string('workdir', 'workdir', 'Checkpoints, TensorBoard events and metrics go here.')
 flags.DEFINE_string('audio', None, 'predict: an audio file (stereo: one speaker per channel; mono: '

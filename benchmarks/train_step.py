@@ -23,6 +23,8 @@ Cases:
 """
 
 import ast
+import collections
+import gzip
 import json
 import pathlib
 import sys
@@ -51,6 +53,8 @@ flags.DEFINE_integer('warmup', 2, 'Untimed calls (the first compiles).')
 flags.DEFINE_integer('steps', 10, 'Timed calls.')
 flags.DEFINE_multi_string('set', [], 'Config override KEY=VALUE (e.g. model.encoder.unroll=8).')
 flags.DEFINE_bool('record', True, 'Append rows to benchmarks/RESULTS.md.')
+flags.DEFINE_string('profile_dir', '', 'If set: trace 3 more calls of each train/cached/infer '
+                    'case with jax.profiler into DIR/<case> and add the top device ops to the row.')
 FLAGS = flags.FLAGS
 
 SAMPLE_RATE = 16_000
@@ -109,9 +113,9 @@ def random_batch(config, objective, cached: bool) -> dict[str, np.ndarray]:
   return batch
 
 
-def timed(fn, args, carry_first: bool) -> float:
-  """Mean seconds per call after warm-up; with `carry_first` the first output is fed back as the
-  first argument (the donated train state)."""
+def timed(fn, args, carry_first: bool) -> tuple[float, tuple]:
+  """(mean seconds per call after warm-up, the arguments for a next call); with `carry_first`
+  the first output is fed back as the first argument (the donated train state)."""
   def call(args):
     out = fn(*args)
     return ((out[0], *args[1:]) if carry_first else args), out
@@ -123,13 +127,35 @@ def timed(fn, args, carry_first: bool) -> float:
   for _ in range(FLAGS.steps):
     args, out = call(args)
   jax.block_until_ready(out)
-  return (time.perf_counter() - start) / FLAGS.steps
+  return (time.perf_counter() - start) / FLAGS.steps, args
 
 
 def flops_of(jitted, *args) -> float:
   cost = jitted.lower(*args).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get('flops', 0.0)) if cost else 0.0
+
+
+def profile(fn, args, carry_first: bool, directory: pathlib.Path, calls: int = 3) -> list:
+  """Traces `calls` calls into `directory` (a Perfetto trace too) and returns the 12 ops with the
+  most time on the device (all traced threads on a CPU): [name, ms per call, share]."""
+  with jax.profiler.trace(str(directory), create_perfetto_trace=True):
+    for _ in range(calls):
+      out = fn(*args)
+      args = (out[0], *args[1:]) if carry_first else args
+    jax.block_until_ready(out)
+  trace = max(directory.rglob('perfetto_trace.json.gz'), key=lambda p: p.stat().st_mtime)
+  events = json.load(gzip.open(trace))
+  events = events['traceEvents'] if isinstance(events, dict) else events
+  names = {e['pid']: e.get('args', {}).get('name', '') for e in events
+           if e.get('ph') == 'M' and e.get('name') == 'process_name'}
+  devices = {pid for pid, name in names.items() if 'device:' in name.lower() or 'gpu' in name.lower()}
+  totals = collections.Counter()
+  for e in events:
+    if e.get('ph') == 'X' and (not devices or e.get('pid') in devices):
+      totals[e['name']] += e.get('dur', 0) / 1e3 / calls
+  whole = sum(totals.values()) or 1.0
+  return [[name, round(ms, 3), round(ms / whole, 3)] for name, ms in totals.most_common(12)]
 
 
 def infer_fn(trainer):
@@ -173,7 +199,7 @@ def attention_case(config, implementation: str) -> tuple[float, float]:
     return jnp.sum(jax.lax.map(lambda x: one(*x), (q, k, v)).astype(jnp.float32))
 
   step = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
-  return timed(step, (q, k, v), carry_first=False), flops_of(step, q, k, v)
+  return timed(step, (q, k, v), carry_first=False)[0], flops_of(step, q, k, v)
 
 
 def run_case(kind: str, dtype: str, case: str, train_ms: dict) -> list[dict]:
@@ -205,7 +231,7 @@ def run_case(kind: str, dtype: str, case: str, train_ms: dict) -> list[dict]:
   else:
     fn, carry = trainer.train_step, True
   flops = flops_of(fn, trainer.state, batch)
-  seconds = timed(fn, (trainer.state, batch), carry_first=carry)
+  seconds, args = timed(fn, (trainer.state, batch), carry_first=carry)
   if case == 'train':
     train_ms[kind, dtype] = seconds * 1e3
   row = {**base, 'step_ms': round(seconds * 1e3, 2),
@@ -215,6 +241,9 @@ def run_case(kind: str, dtype: str, case: str, train_ms: dict) -> list[dict]:
   peak = peak_flops(device, dtype)
   if peak:
     row['mfu'] = round(flops / seconds / (peak * jax.device_count()), 4)
+  if FLAGS.profile_dir:
+    directory = pathlib.Path(FLAGS.profile_dir) / f'{kind}_{dtype}_{case}'
+    row['profile_top_ops'] = profile(fn, args, carry, directory)
   return [row]
 
 

@@ -43,7 +43,7 @@ class ShardWriter:
     self.index_path = self.dir / _shard_name('index', process_index, process_count, 'npy')
     self._writer = array_record_module.ArrayRecordWriter(
         str(self.dir / _shard_name('features', process_index, process_count, 'array_record')),
-        'group_size:1')  # one record per chunk: random access reads one window
+        'group_size:1,uncompressed')  # one window per chunk, raw: random reads, no codec
     self._keys: list[tuple[int, int]] = []
     self.shape = self.dtype = None
 
