@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every issue-9 measurement on one GPU in one call, most important first; JSON lines and the
 # appended RESULTS.md rows land in $OUT (default ./gpu_out) after every section, so a call cut
-# short still returns what it measured. Run from the repository root:
+# short still returns what it measured (6 files: machine.txt, train_step.jsonl, RESULTS.md,
+# stderr.log and two Perfetto traces). Run from the repository root:
 #
 #   device run: command "bash benchmarks/gpu_all.sh", carry [".whl"], timeout_s 600
 #
@@ -36,9 +37,10 @@ section() {  # name, then train_step.py flags; skipped once the deadline is near
   local left=$(( DEADLINE - $(date +%s) ))
   if (( left < 45 )); then echo "skip $name: ${left}s left"; return; fi
   echo "== $name (${left}s left)"
-  timeout "$left" python3 benchmarks/train_step.py --steps=10 "$@" ${BENCH_FLAGS:-} 2>"$OUT/$name.err" \
+  timeout "$left" python3 benchmarks/train_step.py --steps=10 "$@" ${BENCH_FLAGS:-} 2>"/tmp/$name.err" \
     | tee -a "$OUT/train_step.jsonl"
   echo "rc $? for $name"
+  { echo "== $name"; grep -v '^I[0-9]' "/tmp/$name.err" | tail -n 30; } >> "$OUT/stderr.log"
   cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
 }
 

@@ -252,7 +252,12 @@ def main(_):
   for kind in FLAGS.kinds:
     for dtype in FLAGS.dtypes:
       for case in FLAGS.cases:
-        for row in run_case(kind, dtype, case, train_ms):
+        try:
+          rows = run_case(kind, dtype, case, train_ms)
+        except Exception as e:  # one failing case (say, a kernel the GPU refuses) ends no others
+          rows = [{'benchmark': 'train_step', 'case': case, 'model': kind, 'dtype': dtype,
+                   'error': f'{type(e).__name__}: {str(e)[:500]}'}]
+        for row in rows:
           if FLAGS.record:
             results.record('train_step', row, ('jax', 'flax'))
           else:

@@ -26,7 +26,7 @@ from absl import logging
 from flax import nnx
 
 from convssl_jax import train
-from convssl_jax.data import feature_store, pipeline, windows
+from convssl_jax.data import feature_store, pipeline
 from convssl_jax.models.vap import ENCODER
 
 SPLIT = 'train'
@@ -141,8 +141,7 @@ def build(config, directory) -> pathlib.Path:
     features = np.asarray(multihost_utils.global_array_to_host_local_array(
         encode(trainer.state, audio), trainer.mesh, local))
     for i in np.flatnonzero(batch['weight']):
-      writer.write(int(batch['conversation'][i]),
-                   windows.start_frame(float(batch['start'][i]), spec.frame_hz), features[i])
+      writer.write(int(batch['conversation'][i]), int(batch['frame'][i]), features[i])
   writer.close()
   _sync('feature_cache_written')
   if process == 0:

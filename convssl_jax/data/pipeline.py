@@ -168,6 +168,7 @@ class LoadWindow:
       out['audio'] = audio_lib.mono_mix(audio, channel_axis=-2) if spec.mono else audio
     out['conversation'] = np.int32(index)
     out['start'] = np.float32(start)
+    out['frame'] = np.int32(first)  # the window's first frame (exact, where start is float32)
     if len(row) > 2:  # evaluation rows carry a weight: 0 for padding
       out['weight'] = np.float32(row[2])
     return out
