@@ -19,11 +19,13 @@ batches sharded over its devices) into `<dir>.partial`, which becomes `<dir>` on
 
 import hashlib
 import pathlib
+import shutil
 
 import jax
 import numpy as np
 from absl import logging
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from convssl_jax import train
 from convssl_jax.data import feature_store, pipeline
@@ -53,7 +55,6 @@ def encoder_digest(trainer: train.Trainer) -> str:
   leaves = jax.tree_util.tree_flatten_with_path(trainer.state[0][ENCODER])[0]
   for path, leaf in sorted(leaves, key=lambda item: jax.tree_util.keystr(item[0])):
     if not leaf.is_fully_addressable:
-      from jax.experimental import multihost_utils
       leaf = multihost_utils.process_allgather(leaf, tiled=True)
     digest.update(jax.tree_util.keystr(path).encode())
     digest.update(np.asarray(leaf).tobytes())
@@ -100,7 +101,6 @@ def _encode_fn(trainer: train.Trainer, mono: bool):
 
 def _sync(name: str) -> None:
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)
 
 
@@ -126,7 +126,6 @@ def build(config, directory) -> pathlib.Path:
 
   process, count = jax.process_index(), jax.process_count()
   if process == 0 and feature_store.partial_dir(directory).exists():
-    import shutil
     shutil.rmtree(feature_store.partial_dir(directory))  # an interrupted earlier build
   _sync('feature_cache_start')
   table = pipeline.cached_window_table(corpus, spec, d.overlap_s, d.jitter_grid_s)
@@ -134,7 +133,6 @@ def build(config, directory) -> pathlib.Path:
                                   process_index=process, process_count=count)
   encode = _encode_fn(trainer, spec.mono)
   writer = feature_store.ShardWriter(directory, process, count)
-  from jax.experimental import multihost_utils
   local = jax.sharding.PartitionSpec(train.BATCH_AXES)
   for batch in data:
     audio = jax.make_array_from_process_local_data(trainer.batch_sharding, batch['audio'])
