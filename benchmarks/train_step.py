@@ -5,6 +5,7 @@
   python benchmarks/train_step.py --small            # CPU: the same models at batch 2 x 4 s
   python benchmarks/train_step.py --kinds=stereo --dtypes=bfloat16 --cases=train,attention \\
       --set=model.transformer.dropout=0.0
+  python benchmarks/train_step.py --cases=train --profile_dir=/tmp/prof   # + top device ops
 
 Per case, one JSON line (and a row in benchmarks/RESULTS.md): step time (mean over `--steps`
 calls after `--warmup` calls, blocked on the result), audio-seconds per second, the compiled
