@@ -21,6 +21,10 @@ Modes:
             parameter counts (total, trainable, per part).
   data      build the configured corpus if it is not built yet (the synthetic corpus builds
             itself; LDC corpora need --config.data.manual_dir) and print its splits.
+  cache_features
+            compute the frozen encoder's features of every training window once, into
+            --config.data.features (default WORKDIR/features); then train with
+            --config.data.features=THAT_DIR (same config: encoder frozen, data.jitter_grid_s > 0).
 """
 
 from absl import app, flags
@@ -30,7 +34,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', 'configs/vap.py', 'Config file[:variant,...].',
                                 lock_config=True)
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'stream', 'export', 'summary',
-                   'data'],
+                                    'data', 'cache_features'],
                   'What to run.')
 flags.DEFINE_string('workdir', 'workdir', 'Checkpoints, TensorBoard events and metrics go here.')
 flags.DEFINE_string('audio', None, 'predict: an audio file (stereo: one speaker per channel; mono: '
@@ -243,6 +247,16 @@ def stream(config) -> None:
     print('written: ' + ', '.join(map(str, written)), file=sys.stderr)
 
 
+def cache_features(config) -> None:
+  import pathlib
+
+  from convssl_jax import feature_cache
+
+  directory = config.data.features or pathlib.Path(FLAGS.workdir) / 'features'
+  directory = feature_cache.build(config, directory)
+  print(f'feature cache: {directory}; train from it with --config.data.features={directory}')
+
+
 def initialize_distributed() -> None:
   """jax.distributed for multi-process runs: explicit flags, or what TPU pods, SLURM and Open MPI
   put in the environment (jax detects those itself)."""
@@ -271,10 +285,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   use_compilation_cache()
-  if FLAGS.mode in ('train', 'eval'):
+  if FLAGS.mode in ('train', 'eval', 'cache_features'):
     initialize_distributed()
   modes = {'train': train, 'eval': evaluate, 'predict': predict, 'stream': stream,
-           'export': export, 'summary': summary, 'data': data}
+           'export': export, 'summary': summary, 'data': data, 'cache_features': cache_features}
   modes[FLAGS.mode](FLAGS.config)
 
 

@@ -72,6 +72,9 @@ def model_config(kind: str = STEREO) -> ml_collections.ConfigDict:
       norm_cross_kv=False,  # VAP quirk: cross-attention keys/values are not normalised
       final_norm=False,  # neither reference normalises after the last layer
       context=config_dict.placeholder(int),  # frames a frame may attend back; None = unbounded
+      # 'auto': jax.nn.dot_product_attention (cuDNN on GPU in bf16) unless attention dropout is
+      # active; 'einsum': always the explicit path. Same numbers.
+      attention='auto',
   ))
   m.va_cond = ml_collections.ConfigDict(dict(history_bins=5))  # mono only
   m.vap = ml_collections.ConfigDict(dict(
@@ -93,6 +96,12 @@ def data_config(kind: str = STEREO) -> ml_collections.ConfigDict:
   d.overlap_s = 2.0  # between consecutive training windows (evaluation windows cover each dialog)
   d.batch_size = 8  # global, over all devices and hosts
   d.channel_swap = 0.5  # training-only speaker-swap probability
+  # Training windows move by a random offset below window_s - overlap_s: any (0) or a multiple of
+  # this many seconds (> 0; what a feature cache needs: it holds the windows of that grid).
+  d.jitter_grid_s = 0.0
+  # A frozen-encoder feature cache (run.py --mode=cache_features) to train from instead of audio;
+  # '' = the encoder runs in every step. Built for this config's corpus, windows and encoder.
+  d.features = ''
   d.normalize = kind == MONO  # per-window peak normalisation: conv_ssl yes, VAP stereo no
   d.history_times = (60, 30, 10, 5)  # VA history bin edges, seconds
   return d
@@ -145,6 +154,7 @@ def va_only(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   baseline.model.kind = MONO
   baseline.model.encoder.name = 'none'
   baseline.model.f0_head = False
+  baseline.data.features = ''  # it hears no audio
   baseline.eval.va_only_baseline = False
   return baseline
 

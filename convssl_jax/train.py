@@ -26,7 +26,7 @@ from convssl_jax.models import heads
 from convssl_jax.objective import VAPObjective
 
 BATCH_AXES = ('data', 'fsdp')
-DEVICE_KEYS = ('audio', 'va', 'va_history', 'f0')  # batch entries the model reads
+DEVICE_KEYS = ('audio', 'features', 'va', 'va_history', 'f0')  # batch entries the model reads
 
 
 def objective_for(model_cfg) -> VAPObjective:
@@ -108,11 +108,13 @@ def set_plateau_scale(state: nnx.State, value: float) -> nnx.State:
 
 # Losses.
 
-def forward(model, audio: jax.Array, va: jax.Array, va_history: jax.Array | None, n: int):
-  """The model's outputs for a batch; the mono model also reads the first `n` frames of VA."""
+def forward(model, audio: jax.Array | None, va: jax.Array, va_history: jax.Array | None, n: int,
+            features: jax.Array | None = None):
+  """The model's outputs for a batch; the mono model also reads the first `n` frames of VA.
+  `features` (from a feature cache) stand in for the audio."""
   if isinstance(model, models.MonoVAP):
-    return model(audio, va[:, :n], va_history)
-  return model(audio)
+    return model(audio, va[:, :n], va_history, features=features)
+  return model(audio, features=features)
 
 
 def losses(model, batch: dict[str, jax.Array], objective: VAPObjective, train_cfg):
@@ -120,7 +122,7 @@ def losses(model, batch: dict[str, jax.Array], objective: VAPObjective, train_cf
   va = batch['va']
   n = va.shape[1] - objective.horizon_frames
   labels = objective.labels(va)
-  out = forward(model, batch['audio'], va, batch.get('va_history'), n)
+  out = forward(model, batch.get('audio'), va, batch.get('va_history'), n, batch.get('features'))
   per_example = lambda f, *xs: jax.vmap(lambda *x: f(*(a[None] for a in x)))(*xs)
   terms = {'vap': per_example(objective.loss, out['logits'][:, :n], labels)}
   if 'vad' in out:
@@ -364,10 +366,14 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
              for s in ('train', 'validation', 'test')}
   n_windows = len(pipeline.window_table(corpora['train'], d.window_s, d.overlap_s, cover=False))
   shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
+  features = None
+  if d.features:  # the frozen encoder's features, cached: the step skips the encoder
+    from convssl_jax import feature_cache
+    features = feature_cache.open_for(config, corpora['train'], trainer)
   train_iter = iter(pipeline.train_dataset(
       corpora['train'], spec, batch_size=local_batch, seed=config.seed, overlap_s=d.overlap_s,
       channel_swap=d.channel_swap, epochs=min(100, -(-t.steps * d.batch_size // n_windows)),
-      **shard))
+      jitter_grid_s=d.jitter_grid_s, features=features, **shard))
   eval_data = lambda split: pipeline.eval_dataset(corpora[split], spec, batch_size=local_batch,
                                                   overlap_s=0.0, **shard)
 

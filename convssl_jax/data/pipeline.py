@@ -9,6 +9,12 @@ conversation (TFDS array_record, one example per dialog)
   -> channel swap (training, probability p) -> mono mix (mono models)
   -> batches of this process's share of the global batch.
 
+With a feature cache (`features`, a `FeatureStore`), a window carries the frozen encoder's
+features of its audio (`'features'`, swapped with the speakers) instead of the audio. The cache
+holds every window training can cut: the sliding starts moved by multiples of `jitter_grid_s`
+(`cached_window_table`), so a cached run sees the batches an on-the-fly run with the same
+`jitter_grid_s` sees.
+
 Training reads conversations in groups (`grouped_order`) so one decoded record serves all of its
 windows. Everything is a function of (seed, element index), so the iterator state that Orbax saves with a
 checkpoint resumes on exactly the batches an uninterrupted run would have seen.
@@ -107,8 +113,10 @@ class LoadWindow:
   (`train_dataset`'s order, evaluation's) read each record once.
   """
 
-  def __init__(self, corpus: Corpus, spec: WindowSpec, channel_swap: float = 0.0, cache: int = 4):
+  def __init__(self, corpus: Corpus, spec: WindowSpec, channel_swap: float = 0.0, cache: int = 4,
+               features=None):
     self.corpus, self.spec, self.channel_swap, self.cache = corpus, spec, channel_swap, cache
+    self.features = features  # a FeatureStore: windows carry its features instead of audio
     self._decoded = collections.OrderedDict()
 
   def __getstate__(self):  # worker processes start with an empty cache
@@ -146,25 +154,55 @@ class LoadWindow:
         'f0': windows_lib.cut_frames(conv['f0'], first, spec.frames),
     }
     audio = np.swapaxes(audio, 0, 1)  # channels-first [2, S]: all audio work is per channel
-    if rng is not None and rng.uniform() < self.channel_swap:
+    swap = rng is not None and rng.uniform() < self.channel_swap
+    if swap:
       out = windows_lib.swap_channels(out)
       audio = audio[::-1]
-    audio = np.ascontiguousarray(audio)
-    audio = (audio_lib.from_int16_normalized(audio) if spec.normalize
-             else audio_lib.from_int16(audio))
-    out['audio'] = audio_lib.mono_mix(audio, channel_axis=-2) if spec.mono else audio
+    if self.features is not None:  # stereo [2, T, D] per channel; mono [T, D] of the mix
+      features = self.features[index, first]
+      out['features'] = np.ascontiguousarray(features[::-1]) if swap and not spec.mono else features
+    else:
+      audio = np.ascontiguousarray(audio)
+      audio = (audio_lib.from_int16_normalized(audio) if spec.normalize
+               else audio_lib.from_int16(audio))
+      out['audio'] = audio_lib.mono_mix(audio, channel_axis=-2) if spec.mono else audio
     out['conversation'] = np.int32(index)
     out['start'] = np.float32(start)
+    out['frame'] = np.int32(first)  # the window's first frame (exact, where start is float32)
     if len(row) > 2:  # evaluation rows carry a weight: 0 for padding
       out['weight'] = np.float32(row[2])
     return out
 
 
-def _jitter(row: np.ndarray, rng: np.random.Generator, durations: np.ndarray, step: float,
-            window_s: float) -> np.ndarray:
-  """Moves a training window by a random offset in [0, step), inside its dialog."""
+def _shifted(row: np.ndarray, offset: float, durations: np.ndarray, window_s: float) -> np.ndarray:
+  """The window `row` moved later by `offset` seconds, but not past its dialog's last full window."""
   latest = max(0.0, durations[int(row[0])] - window_s)
-  return np.array([row[0], min(row[1] + rng.uniform(0.0, step), latest)])
+  return np.array([row[0], min(row[1] + offset, latest)])
+
+
+def _jitter(row: np.ndarray, rng: np.random.Generator, durations: np.ndarray, step: float,
+            window_s: float, grid: float = 0.0) -> np.ndarray:
+  """Moves a training window by a random offset in [0, step), inside its dialog; with `grid` > 0
+  by one of `windows.jitter_offsets(step, grid)`."""
+  if grid > 0:
+    offsets = windows_lib.jitter_offsets(step, grid)
+    offset = offsets[rng.integers(len(offsets))]
+  else:
+    offset = rng.uniform(0.0, step)
+  return _shifted(row, offset, durations, window_s)
+
+
+def cached_window_table(corpus: Corpus, spec: WindowSpec, overlap_s: float,
+                        jitter_grid_s: float) -> np.ndarray:
+  """[n, 2] (conversation, start seconds): every window `train_dataset` can cut with this
+  `jitter_grid_s`, one row per distinct start frame (what a feature cache must hold)."""
+  offsets = windows_lib.jitter_offsets(spec.window_s - overlap_s, jitter_grid_s)
+  rows = {}
+  for row in window_table(corpus, spec.window_s, overlap_s, cover=False):
+    for offset in offsets:
+      moved = _shifted(row, offset, corpus.durations, spec.window_s)
+      rows.setdefault((int(moved[0]), windows_lib.start_frame(moved[1], spec.frame_hz)), moved)
+  return np.array(list(rows.values()), np.float64).reshape(-1, 2)
 
 
 def grouped_order(table: np.ndarray, n_conversations: int, rng: np.random.Generator,
@@ -178,18 +216,25 @@ def grouped_order(table: np.ndarray, n_conversations: int, rng: np.random.Genera
 def train_dataset(corpus: Corpus, spec: WindowSpec, *, batch_size: int, seed: int,
                   overlap_s: float = 0.0, channel_swap: float = 0.5, epochs: int = 1,
                   group: int = 16, process_index: int = 0, process_count: int = 1,
+                  jitter_grid_s: float = 0.0, features=None,
                   read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
   """An endless stream of batches of `batch_size` windows (this process's share), deterministic
-  for `seed`: `epochs` differently shuffled passes over the windows, then the same again."""
+  for `seed`: `epochs` differently shuffled passes over the windows, then the same again.
+  Windows start at random offsets below the window step (on a grid with `jitter_grid_s` > 0);
+  with `features` (a FeatureStore) they carry the cached encoder features instead of audio."""
+  if features is not None and jitter_grid_s <= 0:
+    raise ValueError('training from a feature cache needs data.jitter_grid_s > 0: the cache holds '
+                     'the windows on that grid')
   table = window_table(corpus, spec.window_s, overlap_s, cover=False)
   if len(table) < process_count:
     raise ValueError(f'{len(table)} training windows cannot feed {process_count} processes')
   rng = np.random.default_rng(seed)
   order = np.concatenate([table[grouped_order(table, len(corpus.durations), rng, group)]
                           for _ in range(epochs)])
-  load = LoadWindow(corpus, spec, channel_swap, cache=group)
+  load = LoadWindow(corpus, spec, channel_swap, cache=group, features=features)
   jitter = functools.partial(_jitter, durations=corpus.durations,
-                             step=spec.window_s - overlap_s, window_s=spec.window_s)
+                             step=spec.window_s - overlap_s, window_s=spec.window_s,
+                             grid=jitter_grid_s)
   # Random choices are drawn per global element before the process split, so a batch's windows do
   # not depend on how many processes share it.
   ds = (grain.MapDataset.source(order).random_map(jitter, seed=seed)
@@ -207,6 +252,15 @@ def eval_dataset(corpus: Corpus, spec: WindowSpec, *, batch_size: int, overlap_s
   table = window_table(corpus, spec.window_s, overlap_s, cover=True)
   if not len(table):
     raise ValueError('the split has no conversations to evaluate')
+  return windows_dataset(corpus, spec, table, batch_size=batch_size, process_index=process_index,
+                         process_count=process_count)
+
+
+def windows_dataset(corpus: Corpus, spec: WindowSpec, table: np.ndarray, *, batch_size: int,
+                    process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+  """The windows of `table` ([n, 2] conversation, start) in order, this process's share, in full
+  batches; every process gets the same number, padded with copies of the last window of
+  `weight` 0 (real windows have 1)."""
   per_process = -(-len(table) // process_count)
   total = -(-per_process // batch_size) * batch_size * process_count
   weight = np.arange(total) < len(table)

@@ -24,6 +24,14 @@ def sliding_starts(duration_s: float, window_s: float, overlap_s: float) -> np.n
   return np.arange(0, duration_s, step, dtype=np.float64)[:n]
 
 
+def jitter_offsets(step_s: float, grid_s: float) -> np.ndarray:
+  """The offsets a training window may move by on a jitter grid: 0, g, 2g, ... below the step
+  between consecutive windows (just 0 when the grid is as coarse as the step)."""
+  if grid_s <= 0:
+    raise ValueError(f'data.jitter_grid_s must be > 0 for a grid of offsets, got {grid_s}')
+  return np.arange(max(1, int(np.ceil(step_s / grid_s - 1e-9)))) * grid_s
+
+
 def eval_starts(duration_s: float, window_s: float, overlap_s: float) -> np.ndarray:
   """`sliding_starts` plus, when they stop short of the dialog end, a window ending at the end.
 

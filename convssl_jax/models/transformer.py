@@ -14,6 +14,11 @@ references, because their released checkpoints are converted into these modules:
 ALiBi is written in its relative form m_h * (j - i); the references add m_h * j, which gives the
 same softmax (a constant per query row). `context` bounds how far back a frame may attend.
 
+Attention runs through `jax.nn.dot_product_attention` with ALiBi as an additive bias and the
+causal/context mask as a mask (cuDNN's fused kernel on a GPU for bf16/fp16, XLA's otherwise),
+except while attention-weight dropout is active, which that function does not offer: then the
+explicit einsum/softmax path runs (`attention='einsum'` forces it). Both give the same numbers.
+
 `gpt_step` / `stereo_step` run a GPT / StereoTransformer with a bounded context incrementally, n
 frames a step, over a fixed-size ring-buffer key/value cache per attention (`init_cache`,
 `init_stereo_cache`); the outputs equal the offline ones.
@@ -62,16 +67,44 @@ def causal_alibi_bias(slopes: np.ndarray, length: int, context: int | None = Non
   return alibi_bias(slopes, pos, pos, context)
 
 
+AttentionImpl = Literal['auto', 'einsum']
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, scale: float,
+              dropout: nnx.Dropout, implementation: AttentionImpl = 'auto') -> jax.Array:
+  """softmax(q k^T * scale + bias) v, with dropout on the weights: q [B, heads, Tq, hd], k and v
+  [B, heads, Tk, hd], bias [heads, Tq, Tk] (-inf = masked; every query row sees a key) ->
+  [B, Tq, heads, hd]."""
+  if implementation not in ('auto', 'einsum'):
+    raise ValueError(f"attention implementation must be 'auto' or 'einsum', got {implementation!r}")
+  if implementation == 'einsum' or (dropout.rate > 0 and not dropout.deterministic):
+    scores = jnp.einsum('bhqd,bhkd->bhqk', q, k).astype(jnp.float32) * scale + bias
+    weights = dropout(jax.nn.softmax(scores, axis=-1)).astype(v.dtype)
+    return jnp.einsum('bhqk,bhkd->bqhd', weights, v)
+  visible = bias > -jnp.inf
+  bias = jnp.where(visible, bias, 0.0)[None]
+  q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))  # the function's [B, T, heads, hd]
+  if jax.default_backend() == 'gpu' and q.dtype in (jnp.bfloat16, jnp.float16):
+    try:  # cuDNN's fused kernel; it refuses (at trace time) shapes it does not support
+      return jax.nn.dot_product_attention(q, k, v, bias.astype(q.dtype), visible[None],
+                                          scale=scale, implementation='cudnn')
+    except (NotImplementedError, RuntimeError):
+      pass
+  return jax.nn.dot_product_attention(q, k, v, bias, visible[None], scale=scale)
+
+
 class MultiHeadAttention(nnx.Module):
   """Multi-head attention without biases, with an additive bias (ALiBi + mask) on the scores."""
 
   def __init__(self, dim: int, num_heads: int, dropout: float, *, scale: Literal['model', 'head'] = 'model',
-               dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+               attention: AttentionImpl = 'auto', dtype=None, param_dtype=jnp.float32,
+               rngs: nnx.Rngs):
     if dim % num_heads:
       raise ValueError(f'model dim {dim} is not divisible by num_heads {num_heads}')
     if scale not in ('model', 'head'):
       raise ValueError(f"attention scale must be 'model' or 'head', got {scale!r}")
     self.num_heads = num_heads
+    self.implementation = attention
     self.scale = 1.0 / math.sqrt(dim if scale == 'model' else dim // num_heads)
     make = lambda: layers.linear(dim, dim, use_bias=False, gpt_init=True, dtype=dtype,
                                  param_dtype=param_dtype, rngs=rngs)
@@ -90,9 +123,7 @@ class MultiHeadAttention(nnx.Module):
   def attend(self, x: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.Array:
     """x [B, Tq, D] attends to keys/values [B, heads, Tk, head_dim]; bias [heads, Tq, Tk]."""
     q = self._heads(self.query(x))
-    scores = jnp.einsum('bhqd,bhkd->bhqk', q, k).astype(jnp.float32) * self.scale + bias
-    weights = self.attn_dropout(jax.nn.softmax(scores, axis=-1)).astype(v.dtype)
-    out = jnp.einsum('bhqk,bhkd->bqhd', weights, v)
+    out = attention(q, k, v, bias, self.scale, self.attn_dropout, self.implementation)
     return self.resid_dropout(self.proj(out.reshape(*out.shape[:-2], -1)))
 
   def __call__(self, x: jax.Array, source: jax.Array, bias: jax.Array) -> jax.Array:
@@ -120,15 +151,16 @@ class TransformerLayer(nnx.Module):
 
   def __init__(self, dim: int, num_heads: int, *, ffn_mult: int = 3, dropout: float = 0.1,
                cross: bool = False, double_residual: bool = False, norm_cross_kv: bool = False,
-               scale: Literal['model', 'head'] = 'model', dtype=None, param_dtype=jnp.float32,
-               rngs: nnx.Rngs):
+               scale: Literal['model', 'head'] = 'model', attention: AttentionImpl = 'auto',
+               dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.double_residual = double_residual
     self.ln_self_attn = layers.layer_norm(dim, **kw)
-    self.mha = MultiHeadAttention(dim, num_heads, dropout, scale=scale, **kw)
+    self.mha = MultiHeadAttention(dim, num_heads, dropout, scale=scale, attention=attention, **kw)
     if cross:
       self.ln_src_attn = layers.layer_norm(dim, **kw)
-      self.mha_cross = MultiHeadAttention(dim, num_heads, dropout, scale=scale, **kw)
+      self.mha_cross = MultiHeadAttention(dim, num_heads, dropout, scale=scale,
+                                          attention=attention, **kw)
       self.ln_src_kv = layers.layer_norm(dim, **kw) if norm_cross_kv else None
     else:
       self.mha_cross = None

@@ -71,15 +71,17 @@ class _FrameEncoder(nnx.Module):
     self.project = layers.linear(config.dim, cfg.dim, dtype=dtype, rngs=rngs)
     self.downsample = None
 
-  def encode(self, wave: jax.Array) -> jax.Array:
-    """wave [B, S] at 16 kHz -> frames [B, N, D] at the model's frame rate."""
+  def encode(self, wave: jax.Array | None, features: jax.Array | None = None) -> jax.Array:
+    """wave [B, S] at 16 kHz -> frames [B, N, D] at the model's frame rate. `features` [B, T, D],
+    the encoder's output computed beforehand (a feature cache), replace the encoder."""
     if self.project is not None:
-      # Right-pad by field - hop (80 samples) so that S samples give S / hop frames, frame t
-      # covering samples [hop t, hop t + field), like the VA frames [hop t, hop (t + 1)).
-      c = self.encoder.config
-      wave = jnp.pad(wave, ((0, 0), (0, c.receptive_field - c.hop)))
-      return self.project(self.encoder(wave))
-    z = self.encoder(wave)
+      if features is None:
+        # Right-pad by field - hop (80 samples) so that S samples give S / hop frames, frame t
+        # covering samples [hop t, hop t + field), like the VA frames [hop t, hop (t + 1)).
+        c = self.encoder.config
+        features = self.encoder(jnp.pad(wave, ((0, 0), (0, c.receptive_field - c.hop))))
+      return self.project(features)
+    z = self.encoder(wave) if features is None else features
     return z if self.downsample is None else self.downsample(z)
 
 
@@ -95,19 +97,21 @@ class MonoVAP(_FrameEncoder):
     self.transformer = transformer.GPT(
         cfg.dim, t.num_heads, t.num_layers, context=t.context, final_norm=t.final_norm,
         ffn_mult=t.ffn_mult, dropout=t.dropout, double_residual=t.double_residual, scale=t.scale,
-        **kw)
+        attention=t.attention, **kw)
     self.vap_head = heads.VAPHead(cfg.dim, cfg.vap.head, n_bins(cfg), **kw)
     self.f0_head = heads.F0Head(cfg.dim, 2, **kw) if cfg.f0_head else None
 
-  def __call__(self, waveform: jax.Array, va: jax.Array,
-               va_history: jax.Array | None = None) -> dict[str, Any]:
+  def __call__(self, waveform: jax.Array | None, va: jax.Array,
+               va_history: jax.Array | None = None, *,
+               features: jax.Array | None = None) -> dict[str, Any]:
     """waveform [B, S] (the mono mix; [B, 2, S] is mixed by averaging), va [B, N, 2],
-    va_history [B, N, bins] -> {'logits', and 'f0' with the F0 head}."""
+    va_history [B, N, bins] -> {'logits', and 'f0' with the F0 head}. `features` [B, T, D]: the
+    encoder's output for the mix, in place of the waveform."""
     z = None
     if self.encoder is not None:
-      if waveform.ndim == 3:
+      if waveform is not None and waveform.ndim == 3:
         waveform = waveform.mean(axis=1)
-      z = self.encode(waveform)[:, :va.shape[1]]
+      z = self.encode(waveform, features)[:, :va.shape[1]]
     z = self.frame_inputs(z, va, va_history)
     return self.head_outputs(self.transformer(z))
 
@@ -136,17 +140,23 @@ class StereoVAP(_FrameEncoder):
     self.transformer = transformer.StereoTransformer(
         cfg.dim, t.num_heads, self_layers=t.self_layers, cross_layers=t.cross_layers,
         context=t.context, final_norm=t.final_norm, ffn_mult=t.ffn_mult, dropout=t.dropout,
-        double_residual=t.double_residual, norm_cross_kv=t.norm_cross_kv, scale=t.scale, **kw)
+        double_residual=t.double_residual, norm_cross_kv=t.norm_cross_kv, scale=t.scale,
+        attention=t.attention, **kw)
     self.vap_head = heads.VAPHead(cfg.dim, cfg.vap.head, n_bins(cfg), **kw)
     self.vad_head = layers.linear(cfg.dim, 1, **kw)
     self.f0_head = heads.F0Head(cfg.dim, 1, **kw) if cfg.f0_head else None
 
-  def __call__(self, waveform: jax.Array) -> dict[str, Any]:
-    """waveform [B, 2, S] (channel 0 = speaker A) -> {'logits', 'vad' [B, N, 2], and 'f0'}."""
-    if waveform.ndim != 3 or waveform.shape[1] != 2:
-      raise ValueError(f'the stereo model takes waveform [B, 2, samples], got {waveform.shape}')
-    batch = waveform.shape[0]
-    z = self.encode(jnp.concatenate([waveform[:, 0], waveform[:, 1]], axis=0))
+  def __call__(self, waveform: jax.Array | None, *,
+               features: jax.Array | None = None) -> dict[str, Any]:
+    """waveform [B, 2, S] (channel 0 = speaker A) -> {'logits', 'vad' [B, N, 2], and 'f0'}.
+    `features` [B, 2, T, D]: the encoder's output per channel, in place of the waveform."""
+    x = waveform if features is None else features
+    if x is None or x.ndim != (3 if features is None else 4) or x.shape[1] != 2:
+      raise ValueError('the stereo model takes waveform [B, 2, samples] or features '
+                       f'[B, 2, frames, dim], got {None if x is None else x.shape}')
+    batch = x.shape[0]
+    both = lambda a: None if a is None else jnp.concatenate([a[:, 0], a[:, 1]], axis=0)
+    z = self.encode(both(waveform), both(features))
     return self.head_outputs(*self.transformer(z[:batch], z[batch:]))
 
   def head_outputs(self, x: jax.Array, x1: jax.Array, x2: jax.Array) -> dict[str, Any]:
