@@ -704,8 +704,9 @@ def write_vap() -> list[pathlib.Path]:
   np.savez(paths[1], **outputs)
   state = model.state_dict()
   torch.save(state, paths[2])
-  renamed = collections.OrderedDict(
-      ('model.' + re.sub(r'^(ar_channel|ar)\.', r'transformer.\1.', k), v) for k, v in state.items())
+  renamed = collections.OrderedDict(  # [newMaster]: the stacks under transformer., model.
+      ('model.' + re.sub(r'^(ar_channel|ar)\.', r'transformer.\1.', k), v)
+      for k, v in state.items())
   hyper = _fake_lightning_module()(conf={'model': {'dim': VAP_DIM}}, lr=3.63e-4)
   torch.save({'epoch': 9, 'global_step': 1000, 'pytorch-lightning_version': '2.0.0',
               'state_dict': renamed, 'hyper_parameters': hyper, 'optimizer_states': [],

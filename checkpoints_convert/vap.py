@@ -1,10 +1,11 @@
 """VoiceActivityProjection's stereo VAP model (VapGPT) -> our `StereoVAP`, CPC encoder included.
 
 Two layouts (reference/data_and_stereo_spec.md B.7): the [main] state dict
-(`VAP_3mmz3t0u_50Hz_ad20s_134-epoch9-val_2.56.pt`: `encoder.encoder.gEncoder.*`, `encoder.downsample.*`,
-`ar_channel.*`, `ar.*`, `va_classifier.*`, `vap_head.*`), and the [newMaster] ones (stacks under
-`transformer.`; a Lightning `.ckpt` adds `model.` and keeps the weights under 'state_dict' beside
-bookkeeping, its `hyper_parameters` AttributeDict read as a dict). The architecture is read from
+(`VAP_3mmz3t0u_50Hz_ad20s_134-epoch9-val_2.56.pt`: `encoder.encoder.gEncoder.*`,
+`encoder.downsample.*`, `ar_channel.*`, `ar.*`, `va_classifier.*`, `vap_head.*`), and the
+[newMaster] ones (stacks under `transformer.`; a Lightning `.ckpt` adds `model.` and keeps the
+weights under 'state_dict' beside bookkeeping, its `hyper_parameters` AttributeDict read as a
+dict). The architecture is read from
 the shapes: width, heads (the stored ALiBi slopes `mha.m`, which must be the standard ones), FFN
 multiplier, per-speaker and cross layer counts, LSTM layers, the downsampler's kernel (5 -> 50 Hz,
 11 -> 20 Hz; none -> 100 Hz). The CPC encoder keeps CPC_audio's padding ('reference'). The frozen
