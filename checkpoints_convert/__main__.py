@@ -4,8 +4,8 @@ DST gets `config.json` and an Orbax `params` checkpoint that
 `convssl_jax.models.load_encoder(DST)` and `--config.model.encoder_checkpoint=DST` read.
 Formats: cpc (CPC_audio, e.g. `60k_epoch4-d0f474de.pt`); hubert, wav2vec2 (torchaudio `.pth`
 or fairseq `.pt`) and wavlm (torchaudio `.pth` or unilm `.pt`), Base and Large; vap (a whole
-VoiceActivityProjection stereo model, state dict or Lightning `.ckpt`; read it back with
-`convssl_jax.models.load_model(DST)`).
+VoiceActivityProjection stereo model, state dict or Lightning `.ckpt`) and conv_ssl (a whole
+conv_ssl mono model, Lightning `.ckpt`); read those back with `convssl_jax.models.load_model(DST)`.
 `--set FIELD=VALUE` (hubert/wav2vec2/wavlm) sets an architecture field a file does not store,
 e.g. `--set num_heads=16` for a torchaudio file of an unusual width (VALUE is JSON).
 """
@@ -21,7 +21,7 @@ import numpy as np
 from checkpoints_convert import cpc, ssl, vap
 from convssl_jax.models import pretrained
 
-CONVERTERS = {'cpc': cpc.convert, 'vap': vap.convert,
+CONVERTERS = {'cpc': cpc.convert, 'vap': vap.convert, 'conv_ssl': vap.convert_conv_ssl,
               **{name: functools.partial(ssl.convert, family=name) for name in ssl.NAMES}}
 
 

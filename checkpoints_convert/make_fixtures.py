@@ -704,12 +704,111 @@ def write_vap() -> list[pathlib.Path]:
   np.savez(paths[1], **outputs)
   state = model.state_dict()
   torch.save(state, paths[2])
-  renamed = collections.OrderedDict(
-      ('model.' + re.sub(r'^(ar_channel|ar)\.', r'transformer.\1.', k), v) for k, v in state.items())
+  renamed = collections.OrderedDict(  # [newMaster]: the stacks under transformer., model.
+      ('model.' + re.sub(r'^(ar_channel|ar)\.', r'transformer.\1.', k), v)
+      for k, v in state.items())
   hyper = _fake_lightning_module()(conf={'model': {'dim': VAP_DIM}}, lr=3.63e-4)
   torch.save({'epoch': 9, 'global_step': 1000, 'pytorch-lightning_version': '2.0.0',
               'state_dict': renamed, 'hyper_parameters': hyper, 'optimizer_states': [],
               'lr_schedulers': [], 'callbacks': {}}, paths[3])
+  return paths
+
+
+# conv_ssl's mono VPModel (paper B, 50 Hz), written from reference/vap_spec.md 2.1-2.6; module
+# names from conv_ssl's code (net.encoder, net.vad_condition.{va_condition, va_history, ln},
+# net.ar.ar.layers.N.{ln_self_attn, multihead, ln_ffnetwork, ffnetwork},
+# net.vap_head.projection_head).
+CONV_SSL_LAYERS = 2
+CONV_SSL_CASES = (('len16000', 16000, 1.0), ('quiet', 4800, 1e-3))
+
+
+class _ConvSSLLayer(torch.nn.Module):
+  """conv_ssl's GPT layer: pre-LN, the residual added twice (h = 2x + attn), ALiBi slopes kept
+  out of the state dict."""
+
+  def __init__(self, dim: int, heads: int):
+    super().__init__()
+    self.ln_self_attn, self.ln_ffnetwork = torch.nn.LayerNorm(dim), torch.nn.LayerNorm(dim)
+    self.multihead = _VapMHA(dim, heads)
+    slopes = self.multihead.m.detach().clone()
+    del self.multihead.m
+    self.multihead.register_buffer('m', slopes, persistent=False)
+    self.ffnetwork = torch.nn.Sequential(
+        torch.nn.Linear(dim, 3 * dim, bias=False), torch.nn.GELU(), torch.nn.Dropout(0.4),
+        torch.nn.Linear(3 * dim, dim, bias=False))
+
+  def forward(self, x):
+    z = self.ln_self_attn(x)
+    h = x + self.multihead(z, z)
+    h = x + h
+    return h + self.ffnetwork(self.ln_ffnetwork(h))
+
+
+class _ConvSSLNet(torch.nn.Module):
+  """ProjectionModel: encoder -> + LN(Linear(va) + Linear(va_history)) -> GPT -> VAP head."""
+
+  def __init__(self):
+    super().__init__()
+    self.encoder = _EncoderCPC(VAP_DIM)
+    self.vad_condition = torch.nn.Module()
+    self.vad_condition.va_condition = torch.nn.Linear(2, VAP_DIM)
+    self.vad_condition.va_history = torch.nn.Linear(5, VAP_DIM)
+    self.vad_condition.ln = torch.nn.LayerNorm(VAP_DIM)
+    self.ar = torch.nn.Module()
+    self.ar.ar = torch.nn.Module()
+    self.ar.ar.layers = torch.nn.ModuleList(
+        [_ConvSSLLayer(VAP_DIM, VAP_HEADS) for _ in range(CONV_SSL_LAYERS)])
+    self.vap_head = torch.nn.Module()
+    self.vap_head.projection_head = torch.nn.Linear(VAP_DIM, 256)
+
+  def forward(self, waveform, va, va_history):
+    z = self.encoder(waveform)[:, :va.shape[1]]
+    vc = self.vad_condition
+    z = z + vc.ln(vc.va_condition(va) + vc.va_history(va_history))[:, :z.shape[1]]
+    for layer in self.ar.ar.layers:
+      z = layer(z)
+    return self.vap_head.projection_head(z)
+
+
+def write_conv_ssl() -> list[pathlib.Path]:
+  """conv_ssl/inputs.npz (mono wave, va, va_history per case), conv_ssl/out.npz (logits_CASE),
+  conv_ssl/conv_ssl.ckpt: a Lightning checkpoint with `net.` weights, the frozen `VAP.codebook`
+  and `hyper_parameters` {'conf': ...} (an AttributeDict) naming the architecture."""
+  folder = OUT / 'conv_ssl'
+  folder.mkdir(exist_ok=True)
+  torch.manual_seed(40)
+  model = torch.nn.Module()
+  model.net = _ConvSSLNet().eval()
+  model.VAP = torch.nn.Module()
+  model.VAP.codebook = torch.nn.Module()
+  model.VAP.codebook.emb = torch.nn.Embedding(256, 8)
+  inputs, outputs = {}, {}
+  with torch.no_grad():
+    for p in model.net.parameters():
+      p += 0.02 * torch.randn_like(p)
+    for case, samples, amplitude in CONV_SSL_CASES:
+      frames = samples // 320
+      wave = amplitude * torch.randn(2, samples)
+      va = (torch.rand(2, frames, 2) > 0.5).float()
+      history = torch.rand(2, frames, 5)
+      inputs.update({f'wave_{case}': wave, f'va_{case}': va, f'history_{case}': history})
+      outputs[f'logits_{case}'] = model.net(wave, va, history).numpy()
+  conf = {'model': {
+      'encoder': {'name': 'cpc', 'output_layer': 1, 'frame_hz': 50,
+                  'downsample': {'kernel': [5], 'stride': [2], 'dilation': [1],
+                                 'dim': VAP_DIM, 'activation': 'GELU'}},
+      'va_cond': {'history': True, 'history_bins': 5},
+      'ar': {'type': 'gpt', 'dim': VAP_DIM, 'num_layers': CONV_SSL_LAYERS,
+             'num_heads': VAP_HEADS, 'dff_k': 3, 'dropout': 0.4, 'use_pos_emb': 0},
+      'vap': {'type': 'discrete', 'bin_times': [0.2, 0.4, 0.6, 0.8], 'pre_frames': 2,
+              'bin_threshold': 0.5}}}
+  hyper = _fake_lightning_module()(conf=conf)
+  paths = [folder / 'inputs.npz', folder / 'out.npz', folder / 'conv_ssl.ckpt']
+  np.savez(paths[0], **{k: v.numpy() for k, v in inputs.items()})
+  np.savez(paths[1], **outputs)
+  torch.save({'epoch': 20, 'global_step': 5000, 'pytorch-lightning_version': '1.6.0',
+              'state_dict': model.state_dict(), 'hyper_parameters': hyper,
+              'optimizer_states': [], 'lr_schedulers': [], 'callbacks': {}}, paths[2])
   return paths
 
 
@@ -815,7 +914,8 @@ def _write_reader() -> list[pathlib.Path]:
 
 
 GROUPS = {'reader': _write_reader, 'cpc': lambda: write_cpc() + write_cpc_channel_norm(),
-          'ssl': write_ssl, 'vap': write_vap, 'full': write_full_size}
+          'ssl': write_ssl, 'vap': lambda: write_vap() + write_conv_ssl(),
+          'full': write_full_size}
 
 
 def main():

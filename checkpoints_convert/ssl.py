@@ -39,28 +39,31 @@ _STRIDES = {10: 5, 3: 2, 2: 2}  # the released extractors' kernel -> stride
 _HEADS = {768: 12, 1024: 16, 1280: 16}  # the released models' width -> heads
 WAVLM_MAX_DISTANCE = 800
 _LAYER = r'encoder\.transformer\.layers\.(\d+)\.'
+_TA = r'encoder.transformer.layers.\1.'  # a layer's prefix as a replacement
 _POS = 'encoder.transformer.pos_conv_embed.conv.'
+_FIRST_LAYER = 'encoder.transformer.layers.0.'
 
 # fairseq / unilm module name -> canonical name (torchaudio's import_fairseq._map_key, plus
 # unilm's WavLM attention names: grep_linear, grep_a, relative_attention_bias).
 _FROM_FAIRSEQ = (
     (r'feature_extractor\.conv_layers\.(\d+)\.0\.', r'feature_extractor.conv_layers.\1.conv.'),
-    (r'feature_extractor\.conv_layers\.(\d+)\.2\.(1\.)?', r'feature_extractor.conv_layers.\1.layer_norm.'),
+    (r'feature_extractor\.conv_layers\.(\d+)\.2\.(1\.)?',
+     r'feature_extractor.conv_layers.\1.layer_norm.'),
     (r'post_extract_proj\.', 'encoder.feature_projection.projection.'),
     (r'layer_norm\.', 'encoder.feature_projection.layer_norm.'),
     (r'encoder\.pos_conv\.0\.', _POS),
     (r'encoder\.layer_norm\.', 'encoder.transformer.layer_norm.'),
     (r'encoder\.layers\.(\d+)\.self_attn\.grep_linear\.',
-     r'encoder.transformer.layers.\1.attention.gru_rel_pos_linear.'),
+     _TA + r'attention.gru_rel_pos_linear.'),
     (r'encoder\.layers\.(\d+)\.self_attn\.grep_a$',
-     r'encoder.transformer.layers.\1.attention.gru_rel_pos_const'),
+     _TA + r'attention.gru_rel_pos_const'),
     (r'encoder\.layers\.(\d+)\.self_attn\.relative_attention_bias\.',
-     r'encoder.transformer.layers.\1.attention.rel_attn_embed.'),
-    (r'encoder\.layers\.(\d+)\.self_attn\.', r'encoder.transformer.layers.\1.attention.'),
-    (r'encoder\.layers\.(\d+)\.self_attn_layer_norm\.', r'encoder.transformer.layers.\1.layer_norm.'),
-    (r'encoder\.layers\.(\d+)\.fc1\.', r'encoder.transformer.layers.\1.feed_forward.intermediate_dense.'),
-    (r'encoder\.layers\.(\d+)\.fc2\.', r'encoder.transformer.layers.\1.feed_forward.output_dense.'),
-    (r'encoder\.layers\.(\d+)\.final_layer_norm\.', r'encoder.transformer.layers.\1.final_layer_norm.'),
+     _TA + r'attention.rel_attn_embed.'),
+    (r'encoder\.layers\.(\d+)\.self_attn\.', _TA + 'attention.'),
+    (r'encoder\.layers\.(\d+)\.self_attn_layer_norm\.', _TA + r'layer_norm.'),
+    (r'encoder\.layers\.(\d+)\.fc1\.', _TA + r'feed_forward.intermediate_dense.'),
+    (r'encoder\.layers\.(\d+)\.fc2\.', _TA + r'feed_forward.output_dense.'),
+    (r'encoder\.layers\.(\d+)\.final_layer_norm\.', _TA + r'final_layer_norm.'),
 )
 
 
@@ -87,7 +90,7 @@ def _canonical_name(key: str, layout: str) -> str | None:
     key = re.sub(r'parametrizations\.weight\.original0$', 'weight_g', key)
     key = re.sub(r'parametrizations\.weight\.original1$', 'weight_v', key)
     return re.sub(_LAYER + r'attention\.attention\.out_proj\.',
-                  r'encoder.transformer.layers.\1.attention.out_proj.', key)
+                  _TA + r'attention.out_proj.', key)
   for pattern, replacement in _FROM_FAIRSEQ:
     if re.match(pattern, key):
       return re.sub(pattern, replacement, key, count=1)
@@ -220,10 +223,10 @@ def _from_shapes(w: dict, path: str) -> dict:
   fields = dict(conv_layers=tuple(conv_layers), extractor_mode=mode,
                 conv_bias=conv.format(0) + 'conv.bias' in w, dim=dim,
                 num_layers=count(_LAYER + r'final_layer_norm\.weight'),
-                ffn_dim=shape('encoder.transformer.layers.0.feed_forward.intermediate_dense.weight')[0],
+                ffn_dim=shape(f'{_FIRST_LAYER}feed_forward.intermediate_dense.weight')[0],
                 layer_norm_first=mode == 'layer_norm', normalize_waveform=mode == 'layer_norm',
                 pos_conv_kernel=pos[2], pos_conv_groups=dim // pos[1])
-  embed = 'encoder.transformer.layers.0.attention.rel_attn_embed.weight'
+  embed = f'{_FIRST_LAYER}attention.rel_attn_embed.weight'
   if embed in w:
     buckets, heads = shape(embed)
     fields.update(num_heads=heads, num_buckets=buckets, max_distance=WAVLM_MAX_DISTANCE)

@@ -1,14 +1,24 @@
-"""VoiceActivityProjection's stereo VAP model (VapGPT) -> our `StereoVAP`, CPC encoder included.
+"""The released VAP models -> our `StereoVAP` / `MonoVAP`, CPC encoder included.
 
+`vap`: VoiceActivityProjection's stereo VapGPT.
 Two layouts (reference/data_and_stereo_spec.md B.7): the [main] state dict
-(`VAP_3mmz3t0u_50Hz_ad20s_134-epoch9-val_2.56.pt`: `encoder.encoder.gEncoder.*`, `encoder.downsample.*`,
-`ar_channel.*`, `ar.*`, `va_classifier.*`, `vap_head.*`), and the [newMaster] ones (stacks under
-`transformer.`; a Lightning `.ckpt` adds `model.` and keeps the weights under 'state_dict' beside
-bookkeeping, its `hyper_parameters` AttributeDict read as a dict). The architecture is read from
+(`VAP_3mmz3t0u_50Hz_ad20s_134-epoch9-val_2.56.pt`: `encoder.encoder.gEncoder.*`,
+`encoder.downsample.*`, `ar_channel.*`, `ar.*`, `va_classifier.*`, `vap_head.*`), and the
+[newMaster] ones (stacks under `transformer.`; a Lightning `.ckpt` adds `model.` and keeps the
+weights under 'state_dict' beside bookkeeping, its `hyper_parameters` AttributeDict read as a
+dict). The architecture is read from
 the shapes: width, heads (the stored ALiBi slopes `mha.m`, which must be the standard ones), FFN
 multiplier, per-speaker and cross layer counts, LSTM layers, the downsampler's kernel (5 -> 50 Hz,
 11 -> 20 Hz; none -> 100 Hz). The CPC encoder keeps CPC_audio's padding ('reference'). The frozen
 codebook `objective.codebook.emb.weight` is skipped (our objective computes the same codes).
+
+`conv_ssl`: conv_ssl's mono VPModel Lightning `.ckpt` (`cpc_48_50hz_15gqq5s5.ckpt`; 50/20 Hz GPT
+models): `net.encoder.*` (CPC + downsampler as above), `net.vad_condition.{va_condition,
+va_history, ln}`, `net.ar.ar.layers.N.{ln_self_attn, multihead, ln_ffnetwork, ffnetwork}`,
+`net.vap_head.projection_head`; `VAP.codebook.*` skipped. These names come from conv_ssl's code
+(reference/vap_spec.md names only `net.` and `net.vap_head.projection_head`); `mha` is accepted
+for `multihead`. The head count comes from stored ALiBi slopes if present, else from
+`hyper_parameters['conf']['model']['ar']['num_heads']`. Only the discrete head is converted.
 """
 
 import os
@@ -85,14 +95,21 @@ def _layer_shapes(prefix: str, dim: int, heads: int, ffn: int, cross: bool) -> d
   return shapes
 
 
-def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
-  d, h, f = a['dim'], a['num_heads'], a['ffn_mult'] * a['dim']
+def _encoder_shapes(a: dict) -> dict[str, tuple[int, ...]]:
+  """The CPC encoder's and the downsampler's keys (both models keep conv_ssl's Encoder names)."""
+  d = a['dim']
   shapes = {f'encoder.encoder.{k}': v
             for k, v in convert_cpc.expected_shapes(d, a['lstm_layers']).items()}
   if a['frame_hz'] != 100:
     kernel = downsample.downsample_for(a['frame_hz'])[0]
     shapes.update({'encoder.downsample.1.weight': (d, d, kernel), 'encoder.downsample.1.bias': (d,),
                    'encoder.downsample.2.ln.weight': (d,), 'encoder.downsample.2.ln.bias': (d,)})
+  return shapes
+
+
+def expected_shapes(a: dict) -> dict[str, tuple[int, ...]]:
+  d, h, f = a['dim'], a['num_heads'], a['ffn_mult'] * a['dim']
+  shapes = _encoder_shapes(a)
   for i in range(a['self_layers']):
     shapes.update(_layer_shapes(f'ar_channel.layers.{i}.', d, h, f, cross=False))
   for i in range(a['cross_layers']):
@@ -116,12 +133,24 @@ def _layer_params(w: dict, prefix: str, cross: bool) -> dict:
   return out
 
 
-def params_from_weights(w: dict[str, np.ndarray], a: dict) -> dict:
-  """[main]-named weights -> the pure dict of `nnx.state(StereoVAP, nnx.Param)`."""
+def _encoder_params(w: dict[str, np.ndarray], a: dict) -> dict:
+  """{'encoder': CPC params[, 'downsample': ...]} from the encoder's keys."""
   cpc_weights = {k.removeprefix('encoder.encoder.'): v for k, v in w.items()
                  if k.startswith('encoder.encoder.')}
-  params = {
-      'encoder': convert_cpc.params_from_weights(cpc_weights, a['lstm_layers']),
+  params = {'encoder': convert_cpc.params_from_weights(cpc_weights, a['lstm_layers'])}
+  if a['frame_hz'] != 100:
+    params['downsample'] = {
+        'conv': {'kernel': w['encoder.downsample.1.weight'].transpose(2, 1, 0),
+                 'bias': w['encoder.downsample.1.bias']},
+        'norm': {'scale': w['encoder.downsample.2.ln.weight'],
+                 'bias': w['encoder.downsample.2.ln.bias']}}
+  return params
+
+
+def params_from_weights(w: dict[str, np.ndarray], a: dict) -> dict:
+  """[main]-named weights -> the pure dict of `nnx.state(StereoVAP, nnx.Param)`."""
+  return {
+      **_encoder_params(w, a),
       'transformer': {
           'ar_channel': {'layers': {i: _layer_params(w, f'ar_channel.layers.{i}.', False)
                                     for i in range(a['self_layers'])}},
@@ -134,13 +163,6 @@ def params_from_weights(w: dict[str, np.ndarray], a: dict) -> dict:
       'vap_head': {'proj': {'kernel': w['vap_head.weight'].T, 'bias': w['vap_head.bias']}},
       'vad_head': {'kernel': w['va_classifier.weight'].T, 'bias': w['va_classifier.bias']},
   }
-  if a['frame_hz'] != 100:
-    params['downsample'] = {
-        'conv': {'kernel': w['encoder.downsample.1.weight'].transpose(2, 1, 0),
-                 'bias': w['encoder.downsample.1.bias']},
-        'norm': {'scale': w['encoder.downsample.2.ln.weight'],
-                 'bias': w['encoder.downsample.2.ln.bias']}}
-  return params
 
 
 def model_config(a: dict):
@@ -153,26 +175,142 @@ def model_config(a: dict):
   return cfg
 
 
-def convert(path: str | os.PathLike) -> tuple[dict, dict]:
-  """({'format', 'architecture', 'model' (our config.model as a dict), 'ignored_keys'}, params)."""
-  path = os.fspath(path)
-  checkpoint = torch_file.load(path, inert_modules=('vap', 'pytorch_lightning', 'lightning',
-                                                    'lightning_fabric'))
+def _load(path: str) -> tuple[dict, dict, bool]:
+  """(weights, Lightning hyper_parameters or {}, is a Lightning checkpoint)."""
+  checkpoint = torch_file.load(path, inert_modules=('vap', 'conv_ssl', 'pytorch_lightning',
+                                                    'lightning', 'lightning_fabric'))
   lightning = isinstance(checkpoint, dict) and isinstance(checkpoint.get('state_dict'), dict)
   weights = checkpoint['state_dict'] if lightning else checkpoint
   if not isinstance(weights, dict) or not all(isinstance(v, np.ndarray) for v in weights.values()):
     found = sorted(weights)[:12] if isinstance(weights, dict) else type(weights).__name__
     raise ConversionError(f'{path}: not a VAP state dict or Lightning checkpoint; found {found}')
-  weights, source = _canonical(weights, path)
-  ignored = [source[k] for k in weights if re.match(IGNORED, k)]
-  weights = {k: v for k, v in weights.items() if not re.match(IGNORED, k)}
-  a = architecture(weights, path)
-  weights = keys.checked(weights, expected_shapes(a), path, f'VAP architecture {a}', source)
-  slopes = transformer.alibi_slopes(a['num_heads'])
+  hyper = checkpoint.get('hyper_parameters') if lightning else None
+  return weights, hyper if isinstance(hyper, dict) else {}, lightning
+
+
+def _check_slopes(weights: dict, heads: int, source: dict, path: str) -> None:
+  slopes = transformer.alibi_slopes(heads)
   for key in (k for k in weights if k.endswith('.m')):
     if not np.allclose(weights[key].reshape(-1), slopes, rtol=1e-6, atol=0):
       raise ConversionError(f'{path}: {source[key]} holds ALiBi slopes {weights[key].reshape(-1)}, '
                             f'not the standard {slopes} our model uses')
+
+
+def _without_ignored(weights: dict, source: dict, pattern: str) -> tuple[dict, list[str]]:
+  ignored = [source[k] for k in weights if re.match(pattern, k)]
+  return {k: v for k, v in weights.items() if not re.match(pattern, k)}, ignored
+
+
+def convert(path: str | os.PathLike) -> tuple[dict, dict]:
+  """({'format', 'architecture', 'model' (our config.model as a dict), 'ignored_keys'}, params)."""
+  path = os.fspath(path)
+  weights, _, lightning = _load(path)
+  weights, source = _canonical(weights, path)
+  weights, ignored = _without_ignored(weights, source, IGNORED)
+  a = architecture(weights, path)
+  weights = keys.checked(weights, expected_shapes(a), path, f'VAP architecture {a}', source)
+  _check_slopes(weights, a['num_heads'], source, path)
   return ({'format': 'lightning' if lightning else 'state_dict', 'architecture': a,
            'model': model_config(a).to_dict(), 'ignored_keys': ignored},
           params_from_weights(weights, a))
+
+
+# conv_ssl's mono model.
+
+def _conv_ssl_canonical(weights: dict, path: str) -> tuple[dict, dict]:
+  """conv_ssl names -> the [main]-like names used here: net. dropped, `ar.ar.layers` ->
+  `gpt.layers`, `multihead` -> `mha`."""
+  out, source = _canonical(weights, path)
+  renamed, renamed_source = {}, {}
+  for name, value in out.items():
+    new = re.sub(r'^ar\.ar\.layers\.', 'gpt.layers.', name).replace('.multihead.', '.mha.')
+    renamed[new], renamed_source[new] = value, source[name]
+  return renamed, renamed_source
+
+
+def conv_ssl_architecture(w: dict, hyper: dict, path: str) -> dict:
+  """{'dim', 'num_heads', 'ffn_mult', 'num_layers', 'history_bins', 'lstm_layers', 'frame_hz'}."""
+  stored = ((hyper.get('conf') or {}).get('model') or {}).get('ar') or {}
+  dim = _shape(w, 'gpt.layers.0.ln_self_attn.weight', path)[0]
+  heads = int(np.size(w['gpt.layers.0.mha.m'])) if 'gpt.layers.0.mha.m' in w else stored.get(
+      'num_heads')
+  if not heads:
+    raise ConversionError(f'{path}: the head count is neither in ALiBi slopes (mha.m) nor in '
+                          "hyper_parameters['conf']['model']['ar']['num_heads']")
+  if stored.get('type', 'gpt') != 'gpt':
+    raise ConversionError(f"{path}: conf ar.type={stored['type']!r} is not supported (the 50/20 Hz "
+                          "GPT models are; the 100 Hz 'transformer' ones are not)")
+  head = _shape(w, 'vap_head.projection_head.weight', path)[0]
+  if head != 256:
+    raise ConversionError(f'{path}: a VAP head of {head} outputs; only the discrete 256-class '
+                          'head is converted')
+  kernel = (_shape(w, 'encoder.downsample.1.weight', path)[-1]
+            if 'encoder.downsample.1.weight' in w else None)
+  if kernel is not None and kernel not in _FRAME_HZ:
+    raise ConversionError(f'{path}: downsampler kernel {kernel} is none of the released ones '
+                          f'{_FRAME_HZ} (kernel -> Hz)')
+  history = ('vad_condition.va_history.weight' in w
+             and _shape(w, 'vad_condition.va_history.weight', path)[1])
+  return {'dim': dim, 'num_heads': int(heads),
+          'ffn_mult': _shape(w, 'gpt.layers.0.ffnetwork.0.weight', path)[0] // dim,
+          'num_layers': _count(w, r'gpt\.layers\.(\d+)\.'), 'history_bins': int(history or 0),
+          'lstm_layers': _count(w, r'encoder\.encoder\.gAR\.baseNet\.weight_ih_l(\d+)$'),
+          'frame_hz': 100 if kernel is None else _FRAME_HZ[kernel]}
+
+
+def conv_ssl_expected_shapes(a: dict, with_slopes: bool) -> dict[str, tuple[int, ...]]:
+  d, f = a['dim'], a['ffn_mult'] * a['dim']
+  shapes = _encoder_shapes(a)
+  for i in range(a['num_layers']):
+    layer = _layer_shapes(f'gpt.layers.{i}.', d, a['num_heads'], f, cross=False)
+    shapes.update({k: v for k, v in layer.items() if with_slopes or not k.endswith('.m')})
+  shapes.update({'vad_condition.va_condition.weight': (d, 2),
+                 'vad_condition.va_condition.bias': (d,),
+                 'vad_condition.ln.weight': (d,), 'vad_condition.ln.bias': (d,),
+                 'vap_head.projection_head.weight': (256, d),
+                 'vap_head.projection_head.bias': (256,)})
+  if a['history_bins']:
+    shapes['vad_condition.va_history.weight'] = (d, a['history_bins'])
+    shapes['vad_condition.va_history.bias'] = (d,)
+  return shapes
+
+
+def conv_ssl_params(w: dict[str, np.ndarray], a: dict) -> dict:
+  """conv_ssl weights (canonical names) -> the pure dict of `nnx.state(MonoVAP, nnx.Param)`."""
+  dense = lambda p: {'kernel': w[p + '.weight'].T, 'bias': w[p + '.bias']}
+  condition = {'va_proj': dense('vad_condition.va_condition'),
+               'ln': {'scale': w['vad_condition.ln.weight'], 'bias': w['vad_condition.ln.bias']}}
+  if a['history_bins']:
+    condition['history_proj'] = dense('vad_condition.va_history')
+  return {**_encoder_params(w, a), 'va_condition': condition,
+          'transformer': {'layers': {i: _layer_params(w, f'gpt.layers.{i}.', False)
+                                     for i in range(a['num_layers'])}},
+          'vap_head': {'proj': dense('vap_head.projection_head')}}
+
+
+def conv_ssl_model_config(a: dict):
+  """Our mono `config.model` at the architecture's sizes (conv_ssl's quirks are its defaults)."""
+  cfg = vap_config.model_config('mono')
+  cfg.update(dim=a['dim'], frame_hz=a['frame_hz'])
+  cfg.encoder.update(name='cpc', padding='reference', lstm_layers=a['lstm_layers'], freeze=True)
+  cfg.transformer.update(num_heads=a['num_heads'], ffn_mult=a['ffn_mult'],
+                         num_layers=a['num_layers'])
+  cfg.va_cond.history_bins = a['history_bins']
+  return cfg
+
+
+def convert_conv_ssl(path: str | os.PathLike) -> tuple[dict, dict]:
+  """conv_ssl's mono Lightning checkpoint -> ({'format', 'architecture', 'model',
+  'ignored_keys'}, MonoVAP params)."""
+  path = os.fspath(path)
+  weights, hyper, lightning = _load(path)
+  weights, source = _conv_ssl_canonical(weights, path)
+  weights, ignored = _without_ignored(weights, source, r'VAP\.codebook\.')
+  a = conv_ssl_architecture(weights, hyper, path)
+  with_slopes = any(k.endswith('.m') for k in weights)
+  weights = keys.checked(weights, conv_ssl_expected_shapes(a, with_slopes), path,
+                         f'conv_ssl architecture {a}', source)
+  _check_slopes(weights, a['num_heads'], source, path)
+  return ({'format': 'lightning' if lightning else 'state_dict', 'architecture': a,
+           'model': conv_ssl_model_config(a).to_dict(), 'ignored_keys': ignored},
+          conv_ssl_params(weights, a))

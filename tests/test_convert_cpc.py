@@ -16,8 +16,9 @@ from checkpoints_convert import __main__ as cli
 from checkpoints_convert import cpc as convert_cpc
 from checkpoints_convert import torch_file
 from configs import vap
-from convssl_jax import models, train
+from convssl_jax import models
 from convssl_jax.models import cpc, pretrained
+from tests import frozen_training
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures' / 'torch' / 'cpc'
 NAMES = ('cpc_l1', 'cpc_l2')  # 1 and 2 LSTM layers
@@ -232,28 +233,10 @@ def _tiny_config(dst, **model):
   return config
 
 
-def _params(trainer, part):
-  model, _ = nnx.merge(trainer.graphdef, trainer.state)
-  return jax.device_get(nnx.to_pure_dict(nnx.state(getattr(model, part), nnx.Param)))
-
-
 def test_a_converted_frozen_cpc_trains_with_tiny_and_stays_unchanged(tmp_path):
   src, dst = FIXTURES / 'cpc_l1.pt', tmp_path / 'cpc'
   cli.main(['cpc', str(src), str(dst)])
-  trainer = train.Trainer(_tiny_config(dst), train.make_mesh(1))
-  converted = convert_cpc.convert(src)[1]
-  jax.tree.map(np.testing.assert_array_equal, _params(trainer, 'encoder'), converted)
-  head = _params(trainer, 'vap_head')
-  rng = np.random.default_rng(0)
-  for _ in range(3):
-    batch = {'audio': rng.uniform(-0.5, 0.5, (2, 2, 16000)).astype(np.float32),
-             'va': (rng.uniform(size=(2, 150, 2)) > 0.5).astype(np.float32)}
-    trainer.state, metrics = trainer.train_step(trainer.state,
-                                                train.to_device(batch, trainer.batch_sharding))
-    assert np.isfinite(float(metrics['loss']))
-  jax.tree.map(np.testing.assert_array_equal, _params(trainer, 'encoder'), converted)
-  changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), _params(trainer, 'vap_head'), head)
-  assert all(jax.tree.leaves(changed))
+  frozen_training.assert_trains_with_frozen_encoder(_tiny_config(dst), convert_cpc.convert(src)[1])
 
 
 def test_a_model_dim_other_than_the_converted_width_is_an_error(tmp_path):

@@ -100,3 +100,54 @@ def test_load_model_refuses_an_encoder_and_load_encoder_a_model(tmp_path, conver
   cli.main(['cpc', str(FIXTURES.parent / 'cpc' / 'cpc_l1.pt'), str(tmp_path / 'cpc')])
   with pytest.raises(ValueError, match="a converted 'cpc' encoder, not a VAP model"):
     models.load_model(tmp_path / 'cpc')
+
+
+# conv_ssl's mono Lightning checkpoint (make_fixtures.py `write_conv_ssl`: CPC hidden 32, 4
+# heads, 2 GPT layers with the double residual, no slopes in the state dict).
+
+CONV_SSL = FIXTURES.parent / 'conv_ssl'
+CONV_SSL_INPUTS = dict(np.load(CONV_SSL / 'inputs.npz'))
+CONV_SSL_EXPECTED = dict(np.load(CONV_SSL / 'out.npz'))
+_mono = nnx.jit(lambda model, wave, va, history: model(wave, va, history)['logits'])
+
+
+def _mono_logits(model, case):
+  return _mono(model, *(CONV_SSL_INPUTS[f'{k}_{case}'] for k in ('wave', 'va', 'history')))
+
+
+@pytest.fixture(scope='module')
+def conv_ssl_dir(tmp_path_factory):
+  dst = tmp_path_factory.mktemp('conv_ssl') / 'model'
+  cli.main(['conv_ssl', str(CONV_SSL / 'conv_ssl.ckpt'), str(dst)])
+  return dst
+
+
+def test_the_converted_mono_model_matches_pytorch(conv_ssl_dir):
+  model, cfg = models.load_model(conv_ssl_dir)
+  assert isinstance(model, models.MonoVAP)
+  assert (cfg.transformer.num_heads, cfg.transformer.num_layers, cfg.va_cond.history_bins,
+          cfg.transformer.double_residual) == (4, 2, 5, True)
+  diff = 0.0
+  for case in ('len16000', 'quiet'):
+    logits = _mono_logits(model, case)
+    np.testing.assert_allclose(logits, CONV_SSL_EXPECTED[f'logits_{case}'], **TOL, err_msg=case)
+    diff = max(diff, float(np.abs(np.asarray(logits) - CONV_SSL_EXPECTED[f'logits_{case}']).max()))
+  print(f'conv_ssl max |diff| {diff:.1e}')
+
+
+def test_the_double_residual_quirk_is_needed(conv_ssl_dir):
+  model, _ = models.load_model(conv_ssl_dir)
+  for layer in model.transformer.layers:
+    layer.double_residual = False
+  logits = nnx.jit(lambda m, *a: m(*a)['logits'])(
+      model, *(CONV_SSL_INPUTS[f'{k}_len16000'] for k in ('wave', 'va', 'history')))
+  with pytest.raises(AssertionError):
+    np.testing.assert_allclose(logits, CONV_SSL_EXPECTED['logits_len16000'], **TOL)
+
+
+def test_conv_ssl_without_slopes_or_stored_heads_is_refused(monkeypatch):
+  checkpoint = torch_file.load(CONV_SSL / 'conv_ssl.ckpt')
+  checkpoint['hyper_parameters'] = {}
+  monkeypatch.setattr(torch_file, 'load', lambda path, **kwargs: checkpoint)
+  with pytest.raises(keys.ConversionError, match=r'head count is neither .*num_heads'):
+    convert_vap.convert_conv_ssl('x.ckpt')

@@ -78,7 +78,8 @@ def ssl_config(directory: str | os.PathLike) -> ssl_encoders.SSLConfig:
   return ssl_encoders.SSLConfig.from_dict(config['architecture'])
 
 
-def load_encoder(directory: str | os.PathLike, **kwargs) -> cpc.CPCEncoder | ssl_encoders.SSLEncoder:
+def load_encoder(directory: str | os.PathLike,
+                 **kwargs) -> cpc.CPCEncoder | ssl_encoders.SSLEncoder:
   """The converted encoder in `directory` as an NNX module; `module(wave)` with wave [B, S] at
   16 kHz gives [B, T, D] (CPC: the LSTM output at 100 Hz; the others: the last layer at 50 Hz).
 

@@ -284,7 +284,7 @@ class SSLEncoder(nnx.Module):
                                           self.config.max_distance)
       bias = jnp.moveaxis(self.rel_pos_embed(buckets), -1, 0).astype(jnp.float32)  # [H, T, T]
     outputs = []
-    for layer in self.layers[:num_layers or len(self.layers)]:
+    for layer in list(self.layers)[:num_layers or len(self.layers)]:
       x = layer(x, bias)
       outputs.append(x)
     return features, outputs
