@@ -44,6 +44,8 @@ flags.DEFINE_string('va', None, 'predict, stream: a VA list (JSON [[[start, end]
                     'file); needed by the mono model.')
 flags.DEFINE_string('output', None, 'predict: where the JSON, CSV and PNG go (default '
                     'WORKDIR/predictions); stream: the same, written at the end, if given.')
+flags.DEFINE_string('model_dir', None, 'predict, stream, export: a converted VAP model (python -m '
+                    'checkpoints_convert vap|conv_ssl SRC DIR) in place of --workdir\'s trained one.')
 flags.DEFINE_bool('pace', True, "stream: release a file's audio in real time.")
 flags.DEFINE_float('context_s', None, 'stream: attention context in seconds (default: the '
                    "model's own, else data.window_s, the longest it was trained on).")
@@ -154,9 +156,9 @@ def predict(config) -> None:
   if FLAGS.va and len(files) > 1:
     raise app.UsageError('--va goes with a single --audio file')
   va_list = predict_lib.read_va_list(FLAGS.va) if FLAGS.va else None
-  trainer, step = evaluate_lib.restore_trainer(config, FLAGS.workdir, config.eval.checkpoint)
+  trainer, config, source = _model(config)
   output = pathlib.Path(FLAGS.output or pathlib.Path(FLAGS.workdir) / 'predictions')
-  print(f'model: {FLAGS.workdir} ({config.eval.checkpoint} checkpoint, step {step})')
+  print(f'model: {source}')
   for path in files:
     predict_lib.notice_rate(path)
     result = predict_lib.predict_file(trainer, config, path, va_list)
@@ -166,20 +168,30 @@ def predict(config) -> None:
           + ', '.join(map(str, written)))
 
 
-def _restored_streamer(config):
-  """(trainer, step, Streamer) of the trained model in --workdir, with --context_s of attention
-  (default: the model's own context, else data.window_s, the longest it was trained on)."""
+def _model(config):
+  """(trainer, config, description) of --model_dir's converted model (its config.model in
+  place of the configured one) or of --workdir's trained one (config.eval.checkpoint)."""
+  from convssl_jax import evaluate as evaluate_lib
+
+  if FLAGS.model_dir:
+    trainer, config = evaluate_lib.converted_trainer(config, FLAGS.model_dir)
+    return trainer, config, f'{FLAGS.model_dir} (converted)'
+  trainer, step = evaluate_lib.restore_trainer(config, FLAGS.workdir, config.eval.checkpoint)
+  return trainer, config, f'{FLAGS.workdir} ({config.eval.checkpoint} checkpoint, step {step})'
+
+
+def _streamer(trainer, config):
+  """The Streamer of a `_model`, with --context_s of attention (default: the model's own
+  context, else data.window_s, the longest it was trained on)."""
   from flax import nnx
 
-  from convssl_jax import evaluate as evaluate_lib
   from convssl_jax import inference
 
-  trainer, step = evaluate_lib.restore_trainer(config, FLAGS.workdir, config.eval.checkpoint)
   model, _ = nnx.merge(trainer.graphdef, trainer.state)
   frame_hz = config.model.frame_hz
   context = (int(FLAGS.context_s * frame_hz) if FLAGS.context_s
              else config.model.transformer.context or int(config.data.window_s * frame_hz))
-  return trainer, step, inference.Streamer(model, trainer.objective, context=context)
+  return inference.Streamer(model, trainer.objective, context=context)
 
 
 def export(config) -> None:
@@ -189,15 +201,19 @@ def export(config) -> None:
 
   from convssl_jax import export as export_lib
 
-  trainer, step, streamer = _restored_streamer(config)
+  trainer, config, source = _model(config)
   output = pathlib.Path(FLAGS.output or pathlib.Path(FLAGS.workdir) / 'export')
   output.mkdir(parents=True, exist_ok=True)
   model, _ = nnx.merge(trainer.graphdef, trainer.state)
-  written = [export_lib.export_stream_step(streamer, output, config.model.frame_hz),
-             export_lib.export_forward(model, trainer.objective, output,
+  written = [export_lib.export_forward(model, trainer.objective, output,
                                        window_s=config.data.window_s)]
-  print(f'model: {FLAGS.workdir} ({config.eval.checkpoint} checkpoint, step {step}) -> '
-        + ', '.join(map(str, written)))
+  try:
+    streamer = _streamer(trainer, config)
+  except ValueError as err:  # e.g. the encoder's 'reference' padding looks ahead
+    print(f'the streaming step is not exported: {err}')
+  else:
+    written.append(export_lib.export_stream_step(streamer, output, config.model.frame_hz))
+  print(f'model: {source} -> ' + ', '.join(map(str, written)))
 
 
 def stream(config) -> None:
@@ -215,7 +231,10 @@ def stream(config) -> None:
     raise app.UsageError('--mode=stream needs --audio=FILE, --audio=- (stdin PCM) or --audio=mic')
   if config.model.kind == 'mono' and not FLAGS.va:
     raise app.UsageError('the mono model reads the current voice activity: give --va')
-  _, step, streamer = _restored_streamer(config)
+  trainer, config, source = _model(config)
+  streamer = _streamer(trainer, config)
+  if streamer.mono and not FLAGS.va:  # a converted model's kind is known only now
+    raise app.UsageError('the mono model reads the current voice activity: give --va')
   frame_hz = config.model.frame_hz
   va = None
   if FLAGS.va:
@@ -229,8 +248,8 @@ def stream(config) -> None:
   else:
     predict_lib.notice_rate(FLAGS.audio)
     blocks = live.file_source(FLAGS.audio, pace=FLAGS.pace)
-  print(f'model: {FLAGS.workdir} ({config.eval.checkpoint} checkpoint, step {step}); '
-        f'{streamer.context / frame_hz:g} s of attention context', file=sys.stderr)
+  print(f'model: {source}; {streamer.context / frame_hz:g} s of attention context',
+        file=sys.stderr)
   gc.freeze()  # the startup's objects out of the collector's way: steadier push latency
   result = live.run(streamer, blocks, frame_hz, va=va)
   ms = result['latency_s'] * 1000

@@ -14,6 +14,7 @@ of a dialog counts once.
 """
 
 import collections
+import copy
 import json
 import pathlib
 from typing import Any
@@ -23,7 +24,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from convssl_jax import checkpoints, inference, metrics, train
+from convssl_jax import checkpoints, inference, metrics, models, train
 from convssl_jax.data import pipeline
 from convssl_jax.data import va as va_lib
 from convssl_jax.data import windows as windows_lib
@@ -51,6 +52,18 @@ def restore_trainer(config, workdir, which: str = 'best') -> tuple[train.Trainer
   finally:
     store.close()
   return trainer, step
+
+
+def converted_trainer(config, directory) -> tuple[train.Trainer, Any]:
+  """(a Trainer holding the converted VAP model of `directory`, `config` with that model's
+  `config.model`): a `python -m checkpoints_convert vap|conv_ssl` output used like a trained run."""
+  model, model_cfg = models.load_model(directory)
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.model = model_cfg
+  trainer = train.Trainer(config, train.make_mesh(config.train.fsdp),
+                          model_state=nnx.state(model, nnx.Param))
+  return trainer, config
 
 
 def _predict_fn(trainer: train.Trainer, swap: bool):

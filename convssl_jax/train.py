@@ -142,16 +142,18 @@ def losses(model, batch: dict[str, jax.Array], objective: VAPObjective, train_cf
 class Trainer:
   """The model and optimizer state on the mesh, and the jitted train and eval steps."""
 
-  def __init__(self, config, mesh: jax.sharding.Mesh, step: int = 0):
+  def __init__(self, config, mesh: jax.sharding.Mesh, step: int = 0,
+               model_state: nnx.State | None = None):
+    """`model_state`: the model's values to start from (e.g. a converted model's)."""
     self.config, self.mesh = config, mesh
     self.objective = objective_for(config.model)
     self.batch_sharding = batch_sharding(mesh)
     self.state = None
-    self.build(step)
+    self.build(step, model_state)
 
-  def build(self, step: int) -> None:
+  def build(self, step: int, model_state: nnx.State | None = None) -> None:
     """(Re)builds for `step`: the trained parameters change when the encoder unfreezes. A state
-    already held keeps its model values; the optimizer then starts fresh for the new set."""
+    already held (or `model_state`) keeps its model values; the optimizer then starts fresh."""
     cfg = self.config
     self.trainable = trainable = models.trainable_filter(cfg.model, step)
     self.encoder_frozen = models.encoder_frozen(cfg.model, step)
@@ -166,7 +168,7 @@ class Trainer:
     self.graphdef, abstract = nnx.split((model, optimizer))
     self.sharding = state_sharding(self.mesh, abstract)
     # Created on the devices in their shardings: with several processes, no host holds it all.
-    previous = None if self.state is None else self.state[0]
+    previous = model_state if self.state is None else self.state[0]
     self.state = jax.jit(lambda m: nnx.state(make(m)), out_shardings=self.sharding)(previous)
     self.param_counts = (models.count_params(model), models.count_params(model, trainable))
     self._compile()

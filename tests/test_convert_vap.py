@@ -151,3 +151,32 @@ def test_conv_ssl_without_slopes_or_stored_heads_is_refused(monkeypatch):
   monkeypatch.setattr(torch_file, 'load', lambda path, **kwargs: checkpoint)
   with pytest.raises(keys.ConversionError, match=r'head count is neither .*num_heads'):
     convert_vap.convert_conv_ssl('x.ckpt')
+
+
+def test_a_converted_model_predicts_on_a_recording_like_its_own_forward(converted, tmp_path):
+  """`run.py --mode=predict --model_dir=DIR`'s path: the converted model inside a Trainer, over a
+  file shorter than one window, equals the model's forward on the same audio (zero-padded to the
+  window, as the evaluation's windows are)."""
+  import jax.numpy as jnp
+  import soundfile as sf
+
+  from configs import vap as vap_config
+  from convssl_jax import evaluate, inference, predict
+
+  _, directory = converted
+  config = vap_config.get_config('tiny')
+  config.data.window_s = 4.0
+  trainer, config = evaluate.converted_trainer(config, directory)
+  rng = np.random.default_rng(0)
+  wave = (0.2 * rng.standard_normal((3 * 16000, 2))).astype(np.float32)
+  sf.write(tmp_path / 'talk.wav', wave, 16000, subtype='FLOAT')
+  got = predict.predict_file(trainer, config, tmp_path / 'talk.wav')
+  model, cfg = models.load_model(directory)
+  padded = np.zeros((1, 2, 4 * 16000), np.float32)
+  padded[0, :, :3 * 16000] = wave.T
+  out = _forward(model, jnp.asarray(padded))
+  frames = 3 * cfg.frame_hz
+  want = inference.frame_outputs(trainer.objective,
+                                 {k: out[k][:, :frames] for k in ('logits', 'vad')})
+  for key in ('p_now', 'p_future', 'p_bc', 'vad'):
+    np.testing.assert_allclose(got[key], np.asarray(want[key])[0], atol=1e-5, err_msg=key)
