@@ -131,10 +131,13 @@ def timed(fn, args, carry_first: bool) -> tuple[float, tuple]:
   return (time.perf_counter() - start) / FLAGS.steps, args
 
 
-def flops_of(jitted, *args) -> float:
-  cost = jitted.lower(*args).compile().cost_analysis()
+def compile_with_flops(jitted, *args):
+  """(the compiled function, called in place of `jitted`: it compiles once, its FLOPs from XLA's
+  cost analysis)."""
+  compiled = jitted.lower(*args).compile()
+  cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get('flops', 0.0)) if cost else 0.0
+  return compiled, float(cost.get('flops', 0.0)) if cost else 0.0
 
 
 def profile(fn, args, carry_first: bool, directory: pathlib.Path, calls: int = 3) -> list:
@@ -200,7 +203,8 @@ def attention_case(config, implementation: str) -> tuple[float, float]:
     return jnp.sum(jax.lax.map(lambda x: one(*x), (q, k, v)).astype(jnp.float32))
 
   step = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
-  return timed(step, (q, k, v), carry_first=False)[0], flops_of(step, q, k, v)
+  step, flops = compile_with_flops(step, q, k, v)
+  return timed(step, (q, k, v), carry_first=False)[0], flops
 
 
 def run_case(kind: str, dtype: str, case: str, train_ms: dict) -> list[dict]:
@@ -231,7 +235,7 @@ def run_case(kind: str, dtype: str, case: str, train_ms: dict) -> list[dict]:
     fn, carry = infer_fn(trainer), False
   else:
     fn, carry = trainer.train_step, True
-  flops = flops_of(fn, trainer.state, batch)
+  fn, flops = compile_with_flops(fn, trainer.state, batch)
   seconds, args = timed(fn, (trainer.state, batch), carry_first=carry)
   if case == 'train':
     train_ms[kind, dtype] = seconds * 1e3

@@ -107,3 +107,31 @@ def test_a_cache_of_another_config_or_a_trained_encoder_is_refused(tmp_path, dat
   continuous = _config(data_dir, jitter_grid_s=0.0)
   with pytest.raises(ValueError, match='jitter_grid_s > 0'):
     feature_cache.build(continuous, tmp_path / 'other')
+
+
+@pytest.mark.slow  # ~2 minutes: two JAX processes
+def test_run_py_builds_the_same_cache_with_two_processes_of_two_devices(tmp_path, data_dir):
+  from tests import processes
+
+  config = _config(data_dir, batch_size=4)
+  one = feature_store.FeatureStore(feature_cache.build(config, tmp_path / 'one'))
+  flags = ['--config=configs/vap.py:tiny', '--mode=cache_features', f'--workdir={tmp_path / "w"}',
+           f'--config.data.data_dir={data_dir}', '--config.data.batch_size=4',
+           '--config.model.encoder.freeze=True', '--config.data.jitter_grid_s=1.0',
+           f'--config.data.features={tmp_path / "two"}',
+           f'--coordinator_address=127.0.0.1:{processes.free_port()}', '--num_processes=2']
+  procs = [processes.start('run.py', *flags, f'--process_id={i}', JAX_PLATFORMS='cpu',
+                           XLA_FLAGS='--xla_force_host_platform_device_count=2') for i in (0, 1)]
+  try:
+    outputs = [p.communicate(timeout=600) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()  # a failed process leaves its peer waiting at a barrier
+  for p, (_, stderr) in zip(procs, outputs):
+    assert p.returncode == 0, stderr[-3000:]
+  two = feature_store.FeatureStore(tmp_path / 'two')
+  assert two.meta['processes'] == 2 and len(two) == len(one)
+  assert two.meta['fingerprint'] == one.meta['fingerprint']
+  assert set(two.keys()) == set(one.keys())
+  for key in one.keys():
+    np.testing.assert_allclose(two[key], one[key], rtol=1e-5, atol=1e-6, err_msg=str(key))

@@ -108,8 +108,9 @@ class FeatureStore:
   def __len__(self) -> int:
     return len(self._where)
 
-  def __contains__(self, key: tuple[int, int]) -> bool:
-    return key in self._where
+  def keys(self):
+    """The (conversation, start frame) of every record."""
+    return self._where.keys()
 
   def __getitem__(self, key: tuple[int, int]) -> np.ndarray:
     if key not in self._where:
