@@ -32,3 +32,22 @@ def free_port() -> int:
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     return s.getsockname()[1]
+
+
+def run_together(*args: str, processes: int = 2, devices: int = 2,
+                 timeout: float = 600) -> list[tuple[str, str]]:
+  """`python ARGS` (a script taking run.py's coordinator flags) as `processes` JAX processes of
+  `devices` CPU devices each on localhost; every one must succeed. Their (stdout, stderr)."""
+  port = free_port()
+  procs = [start(*args, f'--coordinator_address=127.0.0.1:{port}',
+                 f'--num_processes={processes}', f'--process_id={i}', JAX_PLATFORMS='cpu',
+                 XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+           for i in range(processes)]
+  try:
+    outputs = [p.communicate(timeout=timeout) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()  # a failed process leaves its peer waiting at a barrier
+  for p, (_, stderr) in zip(procs, outputs):
+    assert p.returncode == 0, stderr[-3000:]
+  return outputs

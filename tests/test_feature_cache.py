@@ -118,17 +118,8 @@ def test_run_py_builds_the_same_cache_with_two_processes_of_two_devices(tmp_path
   flags = ['--config=configs/vap.py:tiny', '--mode=cache_features', f'--workdir={tmp_path / "w"}',
            f'--config.data.data_dir={data_dir}', '--config.data.batch_size=4',
            '--config.model.encoder.freeze=True', '--config.data.jitter_grid_s=1.0',
-           f'--config.data.features={tmp_path / "two"}',
-           f'--coordinator_address=127.0.0.1:{processes.free_port()}', '--num_processes=2']
-  procs = [processes.start('run.py', *flags, f'--process_id={i}', JAX_PLATFORMS='cpu',
-                           XLA_FLAGS='--xla_force_host_platform_device_count=2') for i in (0, 1)]
-  try:
-    outputs = [p.communicate(timeout=600) for p in procs]
-  finally:
-    for p in procs:
-      p.kill()  # a failed process leaves its peer waiting at a barrier
-  for p, (_, stderr) in zip(procs, outputs):
-    assert p.returncode == 0, stderr[-3000:]
+           f'--config.data.features={tmp_path / "two"}']
+  processes.run_together('run.py', *flags)
   two = feature_store.FeatureStore(tmp_path / 'two')
   assert two.meta['processes'] == 2 and len(two) == len(one)
   assert two.meta['fingerprint'] == one.meta['fingerprint']

@@ -110,17 +110,8 @@ def test_two_processes_of_two_devices_train_checkpoint_and_evaluate_like_one_pro
   one = train.train_and_evaluate(config, tmp_path / 'one')  # also builds the corpus first
   flags = [f'--config.data.data_dir={data_dir}', f'--workdir={tmp_path / "two"}',
            '--config.data.batch_size=4', *(f'--config.train.{k}={v}' for k, v in short.items()),
-           f'--coordinator_address=127.0.0.1:{processes.free_port()}', '--num_processes=2',
            '--config.eval.va_only_baseline=False']
-  procs = [_run_py(*flags, f'--process_id={i}', JAX_PLATFORMS='cpu',
-                   XLA_FLAGS='--xla_force_host_platform_device_count=2') for i in (0, 1)]
-  try:
-    outputs = [p.communicate(timeout=600) for p in procs]
-  finally:
-    for p in procs:
-      p.kill()  # a failed process leaves its peer waiting at a barrier
-  for p, (_, stderr) in zip(procs, outputs):
-    assert p.returncode == 0, stderr[-3000:]
+  outputs = processes.run_together('run.py', '--config=configs/vap.py:tiny', *flags)
   assert 'mesh {\'data\': 4, \'fsdp\': 1} over 4 devices (2 processes)' in outputs[0][1]
   checkpoints = tmp_path / 'two' / 'checkpoints'
   assert {p.name for p in checkpoints.iterdir()} >= {'2', '4', 'best'}
