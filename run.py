@@ -13,6 +13,10 @@ Modes:
             parameter counts (total, trainable, per part).
   data      build the configured corpus if it is not built yet (the synthetic corpus builds
             itself; LDC corpora need --config.data.manual_dir) and print its splits.
+  pretrain  CPC pretraining (configs/cpc_pretrain.py): train in --workdir, then export the
+            encoder to workdir/encoder for --config.model.encoder_checkpoint.
+  units     (configs/ulm.py) encoder features -> k-means codebook -> a units dataset with the
+            aligned VA in --config.data.units_dir, for training the unit LM.
 """
 
 from absl import app, flags
@@ -21,7 +25,8 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', 'configs/vap.py', 'Config file[:variant,...].',
                                 lock_config=True)
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'summary', 'data'],
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'summary', 'data', 'pretrain',
+                                     'units'],
                   'What to run.')
 flags.DEFINE_string('workdir', 'workdir', 'Checkpoints, TensorBoard events and metrics go here.')
 flags.DEFINE_string('audio', None, 'predict: an audio file (stereo: one speaker per channel; mono: '
@@ -148,6 +153,20 @@ def predict(config) -> None:
           + ', '.join(map(str, written)))
 
 
+def pretrain(config) -> None:
+  import json
+
+  from convssl_jax import pretrain as pretrain_lib
+
+  print(json.dumps(pretrain_lib.pretrain(config, FLAGS.workdir), indent=2))
+
+
+def units(config) -> None:
+  from convssl_jax import units as units_lib
+
+  print(units_lib.build_units(config, FLAGS.workdir))
+
+
 def initialize_distributed() -> None:
   """jax.distributed for multi-process runs: explicit flags, or what TPU pods, SLURM and Open MPI
   put in the environment (jax detects those itself)."""
@@ -176,9 +195,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   use_compilation_cache()
-  if FLAGS.mode in ('train', 'eval'):
+  if FLAGS.mode in ('train', 'eval', 'pretrain', 'units'):
     initialize_distributed()
-  modes = {'train': train, 'eval': evaluate, 'predict': predict, 'summary': summary, 'data': data}
+  modes = {'train': train, 'eval': evaluate, 'predict': predict, 'summary': summary, 'data': data,
+           'pretrain': pretrain, 'units': units}
   modes[FLAGS.mode](FLAGS.config)
 
 

@@ -75,6 +75,20 @@ class ConcatSource:
     return self.sources[part][index - (int(self.ends[part - 1]) if part else 0)]
 
 
+def open_corpora(data_cfg, splits, *, frame_hz: int, n_units: int | None = None
+                 ) -> dict[str, Corpus]:
+  """The splits of the corpus a config's `data` block names: TFDS corpora (built on first use),
+  or with data.name='units' the units dataset in data.units_dir (checked against the model's
+  frame rate and codebook size)."""
+  if data_cfg.name == 'units':
+    from convssl_jax.data import unit_store
+    return {s: Corpus(*unit_store.open_split(data_cfg.units_dir, s, frame_hz=frame_hz,
+                                             n_units=n_units)) for s in splits}
+  import data_builders
+  builders = data_builders.prepare(data_cfg)
+  return {s: Corpus.from_builders(builders, s) for s in splits}
+
+
 @dataclasses.dataclass(frozen=True)
 class WindowSpec:
   """What one model input window holds."""
@@ -84,6 +98,8 @@ class WindowSpec:
   history_times: tuple[float, ...] = (60, 30, 10, 5)
   normalize: bool = True
   mono: bool = False
+  signal: str = 'audio'  # what the model hears: 'audio' (16 kHz), or 'units' (at frame_hz)
+  signal_hz: int = SAMPLE_RATE
 
   @property
   def frames(self) -> int:
@@ -124,7 +140,7 @@ class LoadWindow:
     n = va_lib.num_frames(self.corpus.durations[index], spec.frame_hz)
     va = va_lib.va_frames(va_list, n, spec.frame_hz)
     conversation = self._decoded[index] = {
-        'audio': example['audio'],
+        spec.signal: example[spec.signal],
         'va': va,
         'va_history': va_lib.va_history(va, spec.frame_hz, spec.history_times),
         'f0': windows_lib.f0_at_frame_rate(example['f0'], F0_HZ, spec.frame_hz),
@@ -136,8 +152,8 @@ class LoadWindow:
   def __call__(self, row: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, Any]:
     index, start = int(row[0]), float(row[1])
     spec, conv = self.spec, self._conversation(int(row[0]))
-    audio, va = windows_lib.cut_window(
-        conv['audio'], conv['va'], start, spec.window_s, sample_rate=SAMPLE_RATE,
+    signal, va = windows_lib.cut_window(
+        conv[spec.signal], conv['va'], start, spec.window_s, sample_rate=spec.signal_hz,
         frame_hz=spec.frame_hz, horizon_frames=spec.horizon_frames)
     first = windows_lib.start_frame(start, spec.frame_hz)  # the frame cut_window starts at
     out = {
@@ -145,14 +161,18 @@ class LoadWindow:
         'va_history': windows_lib.cut_frames(conv['va_history'], first, spec.frames, pad_value=0.5),
         'f0': windows_lib.cut_frames(conv['f0'], first, spec.frames),
     }
-    audio = np.swapaxes(audio, 0, 1)  # channels-first [2, S]: all audio work is per channel
+    signal = np.swapaxes(signal, 0, 1)  # channels-first [2, S]: all audio work is per channel
     if rng is not None and rng.uniform() < self.channel_swap:
       out = windows_lib.swap_channels(out)
-      audio = audio[::-1]
-    audio = np.ascontiguousarray(audio)
-    audio = (audio_lib.from_int16_normalized(audio) if spec.normalize
-             else audio_lib.from_int16(audio))
-    out['audio'] = audio_lib.mono_mix(audio, channel_axis=-2) if spec.mono else audio
+      signal = signal[::-1]
+    signal = np.ascontiguousarray(signal)
+    if spec.signal == 'audio':
+      signal = (audio_lib.from_int16_normalized(signal) if spec.normalize
+                else audio_lib.from_int16(signal))
+      signal = audio_lib.mono_mix(signal, channel_axis=-2) if spec.mono else signal
+    else:
+      signal = signal.astype(np.int32)
+    out[spec.signal] = signal
     out['conversation'] = np.int32(index)
     out['start'] = np.float32(start)
     if len(row) > 2:  # evaluation rows carry a weight: 0 for padding
