@@ -12,7 +12,7 @@ which adds no CPC term. Variants (comma-separated):
   reference    CPC_audio's sizes and optimiser: dim 256, Adam 2e-4, no weight decay, batch 16.
   swb, fisher, swb_fisher, folder
                the corpus (folder = data_builders' dialog_folder); needs --config.data.manual_dir.
-  tiny         a very small model and corpus for tests.
+  tiny         a very small model and corpus for tests (16 negatives).
 Any field can be overridden, e.g. --config.model.encoder_checkpoint=DIR to start from converted
 CPC_audio weights, --config.model.cpc.negatives_from=sequence for negatives from the anchor's own
 channel only.
@@ -45,6 +45,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ))
   config.model.f0_head = heads
   config.data = vap.data_config(vap.STEREO)
+  # Per-window peak normalisation: on quiet audio (the synthetic corpus peaks near 0.4) the
+  # conv biases swamp the input and CPC collapses to constant features without it.
+  config.data.normalize = True
   config.train = vap.train_config(vap.STEREO)
   config.train.update(schedule='constant', grad_clip=0.0, weight_decay=0.0, learning_rate=2e-4,
                       cpc_loss_weight=1.0, vap_loss_weight=1.0)
@@ -65,6 +68,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.encoder.unroll = 4
     config.model.transformer.update(num_heads=2, num_layers=1, cross_layers=1)
     config.data.synthetic.update(train=4, validation=2, test=2, duration_s=20.0)
+    config.model.cpc.negatives = 16
     config.data.update(window_s=5.0, batch_size=2)
-    config.train.update(steps=20, log_every=5, eval_every=10, checkpoint_every=10)
+    config.train.update(steps=20, learning_rate=2e-3, log_every=5, eval_every=10,
+                        checkpoint_every=10)
   return config

@@ -143,8 +143,10 @@ def losses(model, batch: dict[str, jax.Array], objective: VAPObjective, train_cf
         heads.f0_loss, jax.tree.map(lambda x: x[:, :n], out['f0']), batch['f0'][:, :n])
   if 'cpc' in out:
     active = out['cpc']['active'][:, :, None, None]  # a silent channel has no CPC term
-    terms['cpc'], metrics['cpc_accuracy'] = per_example(cpc_objective.infonce,
-                                                        out['cpc']['scores'], active)
+    scores = out['cpc']['scores']  # [B, 2, W, K, 1 + n]
+    terms['cpc'], metrics['cpc_accuracy'] = per_example(cpc_objective.infonce, scores, active)
+    _, metrics['cpc_next_accuracy'] = per_example(cpc_objective.infonce, scores[..., :1, :],
+                                                  active)  # step 1: the next 10 ms frame
   if 'units' in out:
     terms['unit'], metrics['unit_accuracy'] = per_example(ulm.next_unit_loss, out['units'],
                                                           batch['units'])
