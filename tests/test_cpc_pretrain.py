@@ -80,3 +80,17 @@ def test_scpc_plus_trains_cpc_vap_vad_and_f0_and_a_silent_partner_adds_no_cpc_te
   np.testing.assert_array_equal(out['cpc']['active'], [[True, True], [True, False]])
   alone, _ = cpc_objective.infonce(out['cpc']['scores'][1, 0])
   np.testing.assert_allclose(metrics['cpc_loss'][1], alone, rtol=1e-4)
+
+
+def test_config_variants_and_their_errors():
+  assert cpc_pretrain.get_config('swb').data.name == 'switchboard'
+  assert cpc_pretrain.get_config('folder').data.name == 'dialog_folder'
+  plus = cpc_pretrain.get_config('scpc_plus')
+  assert plus.model.cpc.heads and plus.model.f0_head and plus.data.window_s == 10.0
+  reference = cpc_pretrain.get_config('reference')
+  assert (reference.model.dim, reference.model.cpc.predict_steps, reference.model.cpc.negatives,
+          reference.train.learning_rate) == (256, 12, 128, 2e-4)
+  with pytest.raises(ValueError, match='scpc'):
+    cpc_pretrain.get_config('scpc')
+  with pytest.raises(ValueError, match='each choose the corpus'):
+    cpc_pretrain.get_config('swb,fisher')

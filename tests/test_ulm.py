@@ -89,3 +89,13 @@ def test_the_unit_lm_trains_on_units_and_is_evaluated_with_the_metric_suite(
   for split in ('validation', 'test'):
     shift_hold = scores[split]['model']['shift_hold']
     assert shift_hold['n_frames'] > 0 and 0 <= shift_hold['f1_weighted'] <= 1
+
+
+def test_config_variants_and_their_errors():
+  config = ulm.get_config('fisher')
+  assert config.units.data.name == 'fisher' and config.data.name == 'units'
+  assert (config.train.vap_loss_weight, config.train.unit_loss_weight) == (0.6, 0.4)
+  with pytest.raises(ValueError, match='tinny'):
+    ulm.get_config('tinny')
+  with pytest.raises(ValueError, match='units.layer'):
+    units.FeatureExtractor(units.cpc.CPCEncoder(dim=4, rngs=units.nnx.Rngs(0)), 'gru', 10)
