@@ -164,7 +164,7 @@ def pretrain(config) -> None:
 def units(config) -> None:
   from convssl_jax import units as units_lib
 
-  print(units_lib.build_units(config, FLAGS.workdir))
+  print(units_lib.build_units(config))
 
 
 def initialize_distributed() -> None:

@@ -255,16 +255,15 @@ def sample_frames(extractor, corpus, frame_hz: int, max_frames: int, batch: int,
   return np.concatenate(rows)
 
 
-def build_units(config, workdir=None) -> pathlib.Path:
+def build_units(config) -> pathlib.Path:
   """Features, k-means and the units dataset of `config` (configs/ulm.py) in data.units_dir."""
   from convssl_jax.data import pipeline, unit_store
 
-  u, frame_hz, k = config.units, config.model.frame_hz, config.model.units
-  out = pathlib.Path(config.data.units_dir or '')
   if not config.data.units_dir:
     raise ValueError('--mode=units writes the units dataset to data.units_dir: set '
                      '--config.data.units_dir=DIR')
-  del workdir  # the units dataset is the workdir's input, kept in data.units_dir
+  u, frame_hz, k = config.units, config.model.frame_hz, config.model.units
+  out = pathlib.Path(config.data.units_dir)
   started = time.perf_counter()
   corpora = pipeline.open_corpora(u.data, ('train', 'validation', 'test'), frame_hz=frame_hz)
   encoder = load_unit_encoder(u, config.seed)

@@ -94,3 +94,9 @@ def test_config_variants_and_their_errors():
     cpc_pretrain.get_config('scpc')
   with pytest.raises(ValueError, match='each choose the corpus'):
     cpc_pretrain.get_config('swb,fisher')
+
+
+def test_run_py_pretrain_mode_refuses_a_vap_config():
+  from tests import processes
+  out = processes.run('run.py', '--config=configs/vap.py:tiny', '--mode=pretrain')
+  assert out.returncode != 0 and "model.kind='cpc'" in out.stderr

@@ -99,3 +99,9 @@ def test_config_variants_and_their_errors():
     ulm.get_config('tinny')
   with pytest.raises(ValueError, match='units.layer'):
     units.FeatureExtractor(units.cpc.CPCEncoder(dim=4, rngs=units.nnx.Rngs(0)), 'gru', 10)
+
+
+def test_run_py_units_mode_needs_the_units_dir():
+  from tests import processes
+  out = processes.run('run.py', '--config=configs/ulm.py:tiny', '--mode=units')
+  assert out.returncode != 0 and 'data.units_dir' in out.stderr

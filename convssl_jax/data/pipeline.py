@@ -9,6 +9,9 @@ conversation (TFDS array_record, one example per dialog)
   -> channel swap (training, probability p) -> mono mix (mono models)
   -> batches of this process's share of the global batch.
 
+The unit LM's windows come the same way from a units dataset (`open_corpora`, data.name='units'):
+its units [2, N] (one per frame) stand where the audio would, with the same VA, history and F0.
+
 Training reads conversations in groups (`grouped_order`) so one decoded record serves all of its
 windows. Everything is a function of (seed, element index), so the iterator state that Orbax saves with a
 checkpoint resumes on exactly the batches an uninterrupted run would have seen.
