@@ -20,6 +20,7 @@ checkpoint resumes on exactly the batches an uninterrupted run would have seen.
 import collections
 import dataclasses
 import functools
+import threading
 from typing import Any
 
 import grain
@@ -123,33 +124,41 @@ class LoadWindow:
   """(conversation index, start) -> one model input (a picklable grain transform).
 
   Keeps the last `cache` conversations decoded, so windows that come grouped by conversation
-  (`train_dataset`'s order, evaluation's) read each record once.
+  (`train_dataset`'s order, evaluation's) read each record once. grain's prefetch threads call
+  it concurrently, so the cache is behind a lock.
   """
 
   def __init__(self, corpus: Corpus, spec: WindowSpec, channel_swap: float = 0.0, cache: int = 4):
     self.corpus, self.spec, self.channel_swap, self.cache = corpus, spec, channel_swap, cache
     self._decoded = collections.OrderedDict()
+    self._lock = threading.Lock()
 
   def __getstate__(self):  # worker processes start with an empty cache
-    return {**self.__dict__, '_decoded': collections.OrderedDict()}
+    return {k: v for k, v in self.__dict__.items() if k not in ('_decoded', '_lock')}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state, _decoded=collections.OrderedDict(), _lock=threading.Lock())
 
   def _conversation(self, index: int) -> dict[str, np.ndarray]:
-    if index in self._decoded:
-      self._decoded.move_to_end(index)
-      return self._decoded[index]
+    with self._lock:
+      if index in self._decoded:
+        self._decoded.move_to_end(index)
+        return self._decoded[index]
     example = self.corpus.source[index]
     spec = self.spec
     va_list = va_lib.channel_segments(example['va'])
     n = va_lib.num_frames(self.corpus.durations[index], spec.frame_hz)
     va = va_lib.va_frames(va_list, n, spec.frame_hz)
-    conversation = self._decoded[index] = {
+    conversation = {
         spec.signal: example[spec.signal],
         'va': va,
         'va_history': va_lib.va_history(va, spec.frame_hz, spec.history_times),
         'f0': windows_lib.f0_at_frame_rate(example['f0'], F0_HZ, spec.frame_hz),
     }
-    if len(self._decoded) > self.cache:
-      self._decoded.popitem(last=False)
+    with self._lock:
+      self._decoded[index] = conversation
+      if len(self._decoded) > self.cache:
+        self._decoded.popitem(last=False)
     return conversation
 
   def __call__(self, row: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, Any]:
