@@ -25,6 +25,10 @@ Modes:
             compute the frozen encoder's features of every training window once, into
             --config.data.features (default WORKDIR/features); then train with
             --config.data.features=THAT_DIR (same config: encoder frozen, data.jitter_grid_s > 0).
+  pretrain  CPC pretraining (configs/cpc_pretrain.py): train in --workdir, then export the
+            encoder to workdir/encoder for --config.model.encoder_checkpoint.
+  units     (configs/ulm.py) encoder features -> k-means codebook -> a units dataset with the
+            aligned VA in --config.data.units_dir, for training the unit LM.
 """
 
 from absl import app, flags
@@ -34,7 +38,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', 'configs/vap.py', 'Config file[:variant,...].',
                                 lock_config=True)
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'stream', 'export', 'summary',
-                                    'data', 'cache_features'],
+                                    'data', 'cache_features', 'pretrain', 'units'],
                   'What to run.')
 flags.DEFINE_string('workdir', 'workdir', 'Checkpoints, TensorBoard events and metrics go here.')
 flags.DEFINE_string('audio', None, 'predict: an audio file (stereo: one speaker per channel; mono: '
@@ -276,6 +280,20 @@ def cache_features(config) -> None:
   print(f'feature cache: {directory}; train from it with --config.data.features={directory}')
 
 
+def pretrain(config) -> None:
+  import json
+
+  from convssl_jax import pretrain as pretrain_lib
+
+  print(json.dumps(pretrain_lib.pretrain(config, FLAGS.workdir), indent=2))
+
+
+def units(config) -> None:
+  from convssl_jax import units as units_lib
+
+  print(units_lib.build_units(config))
+
+
 def initialize_distributed() -> None:
   """jax.distributed for multi-process runs: explicit flags, or what TPU pods, SLURM and Open MPI
   put in the environment (jax detects those itself)."""
@@ -304,10 +322,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   use_compilation_cache()
-  if FLAGS.mode in ('train', 'eval', 'cache_features'):
+  if FLAGS.mode in ('train', 'eval', 'cache_features', 'pretrain', 'units'):
     initialize_distributed()
   modes = {'train': train, 'eval': evaluate, 'predict': predict, 'stream': stream,
-           'export': export, 'summary': summary, 'data': data, 'cache_features': cache_features}
+           'export': export, 'summary': summary, 'data': data, 'cache_features': cache_features,
+           'pretrain': pretrain, 'units': units}
   modes[FLAGS.mode](FLAGS.config)
 
 

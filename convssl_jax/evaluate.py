@@ -74,7 +74,7 @@ def _predict_fn(trainer: train.Trainer, swap: bool):
   def predict(state, batch, rows):
     model, _ = nnx.merge(graphdef, state)
     model.eval()
-    audio, va, history = batch['audio'], batch['va'], batch.get('va_history')
+    audio, va, history = train.model_input(batch), batch['va'], batch.get('va_history')
     if swap:
       va = va[..., ::-1]
       history = None if history is None else 1 - history
@@ -171,13 +171,11 @@ def evaluate(config, workdir, baselines: dict[str, tuple[Any, Any]] | None = Non
 
   Returns {split: {model name: metrics.score(...)}} plus the thresholds per model.
   """
-  import data_builders
   from convssl_jax import plots
 
   workdir = pathlib.Path(workdir)
   if corpora is None:
-    builders = data_builders.prepare(config.data)
-    corpora = {s: pipeline.Corpus.from_builders(builders, s) for s in SPLITS}
+    corpora = pipeline.open_corpora(config.data, SPLITS, **train.corpus_checks(config))
   evaluation = Evaluation(TurnTakingEvents(config.model.frame_hz, **config.eval.events))
   samples, steps, excerpt = {}, {}, None
   for name, (cfg, wd) in {'model': (config, workdir), **(baselines or {})}.items():

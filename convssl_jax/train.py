@@ -21,12 +21,12 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from convssl_jax import models
-from convssl_jax.models import heads
+from convssl_jax import cpc_objective, models
+from convssl_jax.models import heads, ulm
 from convssl_jax.objective import VAPObjective
 
 BATCH_AXES = ('data', 'fsdp')
-DEVICE_KEYS = ('audio', 'features', 'va', 'va_history', 'f0')  # batch entries the model reads
+DEVICE_KEYS = ('audio', 'features', 'units', 'va', 'va_history', 'f0')  # what the model reads
 
 
 def objective_for(model_cfg) -> VAPObjective:
@@ -108,35 +108,54 @@ def set_plateau_scale(state: nnx.State, value: float) -> nnx.State:
 
 # Losses.
 
+def model_input(batch: dict[str, jax.Array]) -> jax.Array | None:
+  """What the model hears: the batch's 'units' (unit LM), else its 'audio' (None where a feature
+  cache's 'features' stand in for it)."""
+  return batch['units'] if 'units' in batch else batch.get('audio')
+
+
 def forward(model, audio: jax.Array | None, va: jax.Array, va_history: jax.Array | None, n: int,
             features: jax.Array | None = None):
   """The model's outputs for a batch; the mono model also reads the first `n` frames of VA.
   `features` (from a feature cache) stand in for the audio."""
+  cached = {} if features is None else {'features': features}
   if isinstance(model, models.MonoVAP):
-    return model(audio, va[:, :n], va_history, features=features)
-  return model(audio, features=features)
+    return model(audio, va[:, :n], va_history, **cached)
+  return model(audio, **cached)
 
 
 def losses(model, batch: dict[str, jax.Array], objective: VAPObjective, train_cfg):
-  """Per-example losses [B] (VAP, plus VAD for stereo and F0 with the F0 head) and frame accuracy."""
+  """Per-example total loss [B] and metrics [B]: each term the model has an output for (VAP; VAD
+  for stereo; F0 with the F0 head; InfoNCE for CPC pretraining; next unit for the unit LM),
+  unweighted, and the frame or prediction accuracies. The total weighs the terms by
+  `train.<term>_loss_weight` (1 where the config has none)."""
   va = batch['va']
   n = va.shape[1] - objective.horizon_frames
-  labels = objective.labels(va)
-  out = forward(model, batch.get('audio'), va, batch.get('va_history'), n, batch.get('features'))
-  per_example = lambda f, *xs: jax.vmap(lambda *x: f(*(a[None] for a in x)))(*xs)
-  terms = {'vap': per_example(objective.loss, out['logits'][:, :n], labels)}
+  out = forward(model, model_input(batch), va, batch.get('va_history'), n, batch.get('features'))
+  per_example = lambda f, *xs: jax.vmap(lambda *x: f(*jax.tree.map(lambda a: a[None], x)))(*xs)
+  terms, metrics = {}, {}
+  if 'logits' in out:
+    labels = objective.labels(va)
+    terms['vap'] = per_example(objective.loss, out['logits'][:, :n], labels)
+    if objective.head == 'discrete':
+      hit = jnp.argmax(out['logits'][:, :n], axis=-1) == labels
+      metrics['frame_accuracy'] = hit.mean(axis=-1)
   if 'vad' in out:
-    terms['vad'] = train_cfg.vad_loss_weight * per_example(
-        heads.vad_loss, out['vad'][:, :n], va[:, :n])
+    terms['vad'] = per_example(heads.vad_loss, out['vad'][:, :n], va[:, :n])
   if 'f0' in out:
-    terms['f0'] = train_cfg.f0_loss_weight * per_example(
+    terms['f0'] = per_example(
         heads.f0_loss, jax.tree.map(lambda x: x[:, :n], out['f0']), batch['f0'][:, :n])
-  total = sum(terms.values())
-  metrics = {f'{k}_loss': v for k, v in terms.items()}
-  if objective.head == 'discrete':
-    hit = jnp.argmax(out['logits'][:, :n], axis=-1) == labels
-    metrics['frame_accuracy'] = hit.mean(axis=-1)
-  return total, metrics
+  if 'cpc' in out:
+    active = out['cpc']['active'][:, :, None, None]  # a silent channel has no CPC term
+    scores = out['cpc']['scores']  # [B, 2, W, K, 1 + n]
+    terms['cpc'], metrics['cpc_accuracy'] = per_example(cpc_objective.infonce, scores, active)
+    _, metrics['cpc_next_accuracy'] = per_example(cpc_objective.infonce, scores[..., :1, :],
+                                                  active)  # step 1: the next 10 ms frame
+  if 'units' in out:
+    terms['unit'], metrics['unit_accuracy'] = per_example(ulm.next_unit_loss, out['units'],
+                                                          batch['units'])
+  total = sum(train_cfg.get(f'{k}_loss_weight', 1.0) * v for k, v in terms.items())
+  return total, {**{f'{k}_loss': v for k, v in terms.items()}, **metrics}
 
 
 class Trainer:
@@ -292,13 +311,20 @@ def class_frequency_loss(objective: VAPObjective, train, validation, frame_hz: i
   return float(-(val * np.log(p_train)).sum() / val.sum())
 
 
+def corpus_checks(config) -> dict[str, Any]:
+  """What a units dataset must match: the model's frame rate and codebook size."""
+  return dict(frame_hz=config.model.frame_hz, n_units=config.model.get('units'))
+
+
 def window_spec(config, objective: VAPObjective):
   from convssl_jax.data import pipeline
   d = config.data
   return pipeline.WindowSpec(window_s=d.window_s, frame_hz=config.model.frame_hz,
                              horizon_frames=objective.horizon_frames,
                              history_times=tuple(d.history_times), normalize=d.normalize,
-                             mono=config.model.kind == 'mono')
+                             mono=config.model.kind == 'mono',
+                             **(dict(signal='units', signal_hz=config.model.frame_hz)
+                                if d.name == 'units' else {}))
 
 
 class _Logger:
@@ -348,13 +374,11 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
 
   Returns (and writes to workdir/metrics.json) the final validation and test losses.
   """
-  import data_builders
   from convssl_jax import checkpoints
   from convssl_jax.data import pipeline
 
   workdir = pathlib.Path(workdir)
   t, d = config.train, config.data
-  builders = data_builders.prepare(d)
   mesh = make_mesh(t.fsdp)
   if d.batch_size % jax.device_count():
     raise ValueError(f'data.batch_size={d.batch_size} is not divisible by the '
@@ -364,8 +388,7 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
   start = store.latest_step() or 0
   trainer = Trainer(config, mesh, step=start)
   spec = window_spec(config, trainer.objective)
-  corpora = {s: pipeline.Corpus.from_builders(builders, s)
-             for s in ('train', 'validation', 'test')}
+  corpora = pipeline.open_corpora(d, ('train', 'validation', 'test'), **corpus_checks(config))
   n_windows = len(pipeline.window_table(corpora['train'], d.window_s, d.overlap_s, cover=False))
   shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
   features = None
@@ -392,7 +415,8 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
                jax.process_count(), jax.devices()[0].platform, d.batch_size, local_batch,
                f'{total:,}', f'{trainable:,}')
   baseline = None
-  if trainer.objective.head == 'discrete':
+  has_vap = config.model.kind != 'cpc' or config.model.cpc.heads  # pure CPC has no VAP head
+  if has_vap and trainer.objective.head == 'discrete':
     baseline = class_frequency_loss(trainer.objective, corpora['train'], corpora['validation'],
                                     config.model.frame_hz)
     logging.info('validation VAP loss of predicting the training class frequencies: %.4f',

@@ -12,6 +12,12 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 @pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory):
+  """A data_dir for the `tiny` variants' synthetic corpus (built by the first test that uses it)."""
+  return str(tmp_path_factory.mktemp("tiny_data"))
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
   """(config, workdir) of `configs/vap.py:tiny` trained for 4 steps on its own small corpus."""
   from configs import vap

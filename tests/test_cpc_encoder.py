@@ -155,7 +155,13 @@ def test_unknown_padding_mode_raises_naming_it():
 
 @pytest.mark.parametrize('k', [1, 7])
 def test_causal_mode_frames_before_a_perturbation_are_bit_identical(k):
-  encoder = CPCEncoder(dim=16, padding='causal', rngs=nnx.Rngs(0))
+  assert_causal(CPCEncoder(dim=16, padding='causal', rngs=nnx.Rngs(0)), k)
+
+
+def assert_causal(encoder, k):
+  """Perturbing the samples from 100-Hz frame k on leaves every earlier frame of every conv
+  block, the LSTM and the downsamplers bit-identical, and changes frame k."""
+  dim = encoder.lstm.hidden
   p = 160 * k
   wave = _wave(2, 160 * 12)
   perturbed = wave.at[:, p:].add(_wave(2, 160 * 12 - p, seed=1))
@@ -171,7 +177,7 @@ def test_causal_mode_frames_before_a_perturbation_are_bit_identical(k):
   assert not np.array_equal(c[:, k], c_perturbed[:, k])
 
   for kernel, stride in ((5, 2), (11, 5)):
-    down = CausalDownsample(16, kernel, stride, rngs=nnx.Rngs(2))
+    down = CausalDownsample(dim, kernel, stride, rngs=nnx.Rngs(2))
     z, z_perturbed = down(c), down(c_perturbed)
     first_changed = -(-k // stride)  # downsampled frame i ends at 100-Hz frame stride*i
     np.testing.assert_array_equal(z[:, :first_changed], z_perturbed[:, :first_changed])

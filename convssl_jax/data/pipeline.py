@@ -15,6 +15,9 @@ holds every window training can cut: the sliding starts moved by multiples of `j
 (`cached_window_table`), so a cached run sees the batches an on-the-fly run with the same
 `jitter_grid_s` sees.
 
+The unit LM's windows come the same way from a units dataset (`open_corpora`, data.name='units'):
+its units [2, N] (one per frame) stand where the audio would, with the same VA, history and F0.
+
 Training reads conversations in groups (`grouped_order`) so one decoded record serves all of its
 windows. Everything is a function of (seed, element index), so the iterator state that Orbax saves with a
 checkpoint resumes on exactly the batches an uninterrupted run would have seen.
@@ -23,6 +26,7 @@ checkpoint resumes on exactly the batches an uninterrupted run would have seen.
 import collections
 import dataclasses
 import functools
+import threading
 from typing import Any
 
 import grain
@@ -81,6 +85,20 @@ class ConcatSource:
     return self.sources[part][index - (int(self.ends[part - 1]) if part else 0)]
 
 
+def open_corpora(data_cfg, splits, *, frame_hz: int, n_units: int | None = None
+                 ) -> dict[str, Corpus]:
+  """The splits of the corpus a config's `data` block names: TFDS corpora (built on first use),
+  or with data.name='units' the units dataset in data.units_dir (checked against the model's
+  frame rate and codebook size)."""
+  if data_cfg.name == 'units':
+    from convssl_jax.data import unit_store
+    return {s: Corpus(*unit_store.open_split(data_cfg.units_dir, s, frame_hz=frame_hz,
+                                             n_units=n_units)) for s in splits}
+  import data_builders
+  builders = data_builders.prepare(data_cfg)
+  return {s: Corpus.from_builders(builders, s) for s in splits}
+
+
 @dataclasses.dataclass(frozen=True)
 class WindowSpec:
   """What one model input window holds."""
@@ -90,6 +108,8 @@ class WindowSpec:
   history_times: tuple[float, ...] = (60, 30, 10, 5)
   normalize: bool = True
   mono: bool = False
+  signal: str = 'audio'  # what the model hears: 'audio' (16 kHz), or 'units' (at frame_hz)
+  signal_hz: int = SAMPLE_RATE
 
   @property
   def frames(self) -> int:
@@ -110,7 +130,8 @@ class LoadWindow:
   """(conversation index, start) -> one model input (a picklable grain transform).
 
   Keeps the last `cache` conversations decoded, so windows that come grouped by conversation
-  (`train_dataset`'s order, evaluation's) read each record once.
+  (`train_dataset`'s order, evaluation's) read each record once. grain's prefetch threads call
+  it concurrently, so the cache is behind a lock.
   """
 
   def __init__(self, corpus: Corpus, spec: WindowSpec, channel_swap: float = 0.0, cache: int = 4,
@@ -118,34 +139,41 @@ class LoadWindow:
     self.corpus, self.spec, self.channel_swap, self.cache = corpus, spec, channel_swap, cache
     self.features = features  # a FeatureStore: windows carry its features instead of audio
     self._decoded = collections.OrderedDict()
+    self._lock = threading.Lock()
 
   def __getstate__(self):  # worker processes start with an empty cache
-    return {**self.__dict__, '_decoded': collections.OrderedDict()}
+    return {k: v for k, v in self.__dict__.items() if k not in ('_decoded', '_lock')}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state, _decoded=collections.OrderedDict(), _lock=threading.Lock())
 
   def _conversation(self, index: int) -> dict[str, np.ndarray]:
-    if index in self._decoded:
-      self._decoded.move_to_end(index)
-      return self._decoded[index]
+    with self._lock:
+      if index in self._decoded:
+        self._decoded.move_to_end(index)
+        return self._decoded[index]
     example = self.corpus.source[index]
     spec = self.spec
     va_list = va_lib.channel_segments(example['va'])
     n = va_lib.num_frames(self.corpus.durations[index], spec.frame_hz)
     va = va_lib.va_frames(va_list, n, spec.frame_hz)
-    conversation = self._decoded[index] = {
-        'audio': example['audio'],
+    conversation = {
+        spec.signal: example[spec.signal],
         'va': va,
         'va_history': va_lib.va_history(va, spec.frame_hz, spec.history_times),
         'f0': windows_lib.f0_at_frame_rate(example['f0'], F0_HZ, spec.frame_hz),
     }
-    if len(self._decoded) > self.cache:
-      self._decoded.popitem(last=False)
+    with self._lock:
+      self._decoded[index] = conversation
+      if len(self._decoded) > self.cache:
+        self._decoded.popitem(last=False)
     return conversation
 
   def __call__(self, row: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, Any]:
     index, start = int(row[0]), float(row[1])
     spec, conv = self.spec, self._conversation(int(row[0]))
-    audio, va = windows_lib.cut_window(
-        conv['audio'], conv['va'], start, spec.window_s, sample_rate=SAMPLE_RATE,
+    signal, va = windows_lib.cut_window(
+        conv[spec.signal], conv['va'], start, spec.window_s, sample_rate=spec.signal_hz,
         frame_hz=spec.frame_hz, horizon_frames=spec.horizon_frames)
     first = windows_lib.start_frame(start, spec.frame_hz)  # the frame cut_window starts at
     out = {
@@ -153,19 +181,21 @@ class LoadWindow:
         'va_history': windows_lib.cut_frames(conv['va_history'], first, spec.frames, pad_value=0.5),
         'f0': windows_lib.cut_frames(conv['f0'], first, spec.frames),
     }
-    audio = np.swapaxes(audio, 0, 1)  # channels-first [2, S]: all audio work is per channel
+    signal = np.swapaxes(signal, 0, 1)  # channels-first [2, S]: all audio work is per channel
     swap = rng is not None and rng.uniform() < self.channel_swap
     if swap:
       out = windows_lib.swap_channels(out)
-      audio = audio[::-1]
+      signal = signal[::-1]
     if self.features is not None:  # stereo [2, T, D] per channel; mono [T, D] of the mix
       features = self.features[index, first]
       out['features'] = np.ascontiguousarray(features[::-1]) if swap and not spec.mono else features
+    elif spec.signal == 'audio':
+      signal = np.ascontiguousarray(signal)
+      signal = (audio_lib.from_int16_normalized(signal) if spec.normalize
+                else audio_lib.from_int16(signal))
+      out['audio'] = audio_lib.mono_mix(signal, channel_axis=-2) if spec.mono else signal
     else:
-      audio = np.ascontiguousarray(audio)
-      audio = (audio_lib.from_int16_normalized(audio) if spec.normalize
-               else audio_lib.from_int16(audio))
-      out['audio'] = audio_lib.mono_mix(audio, channel_axis=-2) if spec.mono else audio
+      out[spec.signal] = np.ascontiguousarray(signal).astype(np.int32)
     out['conversation'] = np.int32(index)
     out['start'] = np.float32(start)
     out['frame'] = np.int32(first)  # the window's first frame (exact, where start is float32)

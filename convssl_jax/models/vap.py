@@ -134,9 +134,13 @@ class StereoVAP(_FrameEncoder):
 
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     dtype = compute_dtype(cfg.dtype)
+    self._init_encoder(cfg, dtype, rngs)
+    self._init_body(cfg, dtype, rngs)
+
+  def _init_body(self, cfg, dtype, rngs: nnx.Rngs):
+    """Everything after the encoder: the stereo transformer and the heads."""
     kw = dict(dtype=dtype, rngs=rngs)
     t = cfg.transformer
-    self._init_encoder(cfg, dtype, rngs)
     self.transformer = transformer.StereoTransformer(
         cfg.dim, t.num_heads, self_layers=t.self_layers, cross_layers=t.cross_layers,
         context=t.context, final_norm=t.final_norm, ffn_mult=t.ffn_mult, dropout=t.dropout,
@@ -169,13 +173,17 @@ class StereoVAP(_FrameEncoder):
     return out
 
 
-def build_model(cfg, *, rngs: nnx.Rngs) -> MonoVAP | StereoVAP:
-  """The model named by `cfg.kind` ('mono' or 'stereo'), from a `config.model` ConfigDict.
+def build_model(cfg, *, rngs: nnx.Rngs) -> nnx.Module:
+  """The model named by `cfg.kind` ('mono', 'stereo', 'cpc' for CPC pretraining, 'ulm' for the
+  unit LM), from a `config.model` ConfigDict.
 
   With `cfg.encoder_checkpoint` (a `python -m checkpoints_convert` output) the encoder starts from
   those converted weights instead of random ones.
   """
-  kinds = {'mono': MonoVAP, 'stereo': StereoVAP}
+  from convssl_jax.models import cpc_pretrain, ulm  # they build on StereoVAP
+
+  kinds = {'mono': MonoVAP, 'stereo': StereoVAP, 'cpc': cpc_pretrain.CPCPretrain,
+           'ulm': ulm.UnitLM}
   if cfg.kind not in kinds:
     raise ValueError(f'model.kind must be one of {sorted(kinds)}, got {cfg.kind!r}')
   model = kinds[cfg.kind](cfg, rngs=rngs)

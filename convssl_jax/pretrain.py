@@ -1,0 +1,50 @@
+"""CPC pretraining (`configs/cpc_pretrain.py`) and the export of its encoder.
+
+`pretrain(config, workdir)` trains with the common loop (`train.train_and_evaluate`: sharded
+step, checkpoints, resume) and writes the encoder of the best (or, with
+`eval.checkpoint='latest'`, the latest) checkpoint to WORKDIR/encoder in the format of
+`python -m checkpoints_convert`, so `configs/vap.py` loads it with
+`--config.model.encoder_checkpoint=WORKDIR/encoder` and `models.load_encoder` returns it.
+"""
+
+import pathlib
+import shutil
+from typing import Any
+
+import jax
+from flax import nnx
+
+from convssl_jax import evaluate, train
+from convssl_jax.models import pretrained
+
+ENCODER_DIR = 'encoder'
+
+
+def export_encoder(config, workdir, which: str = 'best') -> pathlib.Path:
+  """Writes the encoder of `workdir`'s `which` checkpoint to WORKDIR/encoder (replacing it)."""
+  trainer, step = evaluate.restore_trainer(config, workdir, which)
+  model, _ = nnx.merge(trainer.graphdef, trainer.state)
+  params = jax.device_get(nnx.to_pure_dict(nnx.state(model.encoder, nnx.Param)))
+  out = pathlib.Path(workdir) / ENCODER_DIR
+  if jax.process_index() == 0:
+    shutil.rmtree(out, ignore_errors=True)
+  if jax.process_count() > 1:  # Orbax saves with every process taking part
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices('export_encoder')
+  m = config.model
+  pretrained.save(out, {'name': 'cpc', 'dim': m.dim, 'lstm_layers': m.encoder.lstm_layers,
+                        'padding': m.encoder.padding, 'source': str(pathlib.Path(workdir)),
+                        'step': step, 'checkpoint': which}, params)
+  return out
+
+
+def pretrain(config, workdir) -> dict[str, Any]:
+  """Trains `config` (kind 'cpc') in `workdir`, then exports its encoder; returns the losses
+  (and 'encoder': the export's directory)."""
+  if config.model.kind != 'cpc':
+    raise ValueError(f"--mode=pretrain trains model.kind='cpc' (configs/cpc_pretrain.py), got "
+                     f'{config.model.kind!r}')
+  results = train.train_and_evaluate(config, workdir)
+  if 'preempted_at_step' not in results:
+    results['encoder'] = str(export_encoder(config, workdir, config.eval.checkpoint))
+  return results
