@@ -100,3 +100,27 @@ def test_run_py_pretrain_mode_refuses_a_vap_config():
   from tests import processes
   out = processes.run('run.py', '--config=configs/vap.py:tiny', '--mode=pretrain')
   assert out.returncode != 0 and "model.kind='cpc'" in out.stderr
+
+
+def test_pretraining_on_monologues_of_a_dialog_folder(tmp_path):
+  """Mono recordings get a silent partner channel; pretraining runs on them."""
+  import soundfile
+
+  from tests import corpus_fixtures as fx
+
+  root = tmp_path / 'monologues'
+  root.mkdir()
+  names = {'train': ['a', 'b'], 'validation': ['c'], 'test': ['d']}
+  for split, stems in names.items():
+    (root / f'{split}.txt').write_text('\n'.join(stems) + '\n')
+    for i, stem in enumerate(stems):
+      soundfile.write(root / f'{stem}.wav', fx.tones(2.0, 16000, freqs=(220.0 + 50 * i,), seed=i),
+                      16000)
+      (root / f'{stem}.json').write_text(json.dumps([[[0.2, 0.9], [1.2, 1.8]], []]))
+  config = cpc_pretrain.get_config('tiny,folder')
+  config.data.update(manual_dir=str(root), data_dir=str(tmp_path / 'data'), window_s=1.0,
+                     overlap_s=0.5)
+  config.train.update(steps=3, log_every=1, eval_every=3, checkpoint_every=3)
+  results = pretrain.pretrain(config, tmp_path / 'run')
+  assert results['step'] == 3 and np.isfinite(results['validation']['cpc_loss'])
+  assert (tmp_path / 'run' / 'encoder' / 'config.json').is_file()
