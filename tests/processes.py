@@ -49,5 +49,10 @@ def run_together(*args: str, processes: int = 2, devices: int = 2,
     for p in procs:
       p.kill()  # a failed process leaves its peer waiting at a barrier
   for p, (_, stderr) in zip(procs, outputs):
-    assert p.returncode == 0, stderr[-3000:]
+    assert p.returncode == 0, _tail(stderr)
   return outputs
+
+
+def _tail(stderr: str, size: int = 3000) -> str:
+  """The end of a failed process's stderr, without the module list a fatal error ends with."""
+  return stderr.split('\nExtension modules:')[0][-size:]
