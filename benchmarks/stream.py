@@ -82,6 +82,7 @@ def main(_):
       'cpu_ms_median': round(float(np.median(cpu) * 1000), 3),
       'load_average': os.getloadavg()[0],
       'rss_mb': memory, 'compilations': streamer.compilations,
+      'xla_flags': os.environ.get('XLA_FLAGS', ''),
   }
   results.record('stream', result, ('jax', 'flax'))
 
