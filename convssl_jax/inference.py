@@ -20,11 +20,11 @@ import numpy as np
 from flax import nnx
 
 from convssl_jax.data import va as va_lib
+from convssl_jax.data.pipeline import SAMPLE_RATE
 from convssl_jax.models import cpc, downsample as downsample_lib, transformer, vap
 from convssl_jax.models.layers import gelu
 from convssl_jax.objective import VAPObjective
 
-SAMPLE_RATE = 16_000
 SAMPLES_PER_100HZ_FRAME = int(np.prod(cpc.STRIDES))  # 160 at 16 kHz
 
 

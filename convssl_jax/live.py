@@ -14,14 +14,22 @@ from typing import IO, Any
 import numpy as np
 
 from convssl_jax.data import audio as audio_lib
+from convssl_jax.data.pipeline import SAMPLE_RATE
 
-SAMPLE_RATE = 16_000
+
+def _block_samples(block_s: float) -> int:
+  return max(int(block_s * SAMPLE_RATE), 1)
+
+
+def _decode_pcm(data: bytes) -> np.ndarray:
+  """Interleaved little-endian int16 stereo -> [2, n] float32."""
+  return audio_lib.from_int16(np.frombuffer(data, '<i2').reshape(-1, 2)).T.copy()
 
 
 def file_source(path, block_s: float = 0.02, pace: bool = True) -> Iterator[np.ndarray]:
   """A mono or stereo audio file in blocks [2, n]; with `pace`, each block when its time comes."""
   wave = audio_lib.read_stereo(path, sample_rate=SAMPLE_RATE)
-  block = max(int(block_s * SAMPLE_RATE), 1)
+  block = _block_samples(block_s)
   start = time.perf_counter()
   for first in range(0, len(wave), block):
     if pace:
@@ -33,7 +41,7 @@ def pcm_source(stream: IO[bytes], block_s: float = 0.02) -> Iterator[np.ndarray]
   """Raw int16 stereo PCM (16 kHz, little-endian, interleaved A, B) from a binary stream, in
   blocks [2, n] as they arrive; an odd trailing byte or a half frame at the end is dropped."""
   frame_bytes = 4  # two int16 samples
-  want = max(int(block_s * SAMPLE_RATE), 1) * frame_bytes
+  want = _block_samples(block_s) * frame_bytes
   pending = b''
   while True:
     chunk = stream.read(want - len(pending))
@@ -42,12 +50,11 @@ def pcm_source(stream: IO[bytes], block_s: float = 0.02) -> Iterator[np.ndarray]
     pending += chunk
     whole = len(pending) // frame_bytes * frame_bytes
     if whole >= want:
-      pcm = np.frombuffer(pending[:whole], '<i2').reshape(-1, 2)
+      yield _decode_pcm(pending[:whole])
       pending = pending[whole:]
-      yield audio_lib.from_int16(pcm).T.copy()
   whole = len(pending) // frame_bytes * frame_bytes
   if whole:
-    yield audio_lib.from_int16(np.frombuffer(pending[:whole], '<i2').reshape(-1, 2)).T.copy()
+    yield _decode_pcm(pending[:whole])
 
 
 def mic_source(block_s: float = 0.02, device=None) -> Iterator[np.ndarray]:
@@ -57,7 +64,7 @@ def mic_source(block_s: float = 0.02, device=None) -> Iterator[np.ndarray]:
   except (ImportError, OSError) as err:
     raise RuntimeError('--audio=mic needs the optional sounddevice package and PortAudio '
                        f'(pip install sounddevice): {err}') from err
-  block = max(int(block_s * SAMPLE_RATE), 1)
+  block = _block_samples(block_s)
   with sounddevice.InputStream(samplerate=SAMPLE_RATE, channels=2, dtype='float32',
                                blocksize=block, device=device) as stream:
     while True:

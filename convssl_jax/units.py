@@ -28,9 +28,9 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from convssl_jax.data.pipeline import SAMPLE_RATE
 from convssl_jax.models import cpc, pretrained
 
-SAMPLE_RATE = 16_000
 HOP = 160  # samples per 100-Hz encoder frame
 LAYERS = ('conv', 'lstm')
 

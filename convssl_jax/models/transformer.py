@@ -367,16 +367,22 @@ def _layer_step(layer: TransformerLayer, kv: KVCache, x: jax.Array, bias: jax.Ar
   return layer.add_feed_forward(h), kv, cross_kv
 
 
-def gpt_step(gpt: GPT, cache: GPTCache, x: jax.Array) -> tuple[GPTCache, jax.Array]:
-  """n new frames x [B, n, D] (n <= the cache's step_frames) -> (new cache, [B, n, D]), equal to
-  the offline `gpt` over the whole stream at those frames (in eval mode)."""
-  bias, slots = _step_bias(gpt, cache.layers[0], cache.position, x.shape[-2])
+def _gpt_layers(gpt: GPT, cache: GPTCache, x: jax.Array, bias: jax.Array,
+                slots: jax.Array) -> tuple[GPTCache, jax.Array]:
+  """`gpt_step` given the step's bias and slots (shared with the stereo stack's cross layers)."""
   new_layers = []
   for layer, kv in zip(gpt.layers, cache.layers):
     x, kv, _ = _layer_step(layer, kv, x, bias, slots)
     new_layers.append(kv)
   y = x if gpt.final_norm is None else gpt.final_norm(x)
   return GPTCache(tuple(new_layers), cache.position + x.shape[-2]), y
+
+
+def gpt_step(gpt: GPT, cache: GPTCache, x: jax.Array) -> tuple[GPTCache, jax.Array]:
+  """n new frames x [B, n, D] (n <= the cache's step_frames) -> (new cache, [B, n, D]), equal to
+  the offline `gpt` over the whole stream at those frames (in eval mode)."""
+  return _gpt_layers(gpt, cache, x, *_step_bias(gpt, cache.layers[0], cache.position,
+                                                 x.shape[-2]))
 
 
 def stereo_step(stereo: StereoTransformer, cache: StereoCache, x1: jax.Array, x2: jax.Array
@@ -386,7 +392,8 @@ def stereo_step(stereo: StereoTransformer, cache: StereoCache, x1: jax.Array, x2
   batch = x1.shape[0]
   bias, slots = _step_bias(stereo, cache.channel.layers[0], cache.channel.position,
                            x1.shape[-2])
-  channel, x = gpt_step(stereo.ar_channel, cache.channel, jnp.concatenate([x1, x2], axis=0))
+  channel, x = _gpt_layers(stereo.ar_channel, cache.channel,
+                           jnp.concatenate([x1, x2], axis=0), bias, slots)
   cross_layers = []
   for layer, (kv, cross_kv) in zip(stereo.cross_layers, cache.cross_layers):
     x, kv, cross_kv = _layer_step(layer, kv, x, bias, slots, cross_kv,
