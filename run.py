@@ -294,18 +294,23 @@ def units(config) -> None:
   print(units_lib.build_units(config))
 
 
-def initialize_distributed() -> None:
+def initialize_distributed(config) -> None:
   """jax.distributed for multi-process runs: explicit flags, or what TPU pods, SLURM and Open MPI
-  put in the environment (jax detects those itself)."""
+  put in the environment (jax detects those itself); then the mesh's device groups connected."""
   import os
 
   import jax
+
+  from convssl_jax import train as train_lib
 
   if FLAGS.coordinator_address:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   elif any(v in os.environ for v in ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE', 'TPU_WORKER_ID',
                                      'CLOUD_TPU_TASK_ID', 'JAX_COORDINATOR_ADDRESS')):
     jax.distributed.initialize()
+  else:
+    return
+  train_lib.connect_processes(config.train.fsdp)
 
 
 def use_compilation_cache() -> None:
@@ -323,7 +328,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   use_compilation_cache()
   if FLAGS.mode in ('train', 'eval', 'cache_features', 'pretrain', 'units'):
-    initialize_distributed()
+    initialize_distributed(FLAGS.config)
   modes = {'train': train, 'eval': evaluate, 'predict': predict, 'stream': stream,
            'export': export, 'summary': summary, 'data': data, 'cache_features': cache_features,
            'pretrain': pretrain, 'units': units}

@@ -5,7 +5,8 @@ the batch) on each speaker's channel of any corpus of the project, then exports 
 WORKDIR/encoder, which `configs/vap.py` takes as `--config.model.encoder_checkpoint=WORKDIR/encoder`
 (same `model.dim`). Monologues (a `dialog_folder` of mono files) get a silent partner channel,
 which adds no CPC term. Variants (comma-separated):
-  (default)    CPC alone, sized for a 2-core CPU: dim 32, 5 s windows, 300 steps.
+  (default)    CPC alone, sized for a 2-core CPU: dim 32, 5 s windows, 600 steps (the README's
+               run: VAP on this encoder tells shifts from holds, on a random one it cannot).
   scpc_plus    the original design's "SCPC+": the same encoder also carries the stereo VAP body
                (VAP, VAD and F0 heads); total = CPC + VAP + VAD + F0 (train.*_loss_weight),
                10 s windows.
@@ -60,7 +61,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.encoder.unroll = 1
     config.model.transformer.update(cross_layers=1, dropout=0.0)
     config.data.window_s = 10.0 if heads else 5.0
-    config.train.update(steps=300, learning_rate=1e-3, log_every=15, eval_every=150,
+    config.train.update(steps=600, learning_rate=1e-3, log_every=15, eval_every=150,
                         checkpoint_every=150)
   for corpus in corpora:
     config.data.name = CORPORA[corpus]

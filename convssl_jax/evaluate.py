@@ -27,12 +27,11 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from convssl_jax import checkpoints, inference, metrics, models, train
 from convssl_jax.data import pipeline
 from convssl_jax.data import va as va_lib
-from convssl_jax.data import windows as windows_lib
 from convssl_jax.events import TurnTakingEvents
 
 SPLITS = ('validation', 'test')
 ORDERS = (False, True)  # speakers as recorded, then swapped
-ROW_KEYS = ('conversation', 'start', 'weight')
+ROW_KEYS = ('conversation', 'frame', 'weight')
 
 
 def restore_trainer(config, workdir, which: str = 'best') -> tuple[train.Trainer, int]:
@@ -112,8 +111,8 @@ def predict_dialogs(trainer: train.Trainer, config, corpus: pipeline.Corpus,
                                                                       trainer.batch_sharding),
                                        rows))
     for i in np.flatnonzero(rows['weight']):
-      first = windows_lib.start_frame(float(rows['start'][i]), spec.frame_hz)
-      windows[int(rows['conversation'][i])].append((first, {k: v[i] for k, v in out.items()}))
+      windows[int(rows['conversation'][i])].append((int(rows['frame'][i]),
+                                                    {k: v[i] for k, v in out.items()}))
   return [_stitch(windows[c], va_lib.num_frames(d, spec.frame_hz), trainer.objective.horizon_frames,
                   context) for c, d in enumerate(corpus.durations)]
 

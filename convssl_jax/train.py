@@ -46,6 +46,27 @@ def make_mesh(fsdp: int = 1) -> jax.sharding.Mesh:
   return jax.make_mesh((n // fsdp, fsdp), BATCH_AXES, axis_types=auto)
 
 
+def connect_processes(fsdp: int = 1) -> None:
+  """One collective over every device group of the (data, fsdp) mesh, so that a multi-process
+  run connects them all now. Call it right after `jax.distributed.initialize` (a rendezvous),
+  while the processes are in step.
+
+  On CPU, JAX's gloo collectives connect a group at its first collective and give the other
+  processes 30 s to arrive, whatever `--xla_cpu_collective_timeout_seconds` says; a first
+  train step that one process compiles half a minute later than another (a loaded machine)
+  then fails with 'Gloo context initialization failed'. Connected groups wait as long as needed.
+  """
+  if jax.process_count() == 1:
+    return
+  mesh = make_mesh(fsdp)
+  spec = P(BATCH_AXES)
+  ones = jax.make_array_from_process_local_data(NamedSharding(mesh, spec),
+                                                np.ones(jax.local_device_count(), np.float32))
+  sums = lambda x: sum(jax.lax.psum(x, axes) for axes in (BATCH_AXES, 'data', 'fsdp'))
+  jax.block_until_ready(jax.jit(jax.shard_map(sums, mesh=mesh, in_specs=spec,
+                                              out_specs=spec))(ones))
+
+
 def state_sharding(mesh: jax.sharding.Mesh, state: Any) -> Any:
   """Replicated leaves, or with fsdp > 1 each array sharded over 'fsdp' along its largest
   divisible axis (small arrays stay replicated: sharding them saves nothing)."""

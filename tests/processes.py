@@ -6,6 +6,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import textwrap
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -34,6 +35,28 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+# Prepended to a `python -c` script by `run_script_together`: joins the JAX processes from
+# run_together's flags; the script's own arguments are in ARGS.
+_JOIN = textwrap.dedent("""
+    import argparse as _argparse
+    import jax as _jax
+    _parser = _argparse.ArgumentParser()
+    _parser.add_argument('args', nargs='*')
+    for _name in ('coordinator_address', 'num_processes', 'process_id'):
+      _parser.add_argument(f'--{_name}')
+    _flags = _parser.parse_args()
+    _jax.distributed.initialize(_flags.coordinator_address, int(_flags.num_processes),
+                                int(_flags.process_id))
+    ARGS = _flags.args
+""")
+
+
+def run_script_together(script: str, *args: str, **kwargs) -> list[tuple[str, str]]:
+  """`script` (Python source, run with `python -c`) as joined JAX processes, `args` in its ARGS;
+  like `run_together`."""
+  return run_together('-c', _JOIN + textwrap.dedent(script), *args, **kwargs)
+
+
 def run_together(*args: str, processes: int = 2, devices: int = 2,
                  timeout: float = 600) -> list[tuple[str, str]]:
   """`python ARGS` (a script taking run.py's coordinator flags) as `processes` JAX processes of
@@ -48,11 +71,19 @@ def run_together(*args: str, processes: int = 2, devices: int = 2,
   finally:
     for p in procs:
       p.kill()  # a failed process leaves its peer waiting at a barrier
-  for p, (_, stderr) in zip(procs, outputs):
-    assert p.returncode == 0, _tail(stderr)
+  failed = [f'process {i} (exit {p.returncode}):\n{_tail(stderr)}'
+            for i, (p, (_, stderr)) in enumerate(zip(procs, outputs)) if p.returncode != 0]
+  assert not failed, '\n\n'.join(failed)
   return outputs
 
 
 def _tail(stderr: str, size: int = 3000) -> str:
-  """The end of a failed process's stderr, without the module list a fatal error ends with."""
-  return stderr.split('\nExtension modules:')[0][-size:]
+  """The end of a failed process's stderr without the noise of a fatal error (the module list),
+  and, for a process the coordination service aborted because its peer failed, what it printed
+  before the abort (its own error, if any) and where its threads were."""
+  stderr = stderr.split('\nExtension modules:')[0]
+  aborted = stderr.find('Terminating process because the JAX distributed service')
+  if aborted < 0:
+    return stderr[-size:]
+  before, dump = stderr[:aborted], stderr[stderr.find('Fatal Python error', aborted):]
+  return f'{before[-size:]}\n[aborted by the coordination service]\n{dump[-size // 2:]}'

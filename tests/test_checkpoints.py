@@ -1,10 +1,7 @@
 """The checkpoint store: nnx round trip, shardings, keep-K, fallback, best, grain resume, meta."""
 
 import logging
-import os
 import pathlib
-import subprocess
-import sys
 import textwrap
 
 from flax import nnx
@@ -23,7 +20,6 @@ from tests import processes
 # flight; their late completion callbacks hit the closed loop ("Event loop is closed").
 pytestmark = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 
-_REPO = pathlib.Path(__file__).parents[1]
 
 
 @pytest.fixture
@@ -138,22 +134,18 @@ _RESHARD_SCRIPT = textwrap.dedent("""
 
 
 def test_replicated_save_restores_onto_four_device_sharding(tmp_path):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
-             JAX_PLATFORMS='cpu')
-  result = subprocess.run([sys.executable, '-c', _RESHARD_SCRIPT, str(tmp_path / 'ckpt')],
-                          env=env, cwd=_REPO, capture_output=True, text=True, timeout=120,
-                          check=False)
+  result = processes.run('-c', _RESHARD_SCRIPT, str(tmp_path / 'ckpt'), timeout=120,
+                         XLA_FLAGS='--xla_force_host_platform_device_count=4',
+                         JAX_PLATFORMS='cpu')
   assert result.returncode == 0, result.stderr[-3000:]
 
 
-_MULTI_PROCESS_SCRIPT = textwrap.dedent("""
-    import pathlib, sys
+_MULTI_PROCESS_SCRIPT = """
+    import pathlib
     import grain, jax, jax.numpy as jnp, numpy as np
     from jax.experimental import multihost_utils
-    pid, port, directory = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-    jax.config.update('jax_num_cpu_devices', 2)
-    jax.distributed.initialize(f'127.0.0.1:{port}', num_processes=2, process_id=pid)
     from convssl_jax import checkpoints
+    pid, directory = jax.process_index(), ARGS[0]
     sharding = jax.sharding.NamedSharding(jax.make_mesh((4,), ('data',)), jax.P('data'))
     state = {'w': jax.make_array_from_callback((8,), sharding, lambda i: np.arange(8.0)[i])}
     dataset = grain.MapDataset.range(40)[pid::2].to_iter_dataset()
@@ -174,24 +166,11 @@ _MULTI_PROCESS_SCRIPT = textwrap.dedent("""
     assert restored['w'].sharding == sharding
     assert int(next(fresh)) == 2 + pid  # this process's second element
     ckpt.close()
-""")
+"""
 
 
 def test_two_process_run_saves_restores_and_falls_back(tmp_path):
-  port = processes.free_port()
-  procs = [
-      subprocess.Popen([sys.executable, '-c', _MULTI_PROCESS_SCRIPT, str(pid), str(port),
-                        str(tmp_path / 'ckpt')], env=dict(os.environ, JAX_PLATFORMS='cpu'),
-                       cwd=_REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-      for pid in (0, 1)
-  ]
-  try:
-    outputs = [p.communicate(timeout=90)[0] for p in procs]
-  finally:
-    for p in procs:
-      p.kill()  # a failed process leaves its peer waiting at a barrier
-  for p, out in zip(procs, outputs):
-    assert p.returncode == 0, out[-3000:]
+  processes.run_script_together(_MULTI_PROCESS_SCRIPT, str(tmp_path / 'ckpt'))
 
 
 def test_keeps_only_the_latest_k_checkpoints(tmp_path):

@@ -1,6 +1,7 @@
 """Training: the loss falls, a resumed run continues exactly, a NaN stops the run cleanly."""
 
 import json
+import re
 import shutil
 import signal
 import textwrap
@@ -103,10 +104,6 @@ def _run_py(*flags, **env):
   return processes.start('run.py', '--config=configs/vap.py:tiny', *flags, **env)
 
 
-# Slow: passes alone (73 s) and beside other runs, but twice in the full suite under xdist one
-# child never reached JAX's shutdown barrier (process 0 did; 'Shutdown barrier has failed').
-# Open in the issue notes; run it by hand with -m slow.
-@pytest.mark.slow
 def test_two_processes_of_two_devices_train_checkpoint_and_evaluate_like_one_process(tmp_path, data_dir):
   short = dict(steps=4, log_every=1, eval_every=100, checkpoint_every=2)
   config = _config(data_dir, **short)
@@ -126,6 +123,35 @@ def test_two_processes_of_two_devices_train_checkpoint_and_evaluate_like_one_pro
   # The turn-taking evaluation that follows training ran over both processes too.
   scores = json.loads((tmp_path / 'two' / 'eval' / 'test' / 'metrics.json').read_text())['scores']
   assert scores['model']['shift_hold']['n_frames'] > 0
+
+
+LATE_FIRST_COLLECTIVE_SCRIPT = '''
+    import time
+    import jax, numpy as np
+    from jax.experimental import multihost_utils
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from convssl_jax import train
+    train.connect_processes(fsdp=2)
+    if jax.process_index() == 1:
+      time.sleep(35)  # a slow first compile: beyond gloo's 30 s for connecting a group
+    mesh, spec = train.make_mesh(fsdp=2), P(train.BATCH_AXES)
+    x = jax.make_array_from_process_local_data(NamedSharding(mesh, spec),
+                                               np.arange(2.0) + 2 * jax.process_index())
+    for axes in (train.BATCH_AXES, 'data', 'fsdp'):
+      sums = jax.jit(jax.shard_map(lambda x: jax.lax.psum(x, axes), mesh=mesh, in_specs=spec,
+                                   out_specs=spec))(x)
+      print('psum', axes, multihost_utils.process_allgather(sums, tiled=True).tolist())
+'''
+
+
+def test_processes_connected_at_startup_wait_for_a_late_first_collective():
+  # The same script without connect_processes fails: 'Gloo context initialization failed'.
+  outputs = processes.run_script_together(LATE_FIRST_COLLECTIVE_SCRIPT)
+  # Device (d, f) of the (data 2, fsdp 2) mesh holds x[2d + f] = 2d + f.
+  expected = ["('data', 'fsdp') [6.0, 6.0, 6.0, 6.0]", 'data [2.0, 4.0, 2.0, 4.0]',
+              'fsdp [1.0, 1.0, 5.0, 5.0]']
+  for stdout, _ in outputs:  # gloo's C++ logging shares stdout
+    assert re.findall(r'^psum (.*)$', stdout, re.M) == expected
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, data_dir):
