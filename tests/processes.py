@@ -1,6 +1,7 @@
 """Child processes for tests that run the project as a user would (run.py, scripts, several
 JAX processes): the repository on the path, and the tests' shared compilation cache."""
 
+from concurrent import futures
 import os
 import pathlib
 import socket
@@ -66,8 +67,9 @@ def run_together(*args: str, processes: int = 2, devices: int = 2,
                  f'--num_processes={processes}', f'--process_id={i}', JAX_PLATFORMS='cpu',
                  XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
            for i in range(processes)]
-  try:
-    outputs = [p.communicate(timeout=timeout) for p in procs]
+  try:  # all pipes read at once: a peer blocked on a full pipe would stall the others
+    with futures.ThreadPoolExecutor(len(procs)) as pool:
+      outputs = list(pool.map(lambda p: p.communicate(timeout=timeout), procs))
   finally:
     for p in procs:
       p.kill()  # a failed process leaves its peer waiting at a barrier
