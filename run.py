@@ -323,9 +323,21 @@ def use_compilation_cache() -> None:
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
 
 
+def quiet_orbax() -> None:
+  """Orbax logs dozens of INFO lines per checkpoint on every process; only its warnings and
+  errors are kept."""
+  import logging
+
+  from absl import logging as absl_logging
+
+  absl_logging.get_absl_handler().addFilter(
+      lambda record: record.levelno >= logging.WARNING or '/orbax/' not in record.pathname)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  quiet_orbax()
   use_compilation_cache()
   if FLAGS.mode in ('train', 'eval', 'cache_features', 'pretrain', 'units'):
     initialize_distributed(FLAGS.config)

@@ -102,8 +102,11 @@ def learning_rate(train_cfg) -> optax.Schedule:
   """'constant' or 'plateau' (constant, scaled on plateaus by the loop) or 'cosine', with warmup."""
   t = train_cfg
   if t.schedule in ('constant', 'plateau'):
+    constant = optax.constant_schedule(t.learning_rate)
+    if not t.warmup_steps:  # (optax logs about a zero-step linear schedule)
+      return constant
     return optax.join_schedules([optax.linear_schedule(0.0, t.learning_rate, t.warmup_steps),
-                                 optax.constant_schedule(t.learning_rate)], [t.warmup_steps])
+                                 constant], [t.warmup_steps])
   if t.schedule == 'cosine':
     return optax.warmup_cosine_decay_schedule(0.0, t.learning_rate, t.warmup_steps,
                                               max(t.steps, t.warmup_steps + 1))

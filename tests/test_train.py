@@ -88,6 +88,7 @@ def test_a_run_killed_with_sigkill_resumes_with_the_uninterrupted_losses(tmp_pat
   _, stderr = resumed.communicate(timeout=300)
   assert resumed.returncode == 0, stderr[-3000:]
   assert 'resumed from step 6' in stderr
+  assert 'checkpoint_manager.py' not in stderr  # Orbax's INFO lines are filtered out
   _assert_same_losses(tmp_path, uninterrupted, range(7, 13))
 
 
@@ -231,3 +232,12 @@ def test_the_plateau_scale_scales_every_update():
   halved, _ = tx.update(grads, train.set_plateau_scale(tx.init(params), 0.5), params)
   np.testing.assert_allclose(halved['w'], 0.5 * np.asarray(full['w']), rtol=1e-6)
   assert np.all(np.asarray(full['w']) != 0)
+
+
+def test_the_constant_schedule_warms_up_linearly_then_holds():
+  t = vap.train_config()
+  t.update(schedule='constant', learning_rate=1e-3, warmup_steps=10)
+  np.testing.assert_allclose([train.learning_rate(t)(s) for s in (0, 5, 10, 100)],
+                             [0.0, 5e-4, 1e-3, 1e-3], rtol=1e-6)
+  t.warmup_steps = 0
+  np.testing.assert_allclose([train.learning_rate(t)(s) for s in (0, 100)], [1e-3, 1e-3])
