@@ -167,7 +167,22 @@ def _join(outputs: list, empty) -> Any:
   return jax.tree.map(lambda *xs: np.concatenate([np.asarray(x) for x in xs], axis=1), *outputs)
 
 
-class StreamingEncoder:
+class _BufferedStream:
+  """A stream stepped by a `_HopBuffer` (`self._buffer`): its current state (the encoder's
+  `EncoderState`, the Streamer's `StreamState`) and how often its step was compiled."""
+
+  _buffer: _HopBuffer
+
+  @property
+  def state(self):
+    return self._buffer.state
+
+  @property
+  def compilations(self) -> int:
+    return self._buffer.compilations
+
+
+class StreamingEncoder(_BufferedStream):
   """Pushes of any size in, model frames out; one compiled fixed-hop step whatever the sizes.
 
   `model` is a VAP model (its `encoder` and `downsample`) or an (encoder, downsample) pair. Pushes
@@ -191,14 +206,6 @@ class StreamingEncoder:
     self._buffer = _HopBuffer(step, params, state, frames_per_step * frame_samples(downsample),
                               rows)
     self._empty = np.zeros((rows, 0, encoder.lstm.hidden), np.float32)
-
-  @property
-  def state(self) -> EncoderState:
-    return self._buffer.state
-
-  @property
-  def compilations(self) -> int:
-    return self._buffer.compilations
 
   def push(self, samples) -> np.ndarray:
     """samples [*batch_shape, n] -> the frames they complete [*batch_shape, k, D] (k may be 0)."""
@@ -262,7 +269,7 @@ def stream_step(model: vap.MonoVAP | vap.StereoVAP, objective: VAPObjective, sta
   return StreamState(encoder, cache), frame_outputs(objective, out, va)
 
 
-class Streamer:
+class Streamer(_BufferedStream):
   """A trained VAP model live: push stereo audio hops of any size, get per-frame outputs.
 
   `push(samples)` takes samples [2, n] at 16 kHz (channel 0 = speaker A; [B, 2, n] with `batch`)
@@ -319,14 +326,6 @@ class Streamer:
                                *self.va_inputs)
     self._empty = {k: np.zeros((rows, 0, *v.shape[2:]), v.dtype) for k, v in shapes.items()}
     self._va = np.zeros((rows, 0, 2), np.float32)  # mono: VA frames not yet heard
-
-  @property
-  def state(self) -> StreamState:
-    return self._buffer.state
-
-  @property
-  def compilations(self) -> int:
-    return self._buffer.compilations
 
   def push(self, samples, va=None) -> dict[str, np.ndarray]:
     """samples [(B,) 2, n] (and for the mono model va [(B,) k, 2]) -> outputs [(B,) frames, 2]."""
