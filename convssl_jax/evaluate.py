@@ -80,8 +80,7 @@ def _predict_fn(trainer: train.Trainer, swap: bool):
       audio = audio[:, ::-1] if audio.ndim == 3 else audio  # a mono mix stays as it is
     n = va.shape[1] - objective.horizon_frames
     out = train.forward(model, audio, va, history, n)
-    out = {k: out[k][:, :n] for k in ('logits', 'vad') if k in out}
-    result = {'va': va, **inference.frame_outputs(objective, out, va[:, :n])}
+    result = {'va': va, **inference.frame_outputs(objective, out, va[:, :n], n)}
     return result, rows
 
   replicated = NamedSharding(trainer.mesh, P())

@@ -75,8 +75,7 @@ def export_forward(model: vap.MonoVAP | vap.StereoVAP, objective: VAPObjective, 
     model = nnx.merge(graphdef, params)
     model.eval()
     out = model(wave, *va)
-    out = {k: out[k][:, :frames] for k in ('logits', 'vad') if k in out}
-    return inference.frame_outputs(objective, out, va[0] if va else None)
+    return inference.frame_outputs(objective, out, va[0] if va else None, frames)
 
   inputs = [jax.ShapeDtypeStruct((batch, 2, samples), jnp.float32)]
   if mono:

@@ -105,10 +105,11 @@ def encode_step(encoder: cpc.CPCEncoder, downsample: downsample_lib.CausalDownsa
 
 
 def frame_outputs(objective: VAPObjective, out: dict[str, jax.Array],
-                  va: jax.Array | None = None) -> dict[str, jax.Array]:
+                  va: jax.Array | None = None, frames: int | None = None) -> dict[str, jax.Array]:
   """A model's outputs [B, N, ...] -> per-frame curves [B, N, 2]: 'p_bc' (not for the comparative
   head), 'p_now' and 'p_future' (discrete head), 'vad' (stereo), and with the current VA
-  [B, N, 2] the next-speaker probability 'p'."""
+  [B, N, 2] the next-speaker probability 'p'. `frames` keeps only the first frames of `out`."""
+  out = {k: out[k][:, :frames] for k in ('logits', 'vad') if k in out}
   probs = objective.probs(out['logits'])
   curves = {}
   if va is not None:

@@ -31,7 +31,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from convssl_jax.data.pipeline import SAMPLE_RATE
 from convssl_jax.models import cpc, pretrained
 
-HOP = 160  # samples per 100-Hz encoder frame
+HOP = int(np.prod(cpc.STRIDES))  # samples per 100-Hz encoder frame
 LAYERS = ('conv', 'lstm')
 
 
@@ -209,7 +209,7 @@ def load_unit_encoder(units_cfg, seed: int = 0) -> cpc.CPCEncoder:
   export (with its stored padding unless `units.padding` says otherwise), or a random causal
   CPC of width `units.encoder_dim` when `units.encoder_checkpoint` is ''."""
   if units_cfg.encoder_checkpoint:
-    config, _ = pretrained.load(units_cfg.encoder_checkpoint)
+    config = pretrained.read_config(units_cfg.encoder_checkpoint)
     padding = units_cfg.padding or config.get('padding', 'reference')
     return pretrained.load_encoder(units_cfg.encoder_checkpoint, padding=padding)
   logging.warning('units.encoder_checkpoint is empty: units from a randomly initialised encoder')
@@ -243,7 +243,9 @@ def sample_frames(extractor, corpus, frame_hz: int, max_frames: int, batch: int,
                   seed: int) -> np.ndarray:
   """Up to about `max_frames` feature rows [N, D], the same share of every conversation's
   frames of both channels (at random, seeded), without holding more than one batch's features."""
-  total = sum(2 * int(d * frame_hz) for d in corpus.durations)
+  from convssl_jax.data import va as va_lib
+
+  total = sum(2 * va_lib.num_frames(d, frame_hz) for d in corpus.durations)
   share = min(1.0, max_frames / max(total, 1))
   rows = []
   for j, _, features in conversation_features(extractor, corpus, range(len(corpus.durations)),
@@ -276,12 +278,17 @@ def build_units(config) -> pathlib.Path:
   if jax.process_index() == 0:
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / unit_store.CODEBOOK, centroids)
+  codebook = jnp.asarray(centroids)  # on the device once
   splits = {}
   for split, corpus in corpora.items():
     def records(corpus=corpus):
       for j, example, features in conversation_features(
           extractor, corpus, range(len(corpus.durations)), frame_hz, u.batch_conversations):
-        ids = np.asarray(assign(features.reshape(-1, features.shape[-1]), centroids)[0])
+        flat = features.reshape(-1, features.shape[-1])
+        # Rows padded to a power of two: a few compiled shapes, not one per conversation length.
+        rows = 1 << (len(flat) - 1).bit_length()
+        ids = np.asarray(assign(np.pad(flat, ((0, rows - len(flat)), (0, 0))),
+                                codebook)[0])[:len(flat)]
         yield ({'units': ids.reshape(2, -1).T.astype(np.int16), 'va': example['va'],
                 'f0': example['f0'], 'session': corpus.sessions[j]}, corpus.durations[j])
     if jax.process_index() == 0:

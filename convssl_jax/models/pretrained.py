@@ -30,10 +30,15 @@ def save(directory: str | os.PathLike, config: dict, params: dict) -> None:
   (directory / CONFIG_FILE).write_text(json.dumps(config, indent=1) + '\n')
 
 
+def read_config(directory: str | os.PathLike) -> dict:
+  """The stored config (architecture, padding, source) of a converted encoder."""
+  return json.loads((pathlib.Path(directory) / CONFIG_FILE).read_text())
+
+
 def load(directory: str | os.PathLike) -> tuple[dict, dict]:
   """(config, params as a pure dict of numpy arrays) of a converted encoder."""
   directory = pathlib.Path(directory).absolute()
-  config = json.loads((directory / CONFIG_FILE).read_text())
+  config = read_config(directory)
   params = ocp.StandardCheckpointer().restore(directory / PARAMS_DIR)
   return config, jax.tree.map(np.asarray, params)
 
@@ -71,7 +76,7 @@ def load_into(encoder: nnx.Module, directory: str | os.PathLike, expected: dict)
 
 def ssl_config(directory: str | os.PathLike) -> ssl_encoders.SSLConfig:
   """The architecture of the converted HuBERT / wav2vec2 / WavLM encoder in `directory`."""
-  config = json.loads((pathlib.Path(directory) / CONFIG_FILE).read_text())
+  config = read_config(directory)
   if config.get('name') not in ssl_encoders.NAMES:
     raise ValueError(f'{directory}: encoder {config.get("name")!r} is not one of '
                      f'{list(ssl_encoders.NAMES)}')
