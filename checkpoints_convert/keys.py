@@ -1,5 +1,7 @@
 """Key accounting shared by the converters: every expected tensor present once, nothing unknown."""
 
+import re
+
 import numpy as np
 
 from checkpoints_convert import torch_file
@@ -18,6 +20,21 @@ def strip_module_prefix(weights: dict, path: str) -> dict:
       raise ConversionError(f'{path}: weights hold {name!r} twice (with and without module.)')
     stripped[name] = value
   return stripped
+
+
+def shape(weights: dict, key: str, path: str) -> tuple[int, ...]:
+  """The shape of `weights[key]`, a tensor the architecture is read from (so it must be there)."""
+  if key not in weights:
+    raise ConversionError(f'{path}: missing {key}, needed to read the architecture')
+  return np.shape(weights[key])
+
+
+def count(weights: dict, pattern: str) -> int:
+  r"""How many distinct values (e.g. layer indices) group 1 of `pattern` takes over the keys.
+
+  `pattern` is matched at the start of each key (re.match): end it with `\Z` to match whole keys.
+  """
+  return len({m[1] for k in weights if (m := re.match(pattern, k))})
 
 
 def checked(weights: dict, shapes: dict[str, tuple[int, ...]], path: str, what: str,

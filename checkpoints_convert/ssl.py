@@ -202,33 +202,27 @@ def _from_stored_config(model: dict, normalize, family: str, path: str) -> dict:
 
 def _from_shapes(w: dict, path: str) -> dict:
   """SSLConfig fields read from a torchaudio state dict's shapes (plus the released rules)."""
-  def shape(key):
-    if key not in w:
-      raise ConversionError(f'{path}: missing {key}, needed to read the architecture')
-    return np.shape(w[key])
-
   conv = 'feature_extractor.conv_layers.{}.'
-  count = lambda pattern: len({m[1] for k in w if (m := re.fullmatch(pattern, k))})
   conv_layers = []
-  for i in range(count(r'feature_extractor\.conv_layers\.(\d+)\.conv\.weight')):
-    channels, _, kernel = shape(conv.format(i) + 'conv.weight')
+  for i in range(keys.count(w, r'feature_extractor\.conv_layers\.(\d+)\.conv\.weight\Z')):
+    channels, _, kernel = keys.shape(w, conv.format(i) + 'conv.weight', path)
     if kernel not in _STRIDES:
       raise ConversionError(f'{path}: conv layer {i} has kernel {kernel}, whose stride a '
                             f'torchaudio file does not say (known: {_STRIDES}); give '
                             'conv_layers as an override')
     conv_layers.append((channels, kernel, _STRIDES[kernel]))
   mode = 'layer_norm' if conv.format(1) + 'layer_norm.weight' in w else 'group_norm'
-  dim = shape('encoder.feature_projection.projection.weight')[0]
-  pos = shape(_POS + 'weight')
+  dim = keys.shape(w, 'encoder.feature_projection.projection.weight', path)[0]
+  pos = keys.shape(w, _POS + 'weight', path)
+  ffn = keys.shape(w, f'{_FIRST_LAYER}feed_forward.intermediate_dense.weight', path)[0]
   fields = dict(conv_layers=tuple(conv_layers), extractor_mode=mode,
                 conv_bias=conv.format(0) + 'conv.bias' in w, dim=dim,
-                num_layers=count(_LAYER + r'final_layer_norm\.weight'),
-                ffn_dim=shape(f'{_FIRST_LAYER}feed_forward.intermediate_dense.weight')[0],
+                num_layers=keys.count(w, _LAYER + r'final_layer_norm\.weight\Z'), ffn_dim=ffn,
                 layer_norm_first=mode == 'layer_norm', normalize_waveform=mode == 'layer_norm',
                 pos_conv_kernel=pos[2], pos_conv_groups=dim // pos[1])
   embed = f'{_FIRST_LAYER}attention.rel_attn_embed.weight'
   if embed in w:
-    buckets, heads = shape(embed)
+    buckets, heads = keys.shape(w, embed, path)
     fields.update(num_heads=heads, num_buckets=buckets, max_distance=WAVLM_MAX_DISTANCE)
   elif dim in _HEADS:
     fields['num_heads'] = _HEADS[dim]

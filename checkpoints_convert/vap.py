@@ -54,14 +54,15 @@ def _canonical(weights: dict, path: str) -> tuple[dict, dict]:
   return out, source
 
 
-def _count(w: dict, pattern: str) -> int:
-  return len({m[1] for k in w if (m := re.match(pattern, k))})
-
-
-def _shape(w: dict, key: str, path: str) -> tuple[int, ...]:
-  if key not in w:
-    raise ConversionError(f'{path}: missing {key}, needed to read the architecture')
-  return np.shape(w[key])
+def _encoder_architecture(w: dict, path: str) -> dict:
+  """{'lstm_layers', 'frame_hz'} from the CPC encoder and downsampler keys both models share."""
+  down = 'encoder.downsample.1.weight'
+  kernel = np.shape(w[down])[-1] if down in w else None
+  if kernel is not None and kernel not in _FRAME_HZ:
+    raise ConversionError(f'{path}: downsampler kernel {kernel} is none of the released ones '
+                          f'{_FRAME_HZ} (kernel -> Hz)')
+  return {'lstm_layers': keys.count(w, r'encoder\.encoder\.gAR\.baseNet\.weight_ih_l(\d+)$'),
+          'frame_hz': 100 if kernel is None else _FRAME_HZ[kernel]}
 
 
 def architecture(w: dict, path: str) -> dict:
@@ -69,18 +70,12 @@ def architecture(w: dict, path: str) -> dict:
   if any(k.startswith('feature_projection.') for k in w):
     raise ConversionError(f'{path}: a feature_projection (encoder width != model width) is not '
                           'supported: our stereo model uses the CPC width')
-  dim = _shape(w, 'ar_channel.layers.0.ln_self_attn.weight', path)[0]
-  kernel = (_shape(w, 'encoder.downsample.1.weight', path)[-1]
-            if 'encoder.downsample.1.weight' in w else None)
-  if kernel is not None and kernel not in _FRAME_HZ:
-    raise ConversionError(f'{path}: downsampler kernel {kernel} is none of the released ones '
-                          f'{_FRAME_HZ} (kernel -> Hz)')
+  dim = keys.shape(w, 'ar_channel.layers.0.ln_self_attn.weight', path)[0]
+  encoder = _encoder_architecture(w, path)
   return {'dim': dim, 'num_heads': int(np.size(w.get('ar_channel.layers.0.mha.m', ()))),
-          'ffn_mult': _shape(w, 'ar_channel.layers.0.ffnetwork.0.weight', path)[0] // dim,
-          'self_layers': _count(w, r'ar_channel\.layers\.(\d+)\.'),
-          'cross_layers': _count(w, r'ar\.layers\.(\d+)\.'),
-          'lstm_layers': _count(w, r'encoder\.encoder\.gAR\.baseNet\.weight_ih_l(\d+)$'),
-          'frame_hz': 100 if kernel is None else _FRAME_HZ[kernel]}
+          'ffn_mult': keys.shape(w, 'ar_channel.layers.0.ffnetwork.0.weight', path)[0] // dim,
+          'self_layers': keys.count(w, r'ar_channel\.layers\.(\d+)\.'),
+          'cross_layers': keys.count(w, r'ar\.layers\.(\d+)\.'), **encoder}
 
 
 def _layer_shapes(prefix: str, dim: int, heads: int, ffn: int, cross: bool) -> dict:
@@ -165,18 +160,24 @@ def params_from_weights(w: dict[str, np.ndarray], a: dict) -> dict:
   }
 
 
-def model_config(a: dict):
-  """Our `config.model` for the architecture: the stereo reference settings at its sizes."""
-  cfg = vap_config.model_config('stereo')
+def _model_config(kind: str, a: dict):
+  """The reference `config.model` of `kind` at the architecture's sizes, with its frozen CPC."""
+  cfg = vap_config.model_config(kind)
   cfg.update(dim=a['dim'], frame_hz=a['frame_hz'])
   cfg.encoder.update(name='cpc', padding='reference', lstm_layers=a['lstm_layers'], freeze=True)
-  cfg.transformer.update(num_heads=a['num_heads'], ffn_mult=a['ffn_mult'],
-                         self_layers=a['self_layers'], cross_layers=a['cross_layers'])
+  cfg.transformer.update(num_heads=a['num_heads'], ffn_mult=a['ffn_mult'])
   return cfg
 
 
-def _load(path: str) -> tuple[dict, dict, bool]:
-  """(weights, Lightning hyper_parameters or {}, is a Lightning checkpoint)."""
+def model_config(a: dict):
+  """Our `config.model` for the architecture: the stereo reference settings at its sizes."""
+  cfg = _model_config('stereo', a)
+  cfg.transformer.update(self_layers=a['self_layers'], cross_layers=a['cross_layers'])
+  return cfg
+
+
+def _load(path: str) -> tuple[dict, dict, str]:
+  """(weights, Lightning hyper_parameters or {}, the format: 'lightning' or 'state_dict')."""
   checkpoint = torch_file.load(path, inert_modules=('vap', 'conv_ssl', 'pytorch_lightning',
                                                     'lightning', 'lightning_fabric'))
   lightning = isinstance(checkpoint, dict) and isinstance(checkpoint.get('state_dict'), dict)
@@ -185,7 +186,8 @@ def _load(path: str) -> tuple[dict, dict, bool]:
     found = sorted(weights)[:12] if isinstance(weights, dict) else type(weights).__name__
     raise ConversionError(f'{path}: not a VAP state dict or Lightning checkpoint; found {found}')
   hyper = checkpoint.get('hyper_parameters') if lightning else None
-  return weights, hyper if isinstance(hyper, dict) else {}, lightning
+  return (weights, hyper if isinstance(hyper, dict) else {},
+          'lightning' if lightning else 'state_dict')
 
 
 def _check_slopes(weights: dict, heads: int, source: dict, path: str) -> None:
@@ -204,14 +206,14 @@ def _without_ignored(weights: dict, source: dict, pattern: str) -> tuple[dict, l
 def convert(path: str | os.PathLike) -> tuple[dict, dict]:
   """({'format', 'architecture', 'model' (our config.model as a dict), 'ignored_keys'}, params)."""
   path = os.fspath(path)
-  weights, _, lightning = _load(path)
+  weights, _, file_format = _load(path)
   weights, source = _canonical(weights, path)
   weights, ignored = _without_ignored(weights, source, IGNORED)
   a = architecture(weights, path)
   weights = keys.checked(weights, expected_shapes(a), path, f'VAP architecture {a}', source)
   _check_slopes(weights, a['num_heads'], source, path)
-  return ({'format': 'lightning' if lightning else 'state_dict', 'architecture': a,
-           'model': model_config(a).to_dict(), 'ignored_keys': ignored},
+  return ({'format': file_format, 'architecture': a, 'model': model_config(a).to_dict(),
+           'ignored_keys': ignored},
           params_from_weights(weights, a))
 
 
@@ -231,7 +233,7 @@ def _conv_ssl_canonical(weights: dict, path: str) -> tuple[dict, dict]:
 def conv_ssl_architecture(w: dict, hyper: dict, path: str) -> dict:
   """{'dim', 'num_heads', 'ffn_mult', 'num_layers', 'history_bins', 'lstm_layers', 'frame_hz'}."""
   stored = ((hyper.get('conf') or {}).get('model') or {}).get('ar') or {}
-  dim = _shape(w, 'gpt.layers.0.ln_self_attn.weight', path)[0]
+  dim = keys.shape(w, 'gpt.layers.0.ln_self_attn.weight', path)[0]
   heads = int(np.size(w['gpt.layers.0.mha.m'])) if 'gpt.layers.0.mha.m' in w else stored.get(
       'num_heads')
   if not heads:
@@ -240,22 +242,17 @@ def conv_ssl_architecture(w: dict, hyper: dict, path: str) -> dict:
   if stored.get('type', 'gpt') != 'gpt':
     raise ConversionError(f"{path}: conf ar.type={stored['type']!r} is not supported (the 50/20 Hz "
                           "GPT models are; the 100 Hz 'transformer' ones are not)")
-  head = _shape(w, 'vap_head.projection_head.weight', path)[0]
+  head = keys.shape(w, 'vap_head.projection_head.weight', path)[0]
   if head != 256:
     raise ConversionError(f'{path}: a VAP head of {head} outputs; only the discrete 256-class '
                           'head is converted')
-  kernel = (_shape(w, 'encoder.downsample.1.weight', path)[-1]
-            if 'encoder.downsample.1.weight' in w else None)
-  if kernel is not None and kernel not in _FRAME_HZ:
-    raise ConversionError(f'{path}: downsampler kernel {kernel} is none of the released ones '
-                          f'{_FRAME_HZ} (kernel -> Hz)')
+  encoder = _encoder_architecture(w, path)
   history = ('vad_condition.va_history.weight' in w
-             and _shape(w, 'vad_condition.va_history.weight', path)[1])
+             and keys.shape(w, 'vad_condition.va_history.weight', path)[1])
   return {'dim': dim, 'num_heads': int(heads),
-          'ffn_mult': _shape(w, 'gpt.layers.0.ffnetwork.0.weight', path)[0] // dim,
-          'num_layers': _count(w, r'gpt\.layers\.(\d+)\.'), 'history_bins': int(history or 0),
-          'lstm_layers': _count(w, r'encoder\.encoder\.gAR\.baseNet\.weight_ih_l(\d+)$'),
-          'frame_hz': 100 if kernel is None else _FRAME_HZ[kernel]}
+          'ffn_mult': keys.shape(w, 'gpt.layers.0.ffnetwork.0.weight', path)[0] // dim,
+          'num_layers': keys.count(w, r'gpt\.layers\.(\d+)\.'), 'history_bins': int(history or 0),
+          **encoder}
 
 
 def conv_ssl_expected_shapes(a: dict, with_slopes: bool) -> dict[str, tuple[int, ...]]:
@@ -290,11 +287,8 @@ def conv_ssl_params(w: dict[str, np.ndarray], a: dict) -> dict:
 
 def conv_ssl_model_config(a: dict):
   """Our mono `config.model` at the architecture's sizes (conv_ssl's quirks are its defaults)."""
-  cfg = vap_config.model_config('mono')
-  cfg.update(dim=a['dim'], frame_hz=a['frame_hz'])
-  cfg.encoder.update(name='cpc', padding='reference', lstm_layers=a['lstm_layers'], freeze=True)
-  cfg.transformer.update(num_heads=a['num_heads'], ffn_mult=a['ffn_mult'],
-                         num_layers=a['num_layers'])
+  cfg = _model_config('mono', a)
+  cfg.transformer.num_layers = a['num_layers']
   cfg.va_cond.history_bins = a['history_bins']
   return cfg
 
@@ -303,7 +297,7 @@ def convert_conv_ssl(path: str | os.PathLike) -> tuple[dict, dict]:
   """conv_ssl's mono Lightning checkpoint -> ({'format', 'architecture', 'model',
   'ignored_keys'}, MonoVAP params)."""
   path = os.fspath(path)
-  weights, hyper, lightning = _load(path)
+  weights, hyper, file_format = _load(path)
   weights, source = _conv_ssl_canonical(weights, path)
   weights, ignored = _without_ignored(weights, source, r'VAP\.codebook\.')
   a = conv_ssl_architecture(weights, hyper, path)
@@ -311,6 +305,6 @@ def convert_conv_ssl(path: str | os.PathLike) -> tuple[dict, dict]:
   weights = keys.checked(weights, conv_ssl_expected_shapes(a, with_slopes), path,
                          f'conv_ssl architecture {a}', source)
   _check_slopes(weights, a['num_heads'], source, path)
-  return ({'format': 'lightning' if lightning else 'state_dict', 'architecture': a,
+  return ({'format': file_format, 'architecture': a,
            'model': conv_ssl_model_config(a).to_dict(), 'ignored_keys': ignored},
           conv_ssl_params(weights, a))
