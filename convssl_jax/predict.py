@@ -67,7 +67,7 @@ def recording(path, va_list=None) -> pipeline.Corpus:
   """One audio file (and its VA list, if known) as a one-conversation corpus."""
   wave = audio_lib.read_stereo(path, sample_rate=SAMPLE_RATE)
   duration = len(wave) / SAMPLE_RATE
-  segments = va_lib.va_segments(va_list or [[], []], source=str(path)).astype(np.float32)
+  segments = va_lib.va_segments(va_list or [[], []], source=str(path))  # float64, as stored
   example = {'audio': audio_lib.to_int16(wave), 'va': segments,
              'f0': np.zeros((len(wave) * F0_HZ // SAMPLE_RATE, 2), np.float32)}
   return pipeline.Corpus(source=[example], sessions=(pathlib.Path(path).stem,),

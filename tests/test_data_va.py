@@ -60,7 +60,7 @@ def test_validate_accepts_touching_and_empty_segments():
 def test_num_frames_truncates_without_plus_one():
   assert va_lib.num_frames(10.0, 50) == 500
   assert va_lib.num_frames(10.019, 50) == 500
-  assert va_lib.num_frames(10.02, 100) == 1002
+  assert va_lib.num_frames(10.02, 100) == 1001  # 10.02 / 0.01 = 1001.9999999999999
 
 
 def test_va_frames_truncates_both_ends_end_exclusive_50hz():
@@ -102,8 +102,19 @@ def test_va_frames_matches_a_segment_loop():
     expected = np.zeros((n, 2), np.float32)
     for c, channel in enumerate(va_list):
       for s, e in channel:
-        expected[int(s * hz):int(e * hz), c] = 1
+        expected[int(s / (1 / hz)):int(e / (1 / hz)), c] = 1  # the reference's time2frames
     np.testing.assert_array_equal(va_lib.va_frames(va_list, n, hz), expected)
+
+
+def test_times_become_frames_by_dividing_by_the_hop_not_multiplying_by_the_rate():
+  # 0.94 / 0.02 = 46.99999999999999 and 1.18 / 0.02 = 58.99999999999999 in float64, while
+  # 0.94 * 50 = 47.0 and 1.18 * 50 = 59.0: the reference (int(t / hop)) gives frames [46, 58).
+  out = va_lib.va_frames([[[0.94, 1.18]], []], 60, 50)
+  np.testing.assert_array_equal(np.flatnonzero(out[:, 0]), np.arange(46, 58))
+  assert va_lib.time_to_frames(0.15, 20) == 2  # 0.15 / 0.05 = 2.9999999999999996
+  assert va_lib.time_to_frames(0.29, 100) == 28
+  np.testing.assert_array_equal(va_lib.time_to_frames(np.array([0.3, 0.7]), 50), [15, 35])
+  assert va_lib.num_frames(0.94, 50) == 46
 
 
 # va_history

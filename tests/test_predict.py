@@ -53,6 +53,15 @@ def test_a_file_longer_than_a_window_gives_every_frame_and_the_events_of_its_va(
   np.testing.assert_allclose(result['p_bc'][:250], head['p_bc'], atol=1e-6)
 
 
+def test_a_va_list_is_framed_from_its_float64_times(trained, dialog, tmp_path):
+  # 0.7 / 0.02 = 35.0 in float64, but float32(0.7) / 0.02 = 34.99999940395355: frames [15, 35).
+  config, trainer = trained
+  path = _wav(tmp_path / 'd.wav', dialog.audio)
+  result = predict.predict_file(trainer, config, path, [[[0.3, 0.7]], [[1.0, 1.5]]])
+  np.testing.assert_array_equal(np.flatnonzero(result['va'][:, 0]), np.arange(15, 35))
+  np.testing.assert_array_equal(np.flatnonzero(result['va'][:, 1]), np.arange(50, 75))
+
+
 def test_outputs_are_a_frame_table_json_with_events_and_a_plot(trained, dialog, tmp_path):
   config, trainer = trained
   path = _wav(tmp_path / 'd.wav', dialog.audio)

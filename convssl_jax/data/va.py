@@ -69,25 +69,35 @@ def channel_segments(segments: np.ndarray) -> list[np.ndarray]:
   return [segments[segments[:, 0] == c, 1:] for c in (0, 1)]
 
 
+def time_to_frames(seconds, frame_hz: float):
+  """Seconds -> frame index, the reference's `int(t / hop)` with hop = 1 / frame_hz in float64.
+
+  Dividing by the hop is not the same as multiplying by the rate: 0.94 / 0.02 = 46.99... -> 46,
+  while 0.94 * 50 = 47.0. Works on scalars (-> int) and arrays (-> int64).
+  """
+  frames = np.floor(np.asarray(seconds, np.float64) / (1.0 / frame_hz)).astype(np.int64)
+  return int(frames) if frames.ndim == 0 else frames
+
+
 def num_frames(duration_s: float, frame_hz: float) -> int:
-  """Frames of a dialog: int(duration * frame_hz), the VAP rule.
+  """Frames of a dialog: int(duration / hop), the VAP rule.
 
   The older vap_turn_taking / datasets_turntaking rule is int(duration / hop) + 1, one frame more.
   """
-  return int(duration_s * frame_hz)
+  return time_to_frames(duration_s, frame_hz)
 
 
 def va_frames(va_list, n_frames: int, frame_hz: float) -> np.ndarray:
   """VA list (raw or validated) -> [n_frames, 2] float32 {0, 1}.
 
-  A segment sets frames [int(start * hz), int(end * hz)): both ends truncate in float64 and the
+  A segment sets frames [time_to_frames(start), time_to_frames(end)): both ends truncate and the
   end is exclusive, as in the reference (0.29 s at 100 Hz is 28.999... -> frame 28). Frames
   past `n_frames` are dropped.
   """
   diff = np.zeros((n_frames + 1, 2), np.int32)
   for c, channel in enumerate(va_list):
     segs = np.asarray(channel, np.float64).reshape(-1, 2)
-    bounds = np.clip((segs * frame_hz).astype(np.int64), 0, n_frames)
+    bounds = np.clip(time_to_frames(segs, frame_hz), 0, n_frames)
     np.add.at(diff[:, c], bounds[:, 0], 1)
     np.add.at(diff[:, c], bounds[:, 1], -1)
   return (np.cumsum(diff[:-1], axis=0) > 0).astype(np.float32)
