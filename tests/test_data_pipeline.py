@@ -36,10 +36,11 @@ def _spec(**kw):
 
 
 def _full_va(segments, duration_s):
-  """Hand-built frames: frame f is active when int(start*HZ) <= f < int(end*HZ)."""
-  va = np.zeros((int(duration_s * HZ), 2), np.float32)
+  """Hand-built frames: frame f is active when int(start/hop) <= f < int(end/hop)."""
+  hop = 1 / HZ
+  va = np.zeros((int(duration_s / hop), 2), np.float32)
   for channel, start, end in segments:
-    va[int(start * HZ):int(end * HZ), int(channel)] = 1
+    va[int(start / hop):int(end / hop), int(channel)] = 1
   return va
 
 
@@ -83,6 +84,24 @@ def test_batches_have_the_design_shapes(corpus):
   assert batch['va_history'].shape == (3, 10 * HZ, 5) and batch['f0'].shape == (3, 10 * HZ, 2)
   mono = next(iter(pipeline.train_dataset(corpus, _spec(mono=True), batch_size=3, seed=0)))
   assert mono['audio'].shape == (3, 10 * SR)
+
+
+@pytest.mark.parametrize('normalize', [True, False])
+def test_the_mono_mix_is_renormalised_only_with_normalisation(normalize):
+  n = 10 * SR
+  ramp = (np.arange(n) % 20000).astype(np.int16)  # peak 19999
+  dialog = {'audio': np.stack([ramp, ramp // 2], axis=1), 'va': np.zeros((0, 3)),
+            'f0': np.zeros((1000, 2), np.float32)}
+  corpus = pipeline.Corpus(source=[dialog], sessions=('a',), durations=np.array([10.0]))
+  (b,) = list(pipeline.eval_dataset(corpus, _spec(mono=True, normalize=normalize), batch_size=1))
+  # Normalised: each channel to peak 1 (peaks 19999 and 9999), their mean, again to peak 1.
+  # Not normalised: only the mean of the int16 channels over 32768, as the reference.
+  if normalize:
+    mean = (ramp / 19999.0 + (ramp // 2) / 9999.0) / 2
+    expected = mean / mean.max()
+  else:
+    expected = (ramp.astype(np.float64) + ramp // 2) / 2 / 32768.0
+  np.testing.assert_allclose(b['audio'][0], expected, rtol=0, atol=2e-6)
 
 
 def _take(ds, n):

@@ -91,12 +91,13 @@ def from_int16_normalized(x: np.ndarray, threshold: float = 0.05) -> np.ndarray:
   return out
 
 
-def mono_mix(x: np.ndarray, threshold: float = 0.05, *, channel_axis: int = -1) -> np.ndarray:
-  """The channel mean, peak-normalised again under the same rule: [..., S, C] -> [..., S]
-  (or channels-first [..., C, S] with `channel_axis=-2`).
+def mono_mix(x: np.ndarray, threshold: float = 0.05, *, channel_axis: int = -1,
+             normalize: bool = True) -> np.ndarray:
+  """The channel mean, peak-normalised again under the same rule when `normalize`: [..., S, C]
+  -> [..., S] (or channels-first [..., C, S] with `channel_axis=-2`).
 
   The reference normalises each channel first (`peak_normalize`), then mixes and normalises the
-  mix; this function is the second half.
+  mix; this function is the second half. Without normalisation it only mixes, as the reference.
   """
   mixed = np.mean(np.asarray(x, np.float32), axis=channel_axis)
-  return peak_normalize(mixed, threshold, sample_axis=-1)
+  return peak_normalize(mixed, threshold, sample_axis=-1) if normalize else mixed

@@ -193,7 +193,8 @@ class LoadWindow:
       signal = np.ascontiguousarray(signal)
       signal = (audio_lib.from_int16_normalized(signal) if spec.normalize
                 else audio_lib.from_int16(signal))
-      out['audio'] = audio_lib.mono_mix(signal, channel_axis=-2) if spec.mono else signal
+      out['audio'] = (audio_lib.mono_mix(signal, channel_axis=-2, normalize=spec.normalize)
+                      if spec.mono else signal)
     else:
       out[spec.signal] = np.ascontiguousarray(signal).astype(np.int32)
     out['conversation'] = np.int32(index)
