@@ -73,7 +73,8 @@ def params_from_weights(w: dict[str, np.ndarray], lstm_layers: int) -> dict:
 
 
 def convert(path: str | os.PathLike) -> tuple[dict, dict]:
-  """(our encoder config {'dim', 'lstm_layers'}, params pure dict) from a CPC_audio hub file."""
+  """(our encoder config {'dim', 'lstm_layers', 'padding'}, params pure dict) from a CPC_audio
+  hub file."""
   path = os.fspath(path)
   checkpoint = torch_file.load(path)
   if not isinstance(checkpoint, dict) or not {'config', 'weights'} <= checkpoint.keys():
@@ -83,4 +84,5 @@ def convert(path: str | os.PathLike) -> tuple[dict, dict]:
   config = encoder_config(checkpoint['config'], path)
   weights = keys.checked(keys.strip_module_prefix(checkpoint['weights'], path),
                          expected_shapes(**config), path, 'configured CPC')
-  return config, params_from_weights(weights, config['lstm_layers'])
+  # The padding its weights were trained with, for models that load it (see build_model).
+  return {**config, 'padding': 'reference'}, params_from_weights(weights, config['lstm_layers'])

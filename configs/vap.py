@@ -170,9 +170,10 @@ def _size_for_cpu(config: ml_collections.ConfigDict) -> None:
 
 
 def _ldc_recipe(config: ml_collections.ConfigDict, corpus: str) -> None:
-  """VoiceActivityProjection's training on LDC corpora (epochs of thousands of steps)."""
+  """VoiceActivityProjection's training on LDC corpora (epochs of thousands of steps), with a
+  frozen CPC in CPC_audio's padding, the one its converted weights were trained with."""
   config.data.name = corpus
-  config.model.encoder.freeze = True
+  config.model.encoder.update(freeze=True, padding='reference')
   config.train.update(steps=100_000, eval_every=2_000, checkpoint_every=2_000, log_every=100)
 
 

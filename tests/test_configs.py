@@ -40,6 +40,7 @@ def test_ldc_variants_are_the_voice_activity_projection_recipe(variant, corpus):
   t = config.train
   assert (t.learning_rate, t.weight_decay, t.schedule, t.grad_clip) == (3.63e-4, 1e-3, 'plateau', 5.0)
   assert config.model.encoder.freeze and config.model.kind == 'stereo'
+  assert config.model.encoder.padding == 'reference'  # the one converted CPC was trained with
   assert (config.model.dim, config.model.transformer.cross_layers) == (256, 3)  # reference sizes
   mono = vap.get_config(f'{variant},mono')
   assert mono.data.name == corpus and mono.data.window_s == 10.0 and mono.data.normalize

@@ -4,6 +4,7 @@ The fixtures (checkpoints_convert/make_fixtures.py) are a PyTorch CPC (hidden 32
 weights) in CPC_audio's hub format with torch's outputs; no torch is needed here.
 """
 
+import logging
 import pathlib
 
 import jax
@@ -237,6 +238,20 @@ def test_a_converted_frozen_cpc_trains_with_tiny_and_stays_unchanged(tmp_path):
   src, dst = FIXTURES / 'cpc_l1.pt', tmp_path / 'cpc'
   cli.main(['cpc', str(src), str(dst)])
   frozen_training.assert_trains_with_frozen_encoder(_tiny_config(dst), convert_cpc.convert(src)[1])
+
+
+def test_a_padding_other_than_the_one_the_weights_were_trained_with_is_warned_about(tmp_path,
+                                                                                   caplog):
+  dst = tmp_path / 'cpc'
+  cli.main(['cpc', str(FIXTURES / 'cpc_l1.pt'), str(dst)])
+  assert pretrained.read_config(dst)['padding'] == 'reference'
+  with caplog.at_level(logging.WARNING):
+    models.build_model(_tiny_config(dst).model, rngs=nnx.Rngs(0))  # 'reference': no warning
+    config = _tiny_config(dst)
+    config.model.encoder.padding = 'causal'
+    models.build_model(config.model, rngs=nnx.Rngs(0))
+  (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert "model.encoder.padding='causal'" in warning and "trained with 'reference'" in warning
 
 
 def test_a_model_dim_other_than_the_converted_width_is_an_error(tmp_path):

@@ -1,7 +1,8 @@
 """Converted pretrained encoders on disk: `DIR/config.json` plus an Orbax checkpoint `DIR/params`.
 
 `python -m checkpoints_convert FORMAT SRC DIR` writes them; reading needs neither torch nor the
-converter. `config.json` is {'name': 'cpc', 'dim', 'lstm_layers', 'source'} or, for the
+converter. `config.json` is {'name': 'cpc', 'dim', 'lstm_layers', 'padding' (the one its
+weights were trained with; 'reference' when absent: CPC_audio's), 'source'} or, for the
 wav2vec2 family, {'name': 'hubert' | 'wav2vec2' | 'wavlm', 'format', 'architecture' (an
 `SSLConfig`), 'ignored_keys', 'source'}.
 """
@@ -63,15 +64,17 @@ def assign(module: nnx.Module, params: dict) -> None:
   nnx.update(module, state)
 
 
-def load_into(encoder: nnx.Module, directory: str | os.PathLike, expected: dict) -> None:
+def load_into(encoder: nnx.Module, directory: str | os.PathLike, expected: dict) -> dict:
   """Loads the converted encoder in `directory` into `encoder`, after checking that its config
-  matches `expected` (e.g. {'name': 'cpc', 'dim': model.dim, 'lstm_layers': ...})."""
+  matches `expected` (e.g. {'name': 'cpc', 'dim': model.dim, 'lstm_layers': ...}); returns the
+  stored config."""
   config, params = load(directory)
   if wrong := [f'{k}={config.get(k)!r} (the model has {v!r})' for k, v in expected.items()
                if config.get(k) != v]:
     raise ValueError(f'the converted encoder in {directory} does not fit the model: ' +
                      ', '.join(wrong))
   assign(encoder, params)
+  return config
 
 
 def ssl_config(directory: str | os.PathLike) -> ssl_encoders.SSLConfig:

@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+from absl import logging
 from flax import nnx
 
 from convssl_jax.models import (cpc, downsample, heads, layers, pretrained, ssl_encoders,
@@ -191,7 +192,14 @@ def build_model(cfg, *, rngs: nnx.Rngs) -> nnx.Module:
     expected = {'name': cfg.encoder.name}
     if cfg.encoder.name == 'cpc':
       expected.update(dim=cfg.dim, lstm_layers=cfg.encoder.lstm_layers)
-    pretrained.load_into(model.encoder, cfg.encoder_checkpoint, expected=expected)
+    stored = pretrained.load_into(model.encoder, cfg.encoder_checkpoint, expected=expected)
+    trained_padding = stored.get('padding', 'reference')
+    if cfg.encoder.name == 'cpc' and trained_padding != cfg.encoder.padding:
+      logging.warning(
+          'model.encoder.padding=%r, but the CPC weights in %s were trained with %r padding: '
+          'its convolutions see other samples than in training, so its features differ '
+          '(--config.model.encoder.padding=%s reproduces them)', cfg.encoder.padding,
+          cfg.encoder_checkpoint, trained_padding, trained_padding)
   return model
 
 
