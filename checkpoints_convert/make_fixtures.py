@@ -716,19 +716,21 @@ def write_vap() -> list[pathlib.Path]:
 
 # conv_ssl's mono VPModel (paper B, 50 Hz), written from reference/vap_spec.md 2.1-2.6; module
 # names from conv_ssl's code (net.encoder, net.vad_condition.{va_condition, va_history, ln},
-# net.ar.ar.layers.N.{ln_self_attn, multihead, ln_ffnetwork, ffnetwork},
-# net.vap_head.projection_head).
+# net.ar.ar.layers.N.{ln_multihead, multihead, ln_ffnetwork, ffnetwork},
+# net.vap_head.projection_head). conv_ssl's later GPT layer names its first LayerNorm
+# ln_self_attn and adds the attention residual once: the same weights are saved in that layout too.
 CONV_SSL_LAYERS = 2
 CONV_SSL_CASES = (('len16000', 16000, 1.0), ('quiet', 4800, 1e-3))
 
 
 class _ConvSSLLayer(torch.nn.Module):
-  """conv_ssl's GPT layer: pre-LN, the residual added twice (h = 2x + attn), ALiBi slopes kept
-  out of the state dict."""
+  """conv_ssl's 2022 GPT layer: pre-LN, the residual added twice (h = 2x + attn), ALiBi slopes
+  kept out of the state dict; `double_residual=False` is the later layer's single residual."""
 
   def __init__(self, dim: int, heads: int):
     super().__init__()
-    self.ln_self_attn, self.ln_ffnetwork = torch.nn.LayerNorm(dim), torch.nn.LayerNorm(dim)
+    self.double_residual = True
+    self.ln_multihead, self.ln_ffnetwork = torch.nn.LayerNorm(dim), torch.nn.LayerNorm(dim)
     self.multihead = _VapMHA(dim, heads)
     slopes = self.multihead.m.detach().clone()
     del self.multihead.m
@@ -738,9 +740,10 @@ class _ConvSSLLayer(torch.nn.Module):
         torch.nn.Linear(3 * dim, dim, bias=False))
 
   def forward(self, x):
-    z = self.ln_self_attn(x)
+    z = self.ln_multihead(x)
     h = x + self.multihead(z, z)
-    h = x + h
+    if self.double_residual:
+      h = x + h
     return h + self.ffnetwork(self.ln_ffnetwork(h))
 
 
@@ -771,9 +774,11 @@ class _ConvSSLNet(torch.nn.Module):
 
 
 def write_conv_ssl() -> list[pathlib.Path]:
-  """conv_ssl/inputs.npz (mono wave, va, va_history per case), conv_ssl/out.npz (logits_CASE),
-  conv_ssl/conv_ssl.ckpt: a Lightning checkpoint with `net.` weights, the frozen `VAP.codebook`
-  and `hyper_parameters` {'conf': ...} (an AttributeDict) naming the architecture."""
+  """conv_ssl/inputs.npz (mono wave, va, va_history per case), conv_ssl/out.npz (logits_CASE of
+  the 2022 layers, logits_later_CASE of the same weights with the later single residual),
+  conv_ssl/conv_ssl.ckpt (2022 names) and conv_ssl/conv_ssl_later.ckpt (later names): Lightning
+  checkpoints with `net.` weights, the frozen `VAP.codebook` and `hyper_parameters` {'conf': ...}
+  (an AttributeDict) naming the architecture."""
   folder = OUT / 'conv_ssl'
   folder.mkdir(exist_ok=True)
   torch.manual_seed(40)
@@ -793,6 +798,11 @@ def write_conv_ssl() -> list[pathlib.Path]:
       history = torch.rand(2, frames, 5)
       inputs.update({f'wave_{case}': wave, f'va_{case}': va, f'history_{case}': history})
       outputs[f'logits_{case}'] = model.net(wave, va, history).numpy()
+      for layer in model.net.ar.ar.layers:
+        layer.double_residual = False
+      outputs[f'logits_later_{case}'] = model.net(wave, va, history).numpy()
+      for layer in model.net.ar.ar.layers:
+        layer.double_residual = True
   conf = {'model': {
       'encoder': {'name': 'cpc', 'output_layer': 1, 'frame_hz': 50,
                   'downsample': {'kernel': [5], 'stride': [2], 'dilation': [1],
@@ -803,12 +813,17 @@ def write_conv_ssl() -> list[pathlib.Path]:
       'vap': {'type': 'discrete', 'bin_times': [0.2, 0.4, 0.6, 0.8], 'pre_frames': 2,
               'bin_threshold': 0.5}}}
   hyper = _fake_lightning_module()(conf=conf)
-  paths = [folder / 'inputs.npz', folder / 'out.npz', folder / 'conv_ssl.ckpt']
+  paths = [folder / 'inputs.npz', folder / 'out.npz', folder / 'conv_ssl.ckpt',
+           folder / 'conv_ssl_later.ckpt']
   np.savez(paths[0], **{k: v.numpy() for k, v in inputs.items()})
   np.savez(paths[1], **outputs)
-  torch.save({'epoch': 20, 'global_step': 5000, 'pytorch-lightning_version': '1.6.0',
-              'state_dict': model.state_dict(), 'hyper_parameters': hyper,
-              'optimizer_states': [], 'lr_schedulers': [], 'callbacks': {}}, paths[2])
+  state = model.state_dict()
+  later = collections.OrderedDict((k.replace('.ln_multihead.', '.ln_self_attn.'), v)
+                                  for k, v in state.items())
+  for weights, path in ((state, paths[2]), (later, paths[3])):
+    torch.save({'epoch': 20, 'global_step': 5000, 'pytorch-lightning_version': '1.6.0',
+                'state_dict': weights, 'hyper_parameters': hyper,
+                'optimizer_states': [], 'lr_schedulers': [], 'callbacks': {}}, path)
   return paths
 
 

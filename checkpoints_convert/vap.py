@@ -221,17 +221,33 @@ def convert(path: str | os.PathLike) -> tuple[dict, dict]:
 
 def _conv_ssl_canonical(weights: dict, path: str) -> tuple[dict, dict]:
   """conv_ssl names -> the [main]-like names used here: net. dropped, `ar.ar.layers` ->
-  `gpt.layers`, `multihead` -> `mha`."""
+  `gpt.layers`, `multihead` -> `mha`, `ln_multihead` -> `ln_self_attn`, and the VA conditioning's
+  early `vad_condition`/`vad_history` -> `va_condition`/`va_history`."""
   out, source = _canonical(weights, path)
   renamed, renamed_source = {}, {}
   for name, value in out.items():
     new = re.sub(r'^ar\.ar\.layers\.', 'gpt.layers.', name).replace('.multihead.', '.mha.')
+    new = new.replace('.ln_multihead.', '.ln_self_attn.')
+    new = re.sub(r'^vad_condition\.vad_(condition|history)\.', r'vad_condition.va_\1.', new)
     renamed[new], renamed_source[new] = value, source[name]
   return renamed, renamed_source
 
 
-def conv_ssl_architecture(w: dict, hyper: dict, path: str) -> dict:
-  """{'dim', 'num_heads', 'ffn_mult', 'num_layers', 'history_bins', 'lstm_layers', 'frame_hz'}."""
+def _double_residual(source: dict, path: str) -> bool:
+  """Whether conv_ssl's GPT layers add the attention residual twice, told by their LayerNorm's
+  name: the 2022 layer (`ln_multihead`, the released paper-B checkpoints) does, h = 2x + attn;
+  the later one with optional cross-attention (`ln_self_attn`) does not."""
+  names = {m[1] for name in source.values()
+           if (m := re.search(r'\.layers\.\d+\.(ln_multihead|ln_self_attn)\.', name))}
+  if len(names) != 1:
+    raise ConversionError(f'{path}: GPT layers with attention LayerNorms {sorted(names)}; '
+                          "expected either 'ln_multihead' (2022) or 'ln_self_attn' (later)")
+  return names == {'ln_multihead'}
+
+
+def conv_ssl_architecture(w: dict, source: dict, hyper: dict, path: str) -> dict:
+  """{'dim', 'num_heads', 'ffn_mult', 'num_layers', 'history_bins', 'double_residual',
+  'lstm_layers', 'frame_hz'} of canonical weights `w` (`source`: their names in the file)."""
   stored = ((hyper.get('conf') or {}).get('model') or {}).get('ar') or {}
   dim = keys.shape(w, 'gpt.layers.0.ln_self_attn.weight', path)[0]
   heads = int(np.size(w['gpt.layers.0.mha.m'])) if 'gpt.layers.0.mha.m' in w else stored.get(
@@ -252,7 +268,7 @@ def conv_ssl_architecture(w: dict, hyper: dict, path: str) -> dict:
   return {'dim': dim, 'num_heads': int(heads),
           'ffn_mult': keys.shape(w, 'gpt.layers.0.ffnetwork.0.weight', path)[0] // dim,
           'num_layers': keys.count(w, r'gpt\.layers\.(\d+)\.'), 'history_bins': int(history or 0),
-          **encoder}
+          'double_residual': _double_residual(source, path), **encoder}
 
 
 def conv_ssl_expected_shapes(a: dict, with_slopes: bool) -> dict[str, tuple[int, ...]]:
@@ -286,9 +302,10 @@ def conv_ssl_params(w: dict[str, np.ndarray], a: dict) -> dict:
 
 
 def conv_ssl_model_config(a: dict):
-  """Our mono `config.model` at the architecture's sizes (conv_ssl's quirks are its defaults)."""
+  """Our mono `config.model` at the architecture's sizes and residual (conv_ssl's other quirks are
+  its defaults)."""
   cfg = _model_config('mono', a)
-  cfg.transformer.num_layers = a['num_layers']
+  cfg.transformer.update(num_layers=a['num_layers'], double_residual=a['double_residual'])
   cfg.va_cond.history_bins = a['history_bins']
   return cfg
 
@@ -300,7 +317,7 @@ def convert_conv_ssl(path: str | os.PathLike) -> tuple[dict, dict]:
   weights, hyper, file_format = _load(path)
   weights, source = _conv_ssl_canonical(weights, path)
   weights, ignored = _without_ignored(weights, source, r'VAP\.codebook\.')
-  a = conv_ssl_architecture(weights, hyper, path)
+  a = conv_ssl_architecture(weights, source, hyper, path)
   with_slopes = any(k.endswith('.m') for k in weights)
   weights = keys.checked(weights, conv_ssl_expected_shapes(a, with_slopes), path,
                          f'conv_ssl architecture {a}', source)

@@ -4,6 +4,7 @@ perturbed weights) in the [main] state-dict and [newMaster] Lightning layouts; r
 
 import pathlib
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -103,7 +104,8 @@ def test_load_model_refuses_an_encoder_and_load_encoder_a_model(tmp_path, conver
 
 
 # conv_ssl's mono Lightning checkpoint (make_fixtures.py `write_conv_ssl`: CPC hidden 32, 4
-# heads, 2 GPT layers with the double residual, no slopes in the state dict).
+# heads, 2 GPT layers with the double residual, no slopes in the state dict), and the same weights
+# in conv_ssl's later layer layout (ln_self_attn, a single residual).
 
 CONV_SSL = FIXTURES.parent / 'conv_ssl'
 CONV_SSL_INPUTS = dict(np.load(CONV_SSL / 'inputs.npz'))
@@ -113,6 +115,40 @@ _mono = nnx.jit(lambda model, wave, va, history: model(wave, va, history)['logit
 
 def _mono_logits(model, case):
   return _mono(model, *(CONV_SSL_INPUTS[f'{k}_{case}'] for k in ('wave', 'va', 'history')))
+
+
+@pytest.mark.parametrize('layout, file, double_residual', [
+    ('2022', 'conv_ssl.ckpt', True), ('later', 'conv_ssl_later.ckpt', False)])
+def test_the_residual_follows_the_layer_layout(tmp_path, layout, file, double_residual):
+  dst = tmp_path / 'model'
+  cli.main(['conv_ssl', str(CONV_SSL / file), str(dst)])
+  model, cfg = models.load_model(dst)
+  assert cfg.transformer.double_residual == double_residual
+  expected = 'logits_{}' if layout == '2022' else 'logits_later_{}'
+  for case in ('len16000', 'quiet'):
+    np.testing.assert_allclose(_mono_logits(model, case),
+                               CONV_SSL_EXPECTED[expected.format(case)], **TOL, err_msg=case)
+
+
+def test_the_early_va_conditioning_names_convert_to_the_same_model(monkeypatch):
+  checkpoint = torch_file.load(CONV_SSL / 'conv_ssl.ckpt')
+  _, params = convert_vap.convert_conv_ssl(CONV_SSL / 'conv_ssl.ckpt')
+  state = checkpoint['state_dict']
+  for k in [k for k in state if k.startswith('net.vad_condition.va_')]:
+    state[k.replace('.va_', '.vad_')] = state.pop(k)  # conv_ssl's early vad_condition/vad_history
+  monkeypatch.setattr(torch_file, 'load', lambda path, **kwargs: checkpoint)
+  _, early = convert_vap.convert_conv_ssl('x.ckpt')
+  jax.tree.map(np.testing.assert_array_equal, early, params)
+
+
+def test_mixed_layer_layouts_are_refused(monkeypatch):
+  checkpoint = torch_file.load(CONV_SSL / 'conv_ssl.ckpt')
+  state = checkpoint['state_dict']
+  for k in [k for k in state if k.startswith('net.ar.ar.layers.1.ln_multihead.')]:
+    state[k.replace('ln_multihead', 'ln_self_attn')] = state.pop(k)
+  monkeypatch.setattr(torch_file, 'load', lambda path, **kwargs: checkpoint)
+  with pytest.raises(keys.ConversionError, match=r"LayerNorms \['ln_multihead', 'ln_self_attn'\]"):
+    convert_vap.convert_conv_ssl('x.ckpt')
 
 
 @pytest.fixture(scope='module')
