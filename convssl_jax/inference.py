@@ -255,8 +255,7 @@ def stream_step(model: vap.MonoVAP | vap.StereoVAP, objective: VAPObjective, sta
   """
   batch = samples.shape[0]
   if isinstance(model, vap.StereoVAP):
-    encoder, z = encode_step(model.encoder, model.downsample, state.encoder,
-                             jnp.concatenate([samples[:, 0], samples[:, 1]], axis=0))
+    encoder, z = encode_step(model.encoder, model.downsample, state.encoder, vap.both(samples))
     cache, streams = transformer.stereo_step(model.transformer, state.transformer, z[:batch],
                                              z[batch:])
     out = model.head_outputs(*streams)
