@@ -288,8 +288,8 @@ class Streamer(_BufferedStream):
   def __init__(self, model: vap.MonoVAP | vap.StereoVAP, objective: VAPObjective, *,
                batch: int | None = None, frames_per_step: int = 1, context: int | None = None,
                history_times=va_lib.HISTORY_TIMES):
-    if context is not None:  # on a copy: the caller's model keeps its own context
-      model = nnx.clone(model)
+    if context not in (None, model.transformer.context):
+      model = nnx.clone(model)  # a copy: the caller's model keeps its own context
       transformer.set_context(model.transformer, context)
     self.mono = isinstance(model, vap.MonoVAP)
     self.context = model.transformer.context  # frames a frame attends to
