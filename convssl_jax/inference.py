@@ -308,8 +308,8 @@ class Streamer(_BufferedStream):
     # The pure step and what it reads, for `export`: step(params, state, samples [B, 2, hop],
     # *va_inputs) -> (state, outputs); the mono model's va_inputs are VA [B, n, 2] (and history).
     self.step_fn, self.params = step, params
-    self.hop = frames_per_step * (frame_samples(model.downsample) if model.encoder is not None
-                                  else SAMPLE_RATE // objective.frame_hz)
+    # Samples per step: the CPC encoder's frames at frame_hz (checked below) are as long.
+    self.hop = frames_per_step * int(SAMPLE_RATE // objective.frame_hz)
     # The state first: it refuses, with the reason, an encoder that cannot stream.
     self.initial_state = init_stream_state(model, rows, frames_per_step)
     if model.encoder is not None:
