@@ -184,18 +184,15 @@ def _model(config):
   return trainer, config, f'{FLAGS.workdir} ({config.eval.checkpoint} checkpoint, step {step})'
 
 
-def _streamer(trainer, config):
-  """The Streamer of a `_model`, with --context_s of attention (default: the model's own
+def _streamer(model, objective, config):
+  """The Streamer of a `_model`'s model, with --context_s of attention (default: the model's own
   context, else data.window_s, the longest it was trained on)."""
-  from flax import nnx
-
   from convssl_jax import inference
 
-  model, _ = nnx.merge(trainer.graphdef, trainer.state)
   frame_hz = config.model.frame_hz
   context = (int(FLAGS.context_s * frame_hz) if FLAGS.context_s
              else config.model.transformer.context or int(config.data.window_s * frame_hz))
-  return inference.Streamer(model, trainer.objective, context=context)
+  return inference.Streamer(model, objective, context=context)
 
 
 def export(config) -> None:
@@ -212,7 +209,7 @@ def export(config) -> None:
   written = [export_lib.export_forward(model, trainer.objective, output,
                                        window_s=config.data.window_s)]
   try:
-    streamer = _streamer(trainer, config)
+    streamer = _streamer(model, trainer.objective, config)
   except ValueError as err:  # e.g. the encoder's 'reference' padding looks ahead
     print(f'the streaming step is not exported: {err}')
   else:
@@ -226,6 +223,7 @@ def stream(config) -> None:
   import sys
 
   import numpy as np
+  from flax import nnx
 
   from convssl_jax import live
   from convssl_jax import predict as predict_lib
@@ -236,7 +234,8 @@ def stream(config) -> None:
   if config.model.kind == 'mono' and not FLAGS.va:
     raise app.UsageError('the mono model reads the current voice activity: give --va')
   trainer, config, source = _model(config)
-  streamer = _streamer(trainer, config)
+  model, _ = nnx.merge(trainer.graphdef, trainer.state)
+  streamer = _streamer(model, trainer.objective, config)
   if streamer.mono and not FLAGS.va:  # a converted model's kind is known only now
     raise app.UsageError('the mono model reads the current voice activity: give --va')
   frame_hz = config.model.frame_hz

@@ -99,11 +99,6 @@ def _encode_fn(trainer: train.Trainer, mono: bool):
                  out_shardings=trainer.batch_sharding)
 
 
-def _sync(name: str) -> None:
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
-
-
 def build(config, directory) -> pathlib.Path:
   """Computes the encoder's features of every training window of `config` into `directory`
   (skipped when a complete cache of the same fingerprint is there). Returns the directory."""
@@ -127,7 +122,7 @@ def build(config, directory) -> pathlib.Path:
   process, count = jax.process_index(), jax.process_count()
   if process == 0 and feature_store.partial_dir(directory).exists():
     shutil.rmtree(feature_store.partial_dir(directory))  # an interrupted earlier build
-  _sync('feature_cache_start')
+  train.sync_processes('feature_cache_start')
   table = pipeline.cached_window_table(corpus, spec, d.overlap_s, d.jitter_grid_s)
   data = pipeline.windows_dataset(corpus, spec, table, batch_size=d.batch_size // count,
                                   process_index=process, process_count=count)
@@ -141,12 +136,12 @@ def build(config, directory) -> pathlib.Path:
     for i in np.flatnonzero(batch['weight']):
       writer.write(int(batch['conversation'][i]), int(batch['frame'][i]), features[i])
   writer.close()
-  _sync('feature_cache_written')
+  train.sync_processes('feature_cache_written')
   if process == 0:
     feature_store.finalize(directory, {
         'fingerprint': expected, 'shape': list(writer.shape), 'dtype': str(writer.dtype),
         'records': len(table), 'processes': count})
-  _sync('feature_cache_done')
+  train.sync_processes('feature_cache_done')
   logging.info('feature cache %s: %d windows of %s %s', directory, len(table), writer.shape,
                config.model.dtype)
   return directory

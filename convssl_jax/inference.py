@@ -255,8 +255,7 @@ def stream_step(model: vap.MonoVAP | vap.StereoVAP, objective: VAPObjective, sta
   """
   batch = samples.shape[0]
   if isinstance(model, vap.StereoVAP):
-    encoder, z = encode_step(model.encoder, model.downsample, state.encoder,
-                             jnp.concatenate([samples[:, 0], samples[:, 1]], axis=0))
+    encoder, z = encode_step(model.encoder, model.downsample, state.encoder, vap.both(samples))
     cache, streams = transformer.stereo_step(model.transformer, state.transformer, z[:batch],
                                              z[batch:])
     out = model.head_outputs(*streams)
@@ -289,8 +288,8 @@ class Streamer(_BufferedStream):
   def __init__(self, model: vap.MonoVAP | vap.StereoVAP, objective: VAPObjective, *,
                batch: int | None = None, frames_per_step: int = 1, context: int | None = None,
                history_times=va_lib.HISTORY_TIMES):
-    if context is not None:  # on a copy: the caller's model keeps its own context
-      model = nnx.clone(model)
+    if context not in (None, model.transformer.context):
+      model = nnx.clone(model)  # a copy: the caller's model keeps its own context
       transformer.set_context(model.transformer, context)
     self.mono = isinstance(model, vap.MonoVAP)
     self.context = model.transformer.context  # frames a frame attends to
@@ -309,8 +308,8 @@ class Streamer(_BufferedStream):
     # The pure step and what it reads, for `export`: step(params, state, samples [B, 2, hop],
     # *va_inputs) -> (state, outputs); the mono model's va_inputs are VA [B, n, 2] (and history).
     self.step_fn, self.params = step, params
-    self.hop = frames_per_step * (frame_samples(model.downsample) if model.encoder is not None
-                                  else SAMPLE_RATE // objective.frame_hz)
+    # Samples per step: the CPC encoder's frames at frame_hz (checked below) are as long.
+    self.hop = frames_per_step * int(SAMPLE_RATE // objective.frame_hz)
     # The state first: it refuses, with the reason, an encoder that cannot stream.
     self.initial_state = init_stream_state(model, rows, frames_per_step)
     if model.encoder is not None:

@@ -28,9 +28,7 @@ def export_encoder(config, workdir, which: str = 'best') -> pathlib.Path:
   out = pathlib.Path(workdir) / ENCODER_DIR
   if jax.process_index() == 0:
     shutil.rmtree(out, ignore_errors=True)
-  if jax.process_count() > 1:  # Orbax saves with every process taking part
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices('export_encoder')
+  train.sync_processes('export_encoder')  # Orbax saves with every process taking part
   m = config.model
   pretrained.save(out, {'name': 'cpc', 'dim': m.dim, 'lstm_layers': m.encoder.lstm_layers,
                         'padding': m.encoder.padding, 'source': str(pathlib.Path(workdir)),

@@ -67,6 +67,13 @@ def connect_processes(fsdp: int = 1) -> None:
                                               out_specs=spec))(ones))
 
 
+def sync_processes(name: str) -> None:
+  """Waits until every process of a multi-process run reaches this `name`d point (no-op alone)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
 def state_sharding(mesh: jax.sharding.Mesh, state: Any) -> Any:
   """Replicated leaves, or with fsdp > 1 each array sharded over 'fsdp' along its largest
   divisible axis (small arrays stay replicated: sharding them saves nothing)."""

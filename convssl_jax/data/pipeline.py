@@ -92,8 +92,9 @@ def open_corpora(data_cfg, splits, *, frame_hz: int, n_units: int | None = None
   frame rate and codebook size)."""
   if data_cfg.name == 'units':
     from convssl_jax.data import unit_store
-    return {s: Corpus(*unit_store.open_split(data_cfg.units_dir, s, frame_hz=frame_hz,
-                                             n_units=n_units)) for s in splits}
+    opened = unit_store.open_splits(data_cfg.units_dir, splits, frame_hz=frame_hz,
+                                    n_units=n_units)
+    return {s: Corpus(*parts) for s, parts in opened.items()}
   import data_builders
   builders = data_builders.prepare(data_cfg)
   return {s: Corpus.from_builders(builders, s) for s in splits}
@@ -196,7 +197,7 @@ class LoadWindow:
       out['audio'] = (audio_lib.mono_mix(signal, channel_axis=-2, normalize=spec.normalize)
                       if spec.mono else signal)
     else:
-      out[spec.signal] = np.ascontiguousarray(signal).astype(np.int32)
+      out[spec.signal] = signal.astype(np.int32, order='C')  # one contiguous copy
     out['conversation'] = np.int32(index)
     out['start'] = np.float32(start)
     out['frame'] = np.int32(first)  # the window's first frame (exact, where start is float32)

@@ -89,8 +89,9 @@ def read_meta(directory) -> dict:
   return json.loads(path.read_text())
 
 
-def open_split(directory, split: str, *, frame_hz: int, n_units: int | None = None):
-  """(source, sessions, durations) of a split, after checking the units fit the model."""
+def open_splits(directory, splits, *, frame_hz: int, n_units: int | None = None) -> dict:
+  """{split: (source, sessions, durations)}, after checking the units fit the model (meta.json
+  read once for all splits)."""
   meta = read_meta(directory)
   if meta['unit_hz'] != frame_hz:
     raise ValueError(f'{directory}: units at {meta["unit_hz"]} Hz, the model runs at '
@@ -98,8 +99,8 @@ def open_split(directory, split: str, *, frame_hz: int, n_units: int | None = No
   if n_units is not None and meta['n_units'] != n_units:
     raise ValueError(f'{directory}: a codebook of {meta["n_units"]} units, the model has '
                      f'model.units={n_units}')
-  if split not in meta['splits']:
-    raise ValueError(f'{directory}: no split {split!r}; it has {sorted(meta["splits"])}')
-  index = meta['splits'][split]
-  return (UnitsSource(split_path(directory, split)), tuple(index['sessions']),
-          np.asarray(index['durations'], np.float64))
+  if missing := [s for s in splits if s not in meta['splits']]:
+    raise ValueError(f'{directory}: no split {missing[0]!r}; it has {sorted(meta["splits"])}')
+  index = meta['splits']
+  return {s: (UnitsSource(split_path(directory, s)), tuple(index[s]['sessions']),
+              np.asarray(index[s]['durations'], np.float64)) for s in splits}

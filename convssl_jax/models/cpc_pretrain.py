@@ -18,7 +18,7 @@ from flax import nnx
 
 from convssl_jax import cpc_objective
 from convssl_jax.models import layers
-from convssl_jax.models.vap import StereoVAP, compute_dtype
+from convssl_jax.models.vap import StereoVAP, both, compute_dtype
 
 
 class CPCPretrain(StereoVAP):
@@ -60,13 +60,12 @@ class CPCPretrain(StereoVAP):
     if waveform.ndim != 3 or waveform.shape[1] != 2:
       raise ValueError(f'CPC pretraining takes waveform [B, 2, samples], got {waveform.shape}')
     batch = waveform.shape[0]
-    wave = jnp.concatenate([waveform[:, 0], waveform[:, 1]], axis=0)  # [2B, S], A then B
-    z = self.encoder.conv_features(wave)
+    z = self.encoder.conv_features(both(waveform))  # [2B, T, D], A then B
     c = self.encoder.lstm(z)
     scores = self.cpc_scores(z, c)
     out = {'cpc': {'scores': jnp.stack([scores[:batch], scores[batch:]], axis=1),
                    'active': jnp.any(waveform != 0, axis=-1)}}
     if self.transformer is not None:
-      frames = c if self.downsample is None else self.downsample(c)
+      frames = self.encode(None, features=c)  # c is the encoder output: only the downsampler runs
       out.update(self.head_outputs(*self.transformer(frames[:batch], frames[batch:])))
     return out

@@ -36,6 +36,12 @@ def n_bins(cfg) -> int:
   return len(cfg.vap.bin_times)
 
 
+def both(x: jax.Array | None) -> jax.Array | None:
+  """[B, 2, ...] (channel 0 = speaker A) -> [2B, ...]: both speakers' channels as one batch, A's
+  first, so one encoder call serves both; x[:B] and x[B:] take them apart again."""
+  return None if x is None else jnp.concatenate([x[:, 0], x[:, 1]], axis=0)
+
+
 class _FrameEncoder(nnx.Module):
   """The encoder at 100 Hz, then the causal downsampler to the model's frame rate (always trainable)."""
 
@@ -160,7 +166,6 @@ class StereoVAP(_FrameEncoder):
       raise ValueError('the stereo model takes waveform [B, 2, samples] or features '
                        f'[B, 2, frames, dim], got {None if x is None else x.shape}')
     batch = x.shape[0]
-    both = lambda a: None if a is None else jnp.concatenate([a[:, 0], a[:, 1]], axis=0)
     z = self.encode(both(waveform), both(features))
     return self.head_outputs(*self.transformer(z[:batch], z[batch:]))
 
