@@ -47,8 +47,10 @@ def conv1d(in_features: int, out_features: int, kernel: int, stride: int, paddin
 
 
 def layer_norm(dim: int, *, rngs: nnx.Rngs, dtype=None, param_dtype=jnp.float32) -> nnx.LayerNorm:
-  """LayerNorm with PyTorch's epsilon."""
-  return nnx.LayerNorm(dim, epsilon=LAYER_NORM_EPS, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+  """torch.nn.LayerNorm: its epsilon and its two-pass variance (Flax's default E[x^2] - E[x]^2
+  loses digits when the mean is large against the spread)."""
+  return nnx.LayerNorm(dim, epsilon=LAYER_NORM_EPS, use_fast_variance=False, dtype=dtype,
+                       param_dtype=param_dtype, rngs=rngs)
 
 
 def gelu(x: jax.Array) -> jax.Array:

@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from convssl_jax.models.layers import LAYER_NORM_EPS, gelu, linear, torch_uniform_init
+from convssl_jax.models.layers import (LAYER_NORM_EPS, gelu, layer_norm, linear,
+                                       torch_uniform_init)
 
 NAMES = ('hubert', 'wav2vec2', 'wavlm')  # the converted-checkpoint names this module builds
 # (channels, kernel, stride) of every released model's extractor: 400-sample field, 320 hop.
@@ -112,12 +113,6 @@ def num_frames(config: SSLConfig, num_samples: int) -> int:
   return n
 
 
-def _layer_norm(dim: int, *, rngs, dtype, param_dtype) -> nnx.LayerNorm:
-  """torch.nn.LayerNorm: eps 1e-5 and the two-pass variance (fairseq normalises in float32)."""
-  return nnx.LayerNorm(dim, epsilon=LAYER_NORM_EPS, use_fast_variance=False, dtype=dtype,
-                       param_dtype=param_dtype, rngs=rngs)
-
-
 def standardize(wave: jax.Array) -> jax.Array:
   """Each row of wave [B, S] to zero mean and unit variance (F.layer_norm over the samples)."""
   mean = wave.mean(-1, keepdims=True)
@@ -137,7 +132,7 @@ class FeatureExtractor(nnx.Module):
                             padding='VALID', use_bias=config.conv_bias, kernel_init=init,
                             bias_init=init, **kw))
       if config.extractor_mode == 'layer_norm':
-        norms.append(_layer_norm(channels, **kw))
+        norms.append(layer_norm(channels, **kw))
       elif i == 0:  # one group per channel: statistics over time
         norms.append(nnx.GroupNorm(channels, num_groups=channels, epsilon=LAYER_NORM_EPS,
                                    use_fast_variance=False, **kw))
@@ -213,10 +208,10 @@ class EncoderLayer(nnx.Module):
     self.layer_norm_first = config.layer_norm_first
     self.attention = SelfAttention(config.dim, config.num_heads, gated=config.num_buckets > 0,
                                    **kw)
-    self.attention_norm = _layer_norm(config.dim, **kw)
+    self.attention_norm = layer_norm(config.dim, **kw)
     self.intermediate = linear(config.dim, config.ffn_dim, **kw)
     self.output = linear(config.ffn_dim, config.dim, **kw)
-    self.final_norm = _layer_norm(config.dim, **kw)
+    self.final_norm = layer_norm(config.dim, **kw)
 
   def _ffn(self, x):
     return self.output(gelu(self.intermediate(x)))
@@ -247,14 +242,14 @@ class SSLEncoder(nnx.Module):
     self.config = config
     self.output_layer = output_layer
     self.feature_extractor = FeatureExtractor(config, **kw)
-    self.projection_norm = _layer_norm(config.conv_layers[-1][0], **kw)
+    self.projection_norm = layer_norm(config.conv_layers[-1][0], **kw)
     self.projection = linear(config.conv_layers[-1][0], d, **kw)
     k = config.pos_conv_kernel
     init = torch_uniform_init(d // config.pos_conv_groups * k)
     self.pos_conv = nnx.Conv(d, d, kernel_size=(k,), padding=[(k // 2, k // 2)],
                              feature_group_count=config.pos_conv_groups, kernel_init=init,
                              bias_init=init, **kw)
-    self.encoder_norm = _layer_norm(d, **kw)
+    self.encoder_norm = layer_norm(d, **kw)
     self.layers = nnx.List([EncoderLayer(config, **kw) for _ in range(config.num_layers)])
     self.rel_pos_embed = (nnx.Embed(config.num_buckets, config.num_heads, **kw)
                           if config.num_buckets else None)
