@@ -18,7 +18,7 @@ caller extracts events and probabilities for both channel orders and merges both
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score, f1_score
+from sklearn.metrics import balanced_accuracy_score, f1_score, precision_recall_fscore_support
 
 EVENTS = ('shift_hold', 'short_long', 'shift_prediction', 'backchannel_prediction')
 EVENT_LABELS = {'shift_hold': 'S/H', 'short_long': 'S/L', 'shift_prediction': 'S-pred',
@@ -33,6 +33,8 @@ EVENT_MASKS = {'shift_hold': ('shift', 'hold'), 'short_long': ('short', 'long'),
                'backchannel_prediction': ('pred_bc', 'pred_bc_neg')}
 TUNED_EVENTS = ('short_long', 'shift_prediction', 'backchannel_prediction')
 # linspace(0, 1, 101) rounded so that the thresholds are the plain decimals 0.00, 0.01, ... 1.00.
+# Scores are compared with them in float32, as the reference's float32 torch tensors are: a score
+# of float32(0.35) = 0.34999999 is >= the threshold 0.35.
 THRESHOLD_GRID = np.round(np.linspace(0.0, 1.0, 101), 2)
 MIN_THRESHOLD = 0.01
 DEFAULT_THRESHOLD = 0.5  # S/H always; any event without a threshold or without samples
@@ -120,16 +122,16 @@ def threshold_curves(scores, labels, grid=THRESHOLD_GRID) -> dict[str, np.ndarra
 
   Keys: threshold, f1_weighted, balanced_accuracy, {precision,recall,f1}_{pos,neg}. Sorting the
   scores once and counting the scores >= t by binary search costs O(n log n) for the whole grid.
-  Comparisons are in float64, as in `score`. Balanced accuracy is the mean recall over the classes
+  Comparisons are in float32, as in `score`. Balanced accuracy is the mean recall over the classes
   present (sklearn's convention); without samples both are NaN.
   """
   grid = np.asarray(grid, np.float64)
-  scores = np.asarray(scores, np.float64)
+  scores = np.asarray(scores, np.float32)
   labels = np.asarray(labels).astype(bool)
   pos, neg = np.sort(scores[labels]), np.sort(scores[~labels])
   n_pos, n_neg = len(pos), len(neg)
-  tp = n_pos - np.searchsorted(pos, grid, side='left')
-  fp = n_neg - np.searchsorted(neg, grid, side='left')
+  tp = n_pos - np.searchsorted(pos, grid.astype(np.float32), side='left')
+  fp = n_neg - np.searchsorted(neg, grid.astype(np.float32), side='left')
   fn, tn = n_pos - tp, n_neg - fp
   curves = {'threshold': grid, **_class_stats(tp, fp, fn, 'pos'), **_class_stats(tn, fn, fp, 'neg')}
   if not n_pos + n_neg:
@@ -163,29 +165,36 @@ def find_thresholds(samples: Samples, grid=THRESHOLD_GRID) -> dict[str, float]:
           for name in EVENTS}
 
 
+_PER_CLASS = tuple(f'{stat}_{c}' for c in ('pos', 'neg') for stat in ('f1', 'precision', 'recall'))
+
+
 def _event_score(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
-  """Weighted F1, balanced accuracy, per-class F1 and counts of one event at one threshold."""
+  """Weighted F1, balanced accuracy, per-class F1 / precision / recall and counts of one event at
+  one threshold (pred = float32 score >= float32 threshold)."""
   labels = np.asarray(labels, np.int32)
   n_positive = int(labels.sum())
   result = {'threshold': float(threshold), 'n_frames': len(labels), 'n_positive': n_positive,
             'n_negative': len(labels) - n_positive}
   if not len(labels):
-    return result | dict.fromkeys(('f1_weighted', 'balanced_accuracy', 'f1_pos', 'f1_neg'), np.nan)
-  pred = (np.asarray(scores, np.float64) >= threshold).astype(np.int32)
-  f1_neg, f1_pos = f1_score(labels, pred, labels=[0, 1], average=None, zero_division=0.0)
-  return result | {
+    return result | dict.fromkeys(('f1_weighted', 'balanced_accuracy', *_PER_CLASS), np.nan)
+  pred = (np.asarray(scores, np.float32) >= np.float32(threshold)).astype(np.int32)
+  precision, recall, f1, _ = precision_recall_fscore_support(labels, pred, labels=[0, 1],
+                                                             zero_division=0.0)
+  per_class = {f'{stat}_{c}': float(values[i]) for i, c in ((1, 'pos'), (0, 'neg'))
+               for stat, values in (('f1', f1), ('precision', precision), ('recall', recall))}
+  return result | per_class | {
       'f1_weighted': float(f1_score(labels, pred, labels=[0, 1], average='weighted',
                                     zero_division=0.0)),
-      'balanced_accuracy': float(balanced_accuracy_score(labels, pred)),
-      'f1_pos': float(f1_pos), 'f1_neg': float(f1_neg)}
+      'balanced_accuracy': float(balanced_accuracy_score(labels, pred))}
 
 
 def score(samples: Samples, thresholds: Mapping[str, float] | None = None,
           counts: Mapping[str, tuple[int, int]] | None = None) -> dict[str, dict]:
   """Metrics of every event in `EVENTS` at the given thresholds (0.5 where one is missing).
 
-  Per event: f1_weighted, balanced_accuracy, f1_pos, f1_neg (classes in `CLASSES`), threshold,
-  n_frames, n_positive, n_negative, and with `counts` (`event_counts` of the samples' events)
+  Per event: f1_weighted, balanced_accuracy, {f1,precision,recall}_{pos,neg} (classes in
+  `CLASSES`; the reference's shift / hold stats for S/H), threshold, n_frames, n_positive (the
+  positive class's support), n_negative, and with `counts` (`event_counts` of the samples' events)
   n_events, n_positive_events, n_negative_events. An event without samples gets NaN metrics and
   zero counts.
   """

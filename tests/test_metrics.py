@@ -108,6 +108,9 @@ def test_weighted_f1_and_balanced_accuracy_by_hand():
   assert result['f1_weighted'] == pytest.approx(3 / 5)
   assert result['balanced_accuracy'] == pytest.approx(7 / 12)
   assert result['f1_pos'] == pytest.approx(2 / 3) and result['f1_neg'] == pytest.approx(1 / 2)
+  # shift: precision 2 / (2 + 1), recall 2 / 3; hold: precision 1 / (1 + 1), recall 1 / 2.
+  assert (result['precision_pos'], result['recall_pos']) == pytest.approx((2 / 3, 2 / 3))
+  assert (result['precision_neg'], result['recall_neg']) == pytest.approx((1 / 2, 1 / 2))
   assert (result['threshold'], result['n_frames'], result['n_positive'], result['n_negative']) == (
       0.5, 5, 3, 2)
   curves = metrics.threshold_curves(scores, labels, [0.5])
@@ -125,6 +128,17 @@ def test_a_score_equal_to_the_threshold_predicts_the_positive_class():
   assert metrics.threshold_curves(scores, labels, [0.5])['balanced_accuracy'][0] == 1.0
 
 
+def test_scores_meet_thresholds_in_float32_as_the_reference_tensors_do():
+  # float32(0.35) = 0.3499999940395355 < 0.35 in float64; in float32 it equals the threshold.
+  labels = np.array([1, 1, 0, 0])
+  scores = np.array([0.35, 0.35, 0.2, 0.36], np.float32)
+  result = metrics.score({'shift_prediction': (scores, labels)}, {'shift_prediction': 0.35})
+  # pred = [1, 1, 0, 1]: positives f1 2*2/(4+1) = 0.8, negatives 2*1/(2+1) = 2/3 -> weighted 11/15
+  assert result['shift_prediction']['f1_weighted'] == pytest.approx(11 / 15)
+  curves = metrics.threshold_curves(scores, labels, [0.35])
+  assert curves['f1_weighted'][0] == pytest.approx(11 / 15)
+
+
 def test_vectorised_curves_equal_sklearn_at_several_thresholds():
   rng = np.random.default_rng(1)
   n = 5000
@@ -135,7 +149,7 @@ def test_vectorised_curves_equal_sklearn_at_several_thresholds():
   np.testing.assert_array_equal(curves['threshold'], metrics.THRESHOLD_GRID)
   for i in (0, 1, 13, 35, 50, 77, 99, 100):
     t = metrics.THRESHOLD_GRID[i]
-    pred = (scores >= t).astype(np.int32)  # float64 comparison (t is a float64 scalar)
+    pred = (scores >= np.float32(t)).astype(np.int32)  # float32, as the reference's tensors
     kwargs = {'labels': [0, 1], 'average': None, 'zero_division': 0.0}
     expected = {'f1_weighted': f1_score(labels, pred, labels=[0, 1], average='weighted',
                                         zero_division=0.0),
