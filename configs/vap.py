@@ -138,6 +138,11 @@ def eval_config() -> ml_collections.ConfigDict:
   #                    first window's) has at least this much audio before it
   e.va_only_baseline = True  # also train (same recipe) and score a VA-only model
   e.excerpt_s = 20.0  # length of the plotted excerpt
+  # Every validation during training also scores the turn-taking events of the validation dialogs
+  # (one speaker order) at the reference's fixed training thresholds (vap_spec.md 5.3 step 5).
+  e.during_training = True
+  e.training_thresholds = ml_collections.ConfigDict(dict(
+      shift_prediction=0.3, backchannel_prediction=0.1, short_long=0.5))
   # TurnTakingEvents settings in seconds: the paper's (reference/vap_spec.md section 4).
   e.events = ml_collections.ConfigDict(dict(
       pad=0.05, dur=0.1, pre_label_dur=0.5, onset_dur=0.2, min_context=3.0,

@@ -153,6 +153,27 @@ class Evaluation:
                    for e, d in zip(self.events[key], dialogs)])
 
 
+# The names the reference logs during training (vap_spec.md 5.6), per `metrics.score` entry.
+TRAINING_NAMES = {('shift_hold', 'f1_weighted'): 'f1_hold_shift',
+                  ('shift_prediction', 'f1_weighted'): 'f1_predict_shift',
+                  ('short_long', 'f1_weighted'): 'f1_short_long',
+                  ('backchannel_prediction', 'f1_weighted'): 'f1_bc_prediction',
+                  **{('shift_hold', f'{stat}_{c}'): f'{name}_{stat}'
+                     for c, name in (('pos', 'shift'), ('neg', 'hold'))
+                     for stat in ('f1', 'precision', 'recall')}}
+
+
+def training_scores(trainer: train.Trainer, config, corpus: pipeline.Corpus,
+                    evaluation: Evaluation) -> dict[str, float]:
+  """The turn-taking scores a validation during training logs, under the reference's names:
+  the validation dialogs' events in one speaker order (extracted once, kept in `evaluation`), the
+  fixed `config.eval.training_thresholds`."""
+  dialogs = predict_dialogs(trainer, config, corpus)
+  scores = metrics.score(evaluation.samples('validation', False, dialogs),
+                         dict(config.eval.training_thresholds))
+  return {name: scores[event][key] for (event, key), name in TRAINING_NAMES.items()}
+
+
 def _rule_samples(samples, rule: str, rng: np.random.Generator):
   """The trivial rules on the model's events: 'always hold' scores 0 (hold, no shift, no
   backchannel, long), 'chance' uniform random scores."""

@@ -447,6 +447,12 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
                f'{total:,}', f'{trainable:,}')
   baseline = None
   has_vap = config.model.kind != 'cpc' or config.model.cpc.heads  # pure CPC has no VAP head
+  turn_taking = None  # scores the validation dialogs' turn-taking events at each evaluation
+  if config.model.kind in ('stereo', 'mono') and config.eval.get('during_training'):
+    from convssl_jax import evaluate  # it builds on this module
+    from convssl_jax.events import TurnTakingEvents
+    events = evaluate.Evaluation(TurnTakingEvents(config.model.frame_hz, **config.eval.events))
+    turn_taking = lambda: evaluate.training_scores(trainer, config, corpora['validation'], events)
   if has_vap and trainer.objective.head == 'discrete':
     baseline = class_frequency_loss(trainer.objective, corpora['train'], corpora['validation'],
                                     config.model.frame_hz)
@@ -494,6 +500,8 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
       if done % t.eval_every == 0 or last:
         flush()
         val = evaluate_loss(trainer, eval_data('validation'))
+        if turn_taking is not None:
+          val.update(turn_taking())
         logger.eval(done, 'validation', val)
         final_val = val
         if val['loss'] < meta['best_val_loss']:

@@ -10,6 +10,8 @@ from flax import nnx
 
 from configs import vap
 from convssl_jax import evaluate, metrics, models, train
+from convssl_jax.data import pipeline
+from convssl_jax.events import TurnTakingEvents
 
 
 def test_windows_join_with_each_frame_from_the_latest_window_with_enough_context():
@@ -32,6 +34,28 @@ def test_the_va_only_model_ignores_the_audio():
   np.testing.assert_array_equal(model(quiet, va, history)['logits'],
                                 model(loud, va, history)['logits'])
   assert models.count_params(model) < 50_000  # no encoder
+
+
+def test_validation_during_training_logs_turn_taking_scores_at_the_fixed_thresholds(tiny_run):
+  config, workdir = tiny_run
+  logged = json.loads((workdir / 'metrics.json').read_text())['validation']
+  trainer, step = evaluate.restore_trainer(config, workdir, 'latest')
+  assert step == config.train.steps  # the state of the last validation
+  corpora = pipeline.open_corpora(config.data, ('validation',), **train.corpus_checks(config))
+  dialogs = evaluate.predict_dialogs(trainer, config, corpora['validation'])
+  events = evaluate.Evaluation(TurnTakingEvents(config.model.frame_hz, **config.eval.events))
+  # The reference's validation thresholds (vap_spec.md 5.3 step 5): S-pred 0.3, BC-pred 0.1, S/L 0.5.
+  expected = metrics.score(events.samples('validation', False, dialogs),
+                           {'shift_prediction': 0.3, 'backchannel_prediction': 0.1,
+                            'short_long': 0.5})
+  for key, event, stat in [('f1_hold_shift', 'shift_hold', 'f1_weighted'),
+                           ('f1_predict_shift', 'shift_prediction', 'f1_weighted'),
+                           ('f1_short_long', 'short_long', 'f1_weighted'),
+                           ('f1_bc_prediction', 'backchannel_prediction', 'f1_weighted'),
+                           ('shift_precision', 'shift_hold', 'precision_pos'),
+                           ('hold_recall', 'shift_hold', 'recall_neg')]:
+    np.testing.assert_allclose(logged[key], expected[event][stat], atol=1e-6, err_msg=key)
+  assert expected['shift_hold']['n_frames'] > 0
 
 
 @pytest.fixture(scope='module')
