@@ -1,6 +1,7 @@
 """The switchboard builder: ms98 parsing and cleaning, VA, splits and folds, audio, bad inputs."""
 
 import json
+import pathlib
 import re
 
 import numpy as np
@@ -14,6 +15,7 @@ from data_builders.switchboard import switchboard_dataset_builder as swb
 from tests import corpus_fixtures as fx
 
 REAL_PYIN = f0_lib.pyin_f0
+FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
 
 # What the fixture's word template (fx.SWB_WORDS) becomes.
 EXPECTED_WORDS = [
@@ -91,15 +93,34 @@ def test_real_pyin_at_8khz_before_resampling(tmp_path, monkeypatch):
   assert not f0[:, 1].any()  # the silent channel is unvoiced
 
 
-def test_kfold_split_partitions_train_and_validation():
-  sessions = [str(i) for i in range(2001, 2024)] + ['4150', '4700', '4701']  # 24 + 2 test
+def test_kfold_split_partitions_train_and_validation_without_the_aside_sessions():
+  sessions = [str(i) for i in range(2001, 2025)] + ['4150', '4700', '4701']  # 25 + 2 test
   folds = [swb.kfold_split(sessions, k) for k in range(swb.N_FOLDS)]
-  pool = sessions[:24]
+  pool = [s for s in sessions[:25] if s != '2022']  # 2022 holds asides
   assert [len(f['validation']) for f in folds] == [3, 3] + [2] * 9  # 24 = 2 * 11 + 2
   assert sum((f['validation'] for f in folds), []) == pool  # contiguous, in order
   for f in folds:
     assert sorted(f['train'] + f['validation']) == pool and f['test'] == ['4700', '4701']
   assert folds[1]['validation'] == ['2004', '2005', '2006']
+
+
+# The reference's fold lists (conv_ssl conf/swb_kfolds/{k}_fold_val.txt): size, lowest and highest
+# session of each fold's validation chunk.
+REFERENCE_FOLDS = [(201, 2001, 2293), (201, 2294, 2523), (201, 2524, 2749), (201, 2750, 2981),
+                   (201, 2982, 3197), (200, 3198, 3416), (200, 3417, 3621), (200, 3622, 3825),
+                   (200, 3826, 4033), (200, 4034, 4237), (200, 4238, 4633)]
+
+
+def test_kfolds_of_the_real_sessions_are_the_reference_folds():
+  # The 2000 + 300 train and validation sessions of the reference's split lists.
+  sessions = (FIXTURES / 'switchboard_train_validation_sessions.txt').read_text().split()
+  assert len(sessions) == 2300
+  for k, (size, low, high) in enumerate(REFERENCE_FOLDS):
+    fold = swb.kfold_split(sessions + ['4637'], k)
+    assert (len(fold['validation']), fold['validation'][0], fold['validation'][-1]) == (
+        size, str(low), str(high)), k
+    assert len(fold['train']) == 2205 - size and fold['test'] == ['4637']
+    assert not swb.ASIDE_SESSIONS & set(fold['train'] + fold['validation'])
 
 
 def test_fold_config_builds_its_folds(tmp_path):

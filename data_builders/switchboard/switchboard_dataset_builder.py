@@ -14,7 +14,8 @@ across utterances (`va.words_to_va`). F0 is tracked at 8 kHz before the audio is
 Splits: the reference's original contiguous split by session id (train 2001-4139, validation
 4140-4633, test 4637-4940; its session lists are not shipped, every session in a range belongs
 to it). Configs `fold_0` .. `fold_10`: 11 contiguous folds over the sorted train+validation
-sessions (sklearn's KFold without shuffling), fold k's chunk the validation split, test unchanged.
+sessions without the ones holding asides (sklearn's KFold without shuffling, as the reference's
+paper-A folds), fold k's chunk the validation split, test unchanged.
 """
 
 import dataclasses
@@ -32,6 +33,21 @@ from data_builders import conversation
 RATE = conversation.TELEPHONE_RATE
 SPLIT_RANGES = {'train': (2001, 4139), 'validation': (4140, 4633), 'test': (4637, 4940)}
 N_FOLDS = 11
+# The sessions the reference's k-folds leave out for their `<b_aside>` asides: datasets_turntaking's
+# switchboard/kfold_dialogs.py INCLUDES_ASIDES (95 in train + validation, 3 in test). Without them
+# the folds hold 2205 sessions, 2004 / 201 (folds 0-4) and 2005 / 200 (folds 5-10), the members of
+# conv_ssl's conf/swb_kfolds lists.
+ASIDE_SESSIONS = frozenset((
+    '2022', '2054', '2057', '2067', '2078', '2149', '2164', '2203', '2220', '2260', '2264',
+    '2277', '2299', '2334', '2347', '2381', '2386', '2401', '2420', '2432', '2447', '2473',
+    '2480', '2491', '2517', '2550', '2566', '2569', '2584', '2585', '2640', '2662', '2689',
+    '2701', '2709', '2744', '2819', '2856', '2867', '2879', '2892', '2894', '2913', '2924',
+    '2953', '2960', '2963', '2984', '2988', '2999', '3028', '3045', '3046', '3051', '3063',
+    '3068', '3081', '3109', '3122', '3165', '3220', '3230', '3245', '3265', '3285', '3324',
+    '3338', '3350', '3357', '3364', '3373', '3376', '3396', '3400', '3443', '3490', '3539',
+    '3549', '3629', '3634', '3657', '3712', '3835', '3968', '3978', '3995', '3997', '4003',
+    '4004', '4031', '4070', '4086', '4219', '4265', '4288', '4702', '4812', '4905',
+))
 MIN_WORD_GAP = 0.05  # s: closer words share a VA segment
 TRANSCRIPTS = 'swb_ms98_transcriptions'
 SPEAKERS = ('A', 'B')  # channel 0, channel 1
@@ -128,11 +144,11 @@ def original_split(sessions) -> dict[str, list[str]]:
 
 
 def kfold_split(sessions, fold: int) -> dict[str, list[str]]:
-  """Fold `fold` of N_FOLDS over the original train+validation sessions, sorted, in contiguous
-  chunks (the first len % N_FOLDS one longer, as sklearn's KFold): validation = the fold's chunk,
-  train = the rest, test unchanged."""
+  """Fold `fold` of N_FOLDS over the original train+validation sessions but `ASIDE_SESSIONS`,
+  sorted, in contiguous chunks (the first len % N_FOLDS one longer, as sklearn's KFold):
+  validation = the fold's chunk, train = the rest, test unchanged."""
   split = original_split(sessions)
-  pool = sorted(split['train'] + split['validation'])
+  pool = sorted(s for s in split['train'] + split['validation'] if s not in ASIDE_SESSIONS)
   sizes = np.full(N_FOLDS, len(pool) // N_FOLDS)
   sizes[:len(pool) % N_FOLDS] += 1
   stop = int(np.cumsum(sizes)[fold])
