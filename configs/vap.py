@@ -13,8 +13,9 @@ Variants (comma-separated, combinable):
   skantze            Skantze 2017's regression target: 2 x 60 bins of 50 ms (a 3 s horizon),
                      pre_frames 12, at 100 Hz; with `reference` a 1-layer GPT, dropout 0.1.
   comparative        one soft "A's share of the future" logit.
-  swb, fisher,       the VoiceActivityProjection recipe on Switchboard, Fisher or both (splits
-  swb_fisher         concatenated): reference sizes, frozen CPC encoder (give it converted weights),
+  swb, fisher,       the VoiceActivityProjection recipe on Switchboard (its DAMSL split; with mono
+  swb_fisher         the original one), Fisher or both (splits concatenated): reference sizes,
+                     frozen CPC encoder in reference padding (give it converted weights),
                      100k steps, validation every 2k; needs --config.data.manual_dir (for both:
                      'SWB_DIR,FISHER_DIR').
   mono_independent, mono_independent40, mono_comparative, mono_skantze
@@ -179,6 +180,10 @@ def _ldc_recipe(config: ml_collections.ConfigDict, corpus: str) -> None:
   frozen CPC in CPC_audio's padding, the one its converted weights were trained with."""
   config.data.name = corpus
   config.model.encoder.update(freeze=True, padding='reference')
+  if config.model.kind == STEREO:  # VoiceActivityProjection's Switchboard split; conv_ssl's is
+    #                                the original one
+    config.data.builder_config = ','.join('damsl' if c == 'switchboard' else ''
+                                          for c in corpus.split('+'))
   config.train.update(steps=100_000, eval_every=2_000, checkpoint_every=2_000, log_every=100)
 
 

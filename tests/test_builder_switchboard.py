@@ -123,6 +123,25 @@ def test_kfolds_of_the_real_sessions_are_the_reference_folds():
     assert not swb.ASIDE_SESSIONS & set(fold['train'] + fold['validation'])
 
 
+def test_the_damsl_lists_split_the_sessions_of_the_original_split():
+  lists = swb.damsl_split([str(i) for i in range(2001, 4941)])
+  assert [len(lists[s]) for s in ('train', 'validation', 'test')] == [1283, 578, 577]
+  damsl = set(sum(lists.values(), []))
+  assert len(damsl) == 2438  # disjoint
+  # Every train and validation session of the original split lists is in one of them.
+  assert set((FIXTURES / 'switchboard_train_validation_sessions.txt').read_text().split()) <= damsl
+
+
+def test_damsl_config_builds_the_sessions_of_its_lists(tmp_path):
+  manual = tmp_path / 'swb'
+  fx.write_switchboard(manual)
+  builder = fx.prepare(Switchboard, tmp_path / 'data', manual, config='damsl')
+  index = builder.info.metadata['splits']
+  # The fixture's 2005, 3010 and 4150 are in the lists' validation, train and test; 4700 in none.
+  assert {s: v['sessions'] for s, v in index.items()} == {
+      'train': ['3010'], 'validation': ['2005'], 'test': ['4150']}
+
+
 def test_fold_config_builds_its_folds(tmp_path):
   manual = tmp_path / 'swb'
   fx.write_switchboard(manual)

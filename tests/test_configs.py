@@ -41,9 +41,13 @@ def test_ldc_variants_are_the_voice_activity_projection_recipe(variant, corpus):
   assert (t.learning_rate, t.weight_decay, t.schedule, t.grad_clip) == (3.63e-4, 1e-3, 'plateau', 5.0)
   assert config.model.encoder.freeze and config.model.kind == 'stereo'
   assert config.model.encoder.padding == 'reference'  # the one converted CPC was trained with
+  # VoiceActivityProjection's Switchboard split (DAMSL); the mono conv_ssl recipe the original.
+  assert config.data.builder_config == {'swb': 'damsl', 'fisher': '', 'swb_fisher': 'damsl,'}[
+      variant]
   assert (config.model.dim, config.model.transformer.cross_layers) == (256, 3)  # reference sizes
   mono = vap.get_config(f'{variant},mono')
   assert mono.data.name == corpus and mono.data.window_s == 10.0 and mono.data.normalize
+  assert mono.data.builder_config == ''
   assert mono.model.transformer.num_layers == 4
 
 

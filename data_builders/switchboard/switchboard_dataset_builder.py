@@ -13,7 +13,8 @@ across utterances (`va.words_to_va`). F0 is tracked at 8 kHz before the audio is
 
 Splits: the reference's original contiguous split by session id (train 2001-4139, validation
 4140-4633, test 4637-4940; its session lists are not shipped, every session in a range belongs
-to it). Configs `fold_0` .. `fold_10`: 11 contiguous folds over the sorted train+validation
+to it). Config `damsl`: VoiceActivityProjection's split (1283 / 578 / 577 sessions, the lists in
+damsl/). Configs `fold_0` .. `fold_10`: 11 contiguous folds over the sorted train+validation
 sessions without the ones holding asides (sklearn's KFold without shuffling, as the reference's
 paper-A folds), fold k's chunk the validation split, test unchanged.
 """
@@ -32,6 +33,9 @@ from data_builders import conversation
 
 RATE = conversation.TELEPHONE_RATE
 SPLIT_RANGES = {'train': (2001, 4139), 'validation': (4140, 4633), 'test': (4637, 4940)}
+# VoiceActivityProjection's split of the same 2438 sessions (its dataset_swb/splits, the "DAMSL"
+# split of datasets_turntaking), one session id per line.
+DAMSL_DIR = pathlib.Path(__file__).parent / 'damsl'
 N_FOLDS = 11
 # The sessions the reference's k-folds leave out for their `<b_aside>` asides: datasets_turntaking's
 # switchboard/kfold_dialogs.py INCLUDES_ASIDES (95 in train + validation, 3 in test). Without them
@@ -66,8 +70,10 @@ _CLEANING = (  # (pattern, replacement), applied in order
 
 @dataclasses.dataclass(kw_only=True)
 class SwitchboardConfig(tfds.core.BuilderConfig):
-  """fold: None for the original split, else the k-fold whose chunk is the validation split."""
+  """fold: None for the original split, else the k-fold whose chunk is the validation split;
+  damsl: VoiceActivityProjection's split instead."""
   fold: int | None = None
+  damsl: bool = False
 
 
 def clean_word(text: str) -> str:
@@ -143,6 +149,13 @@ def original_split(sessions) -> dict[str, list[str]]:
           for split, (low, high) in SPLIT_RANGES.items()}
 
 
+def damsl_split(sessions) -> dict[str, list[str]]:
+  """VoiceActivityProjection's split (DAMSL_DIR's lists) of the sessions present."""
+  present = set(sessions)
+  return {split: [s for s in (DAMSL_DIR / f'{split}.txt').read_text().split() if s in present]
+          for split in ('train', 'validation', 'test')}
+
+
 def kfold_split(sessions, fold: int) -> dict[str, list[str]]:
   """Fold `fold` of N_FOLDS over the original train+validation sessions but `ASIDE_SESSIONS`,
   sorted, in contiguous chunks (the first len % N_FOLDS one longer, as sklearn's KFold):
@@ -161,7 +174,10 @@ class Switchboard(conversation.ConversationBuilder):
   """Switchboard-1 Release 2 with ms98 word alignments (see data_builders/README.md)."""
 
   VERSION = tfds.core.Version('1.0.0')
-  BUILDER_CONFIGS = [SwitchboardConfig(name='original', description='The original split.')] + [
+  BUILDER_CONFIGS = [
+      SwitchboardConfig(name='original', description='The original split.'),
+      SwitchboardConfig(name='damsl', damsl=True,
+                        description="VoiceActivityProjection's DAMSL split.")] + [
       SwitchboardConfig(name=f'fold_{k}', fold=k, description=f'K-fold {k} of {N_FOLDS}.')
       for k in range(N_FOLDS)]
   MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
@@ -178,7 +194,8 @@ class Switchboard(conversation.ConversationBuilder):
       raise ValueError(f'{root}: no swb1_d*/data/sw0NNNN.sph (or .wav) audio files')
     if not (root / TRANSCRIPTS).is_dir():
       raise ValueError(f'{root}: no {TRANSCRIPTS} folder (the ms98 word alignments)')
-    fold = self.builder_config.fold
-    splits = original_split(audio) if fold is None else kfold_split(audio, fold)
+    config = self.builder_config
+    splits = (damsl_split(audio) if config.damsl else
+              original_split(audio) if config.fold is None else kfold_split(audio, config.fold))
     return self._splits(splits, audio, lambda s: functools.partial(
         load_session, s, audio[s], root / TRANSCRIPTS / s[:2] / s))
