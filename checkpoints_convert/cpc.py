@@ -1,13 +1,17 @@
 """CPC_audio checkpoints (`60k_epoch4-d0f474de.pt` and its hub format) -> our `CPCEncoder`.
 
-The file is `{'config': argparse options, 'weights': state dict, ...}` (reference/
-checkpoints_spec.md 1.3). The architecture comes from the stored config; anything our encoder
+The hub file is `{'config': argparse options, 'weights': state dict, ...}`; a checkpoint written
+by CPC_audio's cpc/train.py is `{'gEncoder': state dict, 'cpcCriterion', 'optimizer', 'best'}`
+with its options beside it in `checkpoint_args.json` (reference/checkpoints_spec.md 1.3). The
+architecture comes from the stored options; anything our encoder
 cannot reproduce is refused. Every expected tensor must be present exactly once (a leading
 `module.` is stripped) and no other key may sit in 'weights': CPC_audio loads with strict=False,
 so a misnamed key would otherwise silently stay random.
 """
 
+import json
 import os
+import pathlib
 
 import numpy as np
 
@@ -72,17 +76,33 @@ def params_from_weights(w: dict[str, np.ndarray], lstm_layers: int) -> dict:
   }
 
 
+TRAIN_ARGS_FILE = 'checkpoint_args.json'  # cpc/train.py's options, beside its checkpoints
+
+
+def _read(path: str) -> tuple[dict, dict]:
+  """(argparse options, state dict) of a hub file or of a cpc/train.py checkpoint."""
+  checkpoint = torch_file.load(path)
+  if isinstance(checkpoint, dict) and {'config', 'weights'} <= checkpoint.keys():
+    return checkpoint['config'], checkpoint['weights']
+  if isinstance(checkpoint, dict) and 'gEncoder' in checkpoint:
+    args = pathlib.Path(path).parent / TRAIN_ARGS_FILE
+    try:
+      return json.loads(args.read_text()), checkpoint['gEncoder']
+    except (OSError, json.JSONDecodeError) as err:
+      raise ConversionError(f"{path}: a cpc/train.py checkpoint ('gEncoder') needs its options "
+                            f'in {args}: {err}') from err
+  found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+  raise ConversionError(f"{path}: not a CPC_audio checkpoint (a hub file has 'config' and "
+                        f"'weights', a cpc/train.py one 'gEncoder'; found {found})")
+
+
 def convert(path: str | os.PathLike) -> tuple[dict, dict]:
   """(our encoder config {'dim', 'lstm_layers', 'padding'}, params pure dict) from a CPC_audio
-  hub file."""
+  hub file or cpc/train.py checkpoint."""
   path = os.fspath(path)
-  checkpoint = torch_file.load(path)
-  if not isinstance(checkpoint, dict) or not {'config', 'weights'} <= checkpoint.keys():
-    found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
-    raise ConversionError(f"{path}: not a CPC_audio hub checkpoint (needs 'config' and 'weights',"
-                          f' found {found})')
-  config = encoder_config(checkpoint['config'], path)
-  weights = keys.checked(keys.strip_module_prefix(checkpoint['weights'], path),
+  options, state = _read(path)
+  config = encoder_config(options, path)
+  weights = keys.checked(keys.strip_module_prefix(state, path),
                          expected_shapes(**config), path, 'configured CPC')
   # The padding its weights were trained with, for models that load it (see build_model).
   return {**config, 'padding': 'reference'}, params_from_weights(weights, config['lstm_layers'])

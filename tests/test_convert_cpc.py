@@ -4,6 +4,7 @@ The fixtures (checkpoints_convert/make_fixtures.py) are a PyTorch CPC (hidden 32
 weights) in CPC_audio's hub format with torch's outputs; no torch is needed here.
 """
 
+import json
 import logging
 import pathlib
 
@@ -220,8 +221,24 @@ def test_an_unsupported_architecture_is_refused_naming_the_field(monkeypatch, fi
 
 
 def test_a_file_without_config_and_weights_is_refused(monkeypatch):
-  with pytest.raises(convert_cpc.ConversionError, match='not a CPC_audio hub checkpoint'):
+  with pytest.raises(convert_cpc.ConversionError, match='not a CPC_audio checkpoint'):
     _convert(monkeypatch, {'weights': {}})
+
+
+def test_a_cpc_train_checkpoint_with_its_options_file_converts_like_the_hub_file(
+    monkeypatch, tmp_path):
+  hub = _checkpoint()
+  trained = {'gEncoder': hub['weights'], 'cpcCriterion': {'wPrediction.0.weight': np.zeros(3)},
+             'optimizer': {'state': {}}, 'best': None}  # cpc/train.py's save_checkpoint
+  monkeypatch.setattr(torch_file, 'load', lambda path: trained)
+  with pytest.raises(convert_cpc.ConversionError, match='checkpoint_args.json'):
+    convert_cpc.convert(tmp_path / 'checkpoint_4.pt')
+  (tmp_path / 'checkpoint_args.json').write_text(json.dumps(dict(hub['config'])))
+  config, params = convert_cpc.convert(tmp_path / 'checkpoint_4.pt')
+  monkeypatch.undo()
+  reference = convert_cpc.convert(FIXTURES / 'cpc_l1.pt')
+  assert config == reference[0]
+  jax.tree.map(np.testing.assert_array_equal, params, reference[1])
 
 
 # Training VAP on top of a converted, frozen CPC.
