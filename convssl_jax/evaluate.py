@@ -17,6 +17,7 @@ import collections
 import copy
 import json
 import pathlib
+import weakref
 from typing import Any
 
 import jax
@@ -65,9 +66,23 @@ def converted_trainer(config, directory) -> tuple[train.Trainer, Any]:
   return trainer, config
 
 
+_PREDICT_FNS = weakref.WeakKeyDictionary()  # Trainer -> {swap: (graphdef, its predict)}
+
+
 def _predict_fn(trainer: train.Trainer, swap: bool):
   """jit: (state, batch, rows) -> per-window probabilities [B, N, 2], the (swapped) VA
-  [B, N + H, 2] and the rows' ids, all replicated so every process can stitch every dialog."""
+  [B, N + H, 2] and the rows' ids, all replicated so every process can stitch every dialog.
+
+  One per trainer and model structure (`Trainer.build` makes a new graphdef), so the evaluations
+  during training compile it once.
+  """
+  functions = _PREDICT_FNS.setdefault(trainer, {})
+  if swap not in functions or functions[swap][0] is not trainer.graphdef:
+    functions[swap] = (trainer.graphdef, _jit_predict(trainer, swap))
+  return functions[swap][1]
+
+
+def _jit_predict(trainer: train.Trainer, swap: bool):
   graphdef, objective = trainer.graphdef, trainer.objective
 
   def predict(state, batch, rows):
@@ -217,6 +232,10 @@ def evaluate(config, workdir, baselines: dict[str, tuple[Any, Any]] | None = Non
   results = {split: {name: metrics.score(s[split], thresholds[name], counts[split])
                      for name, s in samples.items()} for split in SPLITS}
   if jax.process_index() == 0:
+    (workdir / 'eval').mkdir(parents=True, exist_ok=True)
+    (workdir / 'eval' / 'thresholds.json').write_text(json.dumps(  # the reference's file
+        {ref: thresholds['model'][name] for name, ref in metrics.REFERENCE_THRESHOLD_NAMES.items()},
+        indent=2))
     for split in SPLITS:
       out = workdir / 'eval' / split
       out.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,9 @@ EVENT_MASKS = {'shift_hold': ('shift', 'hold'), 'short_long': ('short', 'long'),
                'shift_prediction': ('pred_shift', 'pred_shift_neg'),
                'backchannel_prediction': ('pred_bc', 'pred_bc_neg')}
 TUNED_EVENTS = ('short_long', 'shift_prediction', 'backchannel_prediction')
+# The names the reference saves the tuned thresholds under (its thresholds.json).
+REFERENCE_THRESHOLD_NAMES = {'shift_prediction': 'pred_shift', 'backchannel_prediction': 'pred_bc',
+                             'short_long': 'short_long'}
 # linspace(0, 1, 101) rounded so that the thresholds are the plain decimals 0.00, 0.01, ... 1.00.
 # Scores are compared with them in float32, as the reference's float32 torch tensors are: a score
 # of float32(0.35) = 0.34999999 is >= the threshold 0.35.
@@ -158,7 +161,7 @@ def best_threshold(scores, labels, grid=THRESHOLD_GRID) -> float:
 def find_thresholds(samples: Samples, grid=THRESHOLD_GRID) -> dict[str, float]:
   """Thresholds for every event: tuned for S/L, S-pred and BC-pred (on validation), 0.5 for S/H.
 
-  The reference saves them as `pred_shift`, `pred_bc` and `short_long`.
+  The reference saves them as `REFERENCE_THRESHOLD_NAMES`.
   """
   return {name: (best_threshold(*samples.get(name, _NO_SAMPLES), grid)
                  if name in TUNED_EVENTS else DEFAULT_THRESHOLD)

@@ -11,6 +11,7 @@ from flax import nnx
 from configs import vap
 from convssl_jax import evaluate, metrics, models, train
 from convssl_jax.data import pipeline
+from convssl_jax.data import va as va_lib
 from convssl_jax.events import TurnTakingEvents
 
 
@@ -34,6 +35,17 @@ def test_the_va_only_model_ignores_the_audio():
   np.testing.assert_array_equal(model(quiet, va, history)['logits'],
                                 model(loud, va, history)['logits'])
   assert models.count_params(model) < 50_000  # no encoder
+
+
+def test_repeated_predictions_of_one_trainer_compile_once(tiny_run):
+  config, workdir = tiny_run
+  trainer, _ = evaluate.restore_trainer(config, workdir, 'latest')
+  corpora = pipeline.open_corpora(config.data, ('validation',), **train.corpus_checks(config))
+  first = evaluate.predict_dialogs(trainer, config, corpora['validation'])
+  second = evaluate.predict_dialogs(trainer, config, corpora['validation'])
+  ((_, predict),) = evaluate._PREDICT_FNS[trainer].values()
+  assert predict._cache_size() == 1
+  np.testing.assert_array_equal(first[0]['p'], second[0]['p'])
 
 
 def test_validation_during_training_logs_turn_taking_scores_at_the_fixed_thresholds(tiny_run):
@@ -81,6 +93,10 @@ def test_evaluation_writes_metrics_tables_and_plots_per_split(evaluated):
         'S/H', 'S/L', 'S-pred', 'BC-pred']
     assert (out / 'thresholds.png').stat().st_size > 0
   assert (workdir / 'eval' / 'test' / 'excerpt.png').stat().st_size > 0
+  assert json.loads((workdir / 'eval' / 'thresholds.json').read_text()) == {
+      'pred_shift': results['thresholds']['model']['shift_prediction'],
+      'pred_bc': results['thresholds']['model']['backchannel_prediction'],
+      'short_long': results['thresholds']['model']['short_long']}
   for thresholds in results['thresholds'].values():
     assert thresholds['shift_hold'] == 0.5
     assert all(0.01 <= t <= 0.99 for t in thresholds.values())
@@ -94,6 +110,26 @@ def test_every_model_and_rule_is_scored_on_the_same_events(evaluated):
     assert len({json.dumps(c, sort_keys=True) for c in counts.values()}) == 1
     assert counts['model']['shift_hold'][0] > 0  # the synthetic dialogs have shifts ...
     assert counts['model']['shift_hold'][1] > 0  # ... and holds
+
+
+def test_both_speaker_orders_are_scored_at_the_validation_thresholds(evaluated, tiny_run):
+  config, _ = tiny_run
+  _, results = evaluated
+  corpora = pipeline.open_corpora(config.data, ('test',), **train.corpus_checks(config))
+  events = TurnTakingEvents(config.model.frame_hz, **config.eval.events)
+  shifts = holds = 0  # S/H frames of every test dialog, as recorded and with speakers swapped
+  for index, duration in enumerate(corpora['test'].durations):
+    va_list = va_lib.channel_segments(corpora['test'].source[index]['va'])
+    frames = va_lib.num_frames(duration, config.model.frame_hz)
+    va = va_lib.va_frames(va_list, frames, config.model.frame_hz)
+    va = np.concatenate([va, np.zeros((100, 2), np.float32)])
+    for order in (va, va[:, ::-1]):
+      found = events(order, max_frame=frames)
+      shifts, holds = shifts + found['shift'].sum(), holds + found['hold'].sum()
+  sh = results['test']['model']['shift_hold']
+  assert (sh['n_positive'], sh['n_negative']) == (shifts, holds) and shifts > 0
+  for event, threshold in results['thresholds']['model'].items():
+    assert results['test']['model'][event]['threshold'] == threshold
 
 
 def test_always_hold_predicts_every_shift_hold_frame_as_hold(evaluated):
