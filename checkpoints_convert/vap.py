@@ -160,6 +160,12 @@ def params_from_weights(w: dict[str, np.ndarray], a: dict) -> dict:
   }
 
 
+def recipe_data(kind: str) -> dict:
+  """The windows and normalisation the model of `kind` was trained with, for `config.data`."""
+  d = vap_config.data_config(kind)
+  return {'window_s': d.window_s, 'normalize': d.normalize}
+
+
 def _model_config(kind: str, a: dict):
   """The reference `config.model` of `kind` at the architecture's sizes, with its frozen CPC."""
   cfg = vap_config.model_config(kind)
@@ -213,6 +219,7 @@ def convert(path: str | os.PathLike) -> tuple[dict, dict]:
   weights = keys.checked(weights, expected_shapes(a), path, f'VAP architecture {a}', source)
   _check_slopes(weights, a['num_heads'], source, path)
   return ({'format': file_format, 'architecture': a, 'model': model_config(a).to_dict(),
+           'data': recipe_data('stereo'),
            'ignored_keys': ignored},
           params_from_weights(weights, a))
 
@@ -323,5 +330,6 @@ def convert_conv_ssl(path: str | os.PathLike) -> tuple[dict, dict]:
                          f'conv_ssl architecture {a}', source)
   _check_slopes(weights, a['num_heads'], source, path)
   return ({'format': file_format, 'architecture': a,
-           'model': conv_ssl_model_config(a).to_dict(), 'ignored_keys': ignored},
+           'model': conv_ssl_model_config(a).to_dict(), 'data': recipe_data('mono'),
+           'ignored_keys': ignored},
           conv_ssl_params(weights, a))

@@ -118,6 +118,10 @@ def train_config(kind: str = STEREO) -> ml_collections.ConfigDict:
   t.grad_clip = 5.0 if kind == STEREO else 0.0  # global norm; 0 = off
   t.schedule = 'plateau' if kind == STEREO else 'cosine'  # 'plateau' | 'cosine' | 'constant'
   t.warmup_steps = 0
+  # 'cosine' (conv_ssl): CosineAnnealingLR(T_max=2500) stepped every 100 steps, a staircase over
+  # a half-cosine of 250,000 steps (nearly flat over a run of tens of thousands).
+  t.cosine_stairs = 2500
+  t.cosine_stair_steps = 100
   t.plateau_factor = 0.5  # learning rate x factor when validation stops improving ...
   t.plateau_patience = 2  # ... for more than this many evaluations
   t.early_stopping_patience = 10  # evaluations without improvement before stopping

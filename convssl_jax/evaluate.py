@@ -29,6 +29,7 @@ from convssl_jax import checkpoints, inference, metrics, models, train
 from convssl_jax.data import pipeline
 from convssl_jax.data import va as va_lib
 from convssl_jax.events import TurnTakingEvents
+from convssl_jax.models import pretrained
 
 SPLITS = ('validation', 'test')
 ORDERS = (False, True)  # speakers as recorded, then swapped
@@ -56,11 +57,13 @@ def restore_trainer(config, workdir, which: str = 'best') -> tuple[train.Trainer
 
 def converted_trainer(config, directory) -> tuple[train.Trainer, Any]:
   """(a Trainer holding the converted VAP model of `directory`, `config` with that model's
-  `config.model`): a `python -m checkpoints_convert vap|conv_ssl` output used like a trained run."""
+  `config.model` and its recipe's windows and normalisation in `config.data`): a
+  `python -m checkpoints_convert vap|conv_ssl` output used like a trained run."""
   model, model_cfg = models.load_model(directory)
   config = copy.deepcopy(config)
   with config.unlocked():
     config.model = model_cfg
+    config.data.update(pretrained.read_config(directory).get('data', {}))
   trainer = train.Trainer(config, train.make_mesh(config.train.fsdp),
                           model_state=nnx.state(model, nnx.Param))
   return trainer, config

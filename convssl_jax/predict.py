@@ -112,8 +112,41 @@ def event_list(events: dict[str, np.ndarray], frame_hz: int) -> list[dict[str, A
   return sorted(found, key=lambda e: (e['start'], e['event']))
 
 
+def _runs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(starts, lengths, values) of the runs of equal values in x [T]."""
+  edges = np.flatnonzero(np.diff(x)) + 1
+  starts = np.concatenate([[0], edges])
+  return starts, np.diff(np.concatenate([starts, [len(x)]])), x[starts]
+
+
+def vad_va_list(vad: np.ndarray, frame_hz: int, fill_s: float = 0.02, omit_s: float = 0.02,
+                merge_s: float = 0.1) -> list[list[list[float]]]:
+  """The model's VAD [T, 2] as a VA list, as the reference's `vad()` and
+  `vad_onehot_to_vad_list`: active where >= 0.5; silences of at most round(fill_s * hz) frames
+  filled, then active runs of at most round(omit_s * hz) frames dropped; segments in seconds
+  (2 decimals), merged across gaps shorter than `merge_s`."""
+  va_list = []
+  for channel in np.asarray(vad).T:
+    active = (channel >= 0.5).astype(np.int8)
+    for value, most in ((0, round(fill_s * frame_hz)), (1, round(omit_s * frame_hz))):
+      for start, length, v in zip(*_runs(active)):
+        if v == value and length <= most:
+          active[start:start + length] = 1 - value
+    segments = []
+    for start, length, v in zip(*_runs(active)):
+      if v == 1:
+        s, e = round(start / frame_hz, 2), round((start + length) / frame_hz, 2)
+        if segments and s - segments[-1][1] < merge_s:
+          segments[-1][1] = e
+        else:
+          segments.append([s, e])
+    va_list.append(segments)
+  return va_list
+
+
 def write(result: dict[str, Any], directory, stem: str) -> list[pathlib.Path]:
-  """`<stem>.json` (curves, events), `<stem>.csv` (a row per frame) and `<stem>.png`."""
+  """`<stem>.json` (curves, events, the model's VAD as a VA list), `<stem>.csv` (a row per frame)
+  and `<stem>.png`."""
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   hz = result['frame_hz']
@@ -124,13 +157,14 @@ def write(result: dict[str, Any], directory, stem: str) -> list[pathlib.Path]:
   paths[0].write_text(json.dumps({
       'frame_hz': hz, 'time': time.round(6).tolist(),
       **{k: np.round(v, 5).tolist() for k, v in columns.items()},
-      'events': event_list(result['events'], hz)}))
+      'events': event_list(result['events'], hz),
+      **({'vad_list': vad_va_list(result['vad'], hz)} if 'vad' in result else {})}))
   with open(paths[1], 'w', newline='') as f:
     writer = csv.writer(f)
     writer.writerow(['time', *columns])
     writer.writerows(zip(time.round(6), *(np.round(v, 5) for v in columns.values())))
-  # Without a VA list the plot shows the model's own VAD (> 0.5) as voice activity.
-  va = result['va'] if result['events'] or 'vad' not in result else result['vad'] > 0.5
+  # Without a VA list the plot shows the model's own VAD (>= 0.5) as voice activity.
+  va = result['va'] if result['events'] or 'vad' not in result else result['vad'] >= 0.5
   curves = {k: result[k] for k in (*CURVES, 'envelope') if k in result}
   plots.excerpt({**curves, 'va': va.astype(np.float32)}, result['events'], frame_hz=hz,
                 seconds=len(time) / hz, path=paths[2])

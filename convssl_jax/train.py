@@ -105,27 +105,35 @@ def to_device(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str
 
 # The optimizer.
 
-def learning_rate(train_cfg) -> optax.Schedule:
-  """'constant' or 'plateau' (constant, scaled on plateaus by the loop) or 'cosine', with warmup."""
+def learning_rate(train_cfg, start: int = 0) -> optax.Schedule:
+  """After `warmup_steps` of linear warmup: 'constant', 'plateau' (constant, scaled on plateaus by
+  the loop) or 'cosine', conv_ssl's CosineAnnealingLR stepped every `cosine_stair_steps`: the
+  rate is lr * (1 + cos(pi * stair / cosine_stairs)) / 2 with stair = step // cosine_stair_steps
+  (2500 stairs of 100 steps: one half-cosine over 250,000 steps, a staircase). An optimizer made
+  at step `start` (when the encoder unfreezes) counts from 0 but continues the schedule there."""
   t = train_cfg
   if t.schedule in ('constant', 'plateau'):
-    constant = optax.constant_schedule(t.learning_rate)
-    if not t.warmup_steps:  # (optax logs about a zero-step linear schedule)
-      return constant
-    return optax.join_schedules([optax.linear_schedule(0.0, t.learning_rate, t.warmup_steps),
-                                 constant], [t.warmup_steps])
-  if t.schedule == 'cosine':
-    return optax.warmup_cosine_decay_schedule(0.0, t.learning_rate, t.warmup_steps,
-                                              max(t.steps, t.warmup_steps + 1))
-  raise ValueError(f"train.schedule must be 'constant', 'plateau' or 'cosine', got {t.schedule!r}")
+    schedule = optax.constant_schedule(t.learning_rate)
+  elif t.schedule == 'cosine':
+    def schedule(count):
+      stair = jnp.floor_divide(count, t.cosine_stair_steps)
+      return t.learning_rate * 0.5 * (1 + jnp.cos(jnp.pi * stair / t.cosine_stairs))
+  else:
+    raise ValueError(f"train.schedule must be 'constant', 'plateau' or 'cosine', got "
+                     f'{t.schedule!r}')
+  if t.warmup_steps:  # (optax logs about a zero-step linear schedule)
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, t.learning_rate, t.warmup_steps), schedule], [t.warmup_steps])
+  return schedule if not start else lambda count: schedule(count + start)
 
 
-def optimizer_transform(train_cfg) -> optax.GradientTransformation:
+def optimizer_transform(train_cfg, start: int = 0) -> optax.GradientTransformation:
   """AdamW (decoupled weight decay on every trained parameter), optional global-norm clipping, and
-  a final `plateau_scale` the loop lowers when the validation loss stops improving."""
+  a final `plateau_scale` the loop lowers when the validation loss stops improving; made at step
+  `start`, it continues the learning-rate schedule from there."""
   t = train_cfg
   parts = [optax.clip_by_global_norm(t.grad_clip)] if t.grad_clip > 0 else []
-  parts += [optax.adamw(learning_rate(t), b1=t.b1, b2=t.b2, weight_decay=t.weight_decay),
+  parts += [optax.adamw(learning_rate(t, start), b1=t.b1, b2=t.b2, weight_decay=t.weight_decay),
             optax.inject_hyperparams(optax.scale)(step_size=1.0)]
   return optax.chain(*parts)
 
@@ -207,12 +215,15 @@ class Trainer:
     cfg = self.config
     self.trainable = trainable = models.trainable_filter(cfg.model, step)
     self.encoder_frozen = models.encoder_frozen(cfg.model, step)
+    # The optimizer in use was made at the start or, once a frozen encoder unfroze, at that step.
+    unfrozen_at = cfg.model.encoder.unfreeze_step
+    start = unfrozen_at if cfg.model.encoder.freeze and not self.encoder_frozen else 0
 
     def make(model_state=None):
       model = models.build_model(cfg.model, rngs=nnx.Rngs(params=cfg.seed, dropout=cfg.seed + 1))
       if model_state is not None:
         nnx.update(model, model_state)
-      return model, nnx.Optimizer(model, optimizer_transform(cfg.train), wrt=trainable)
+      return model, nnx.Optimizer(model, optimizer_transform(cfg.train, start), wrt=trainable)
 
     model, optimizer = nnx.eval_shape(make)
     self.graphdef, abstract = nnx.split((model, optimizer))
@@ -488,6 +499,7 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
         flush()
         logging.info('step %d: unfreezing the encoder', step)
         trainer.build(step)
+        trainer.set_plateau_scale(meta['plateau_scale'])  # the new optimizer's scale is 1
       batch = next(train_iter)
       trainer.state, metrics = trainer.train_step(trainer.state,
                                                   to_device(batch, trainer.batch_sharding))

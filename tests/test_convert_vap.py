@@ -13,6 +13,7 @@ from checkpoints_convert import __main__ as cli
 from checkpoints_convert import keys, torch_file
 from checkpoints_convert import vap as convert_vap
 from convssl_jax import models
+from convssl_jax.models import pretrained
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures' / 'torch' / 'vap'
 TOL = dict(atol=1e-4, rtol=1e-4)
@@ -163,6 +164,8 @@ def test_the_converted_mono_model_matches_pytorch(conv_ssl_dir):
   assert isinstance(model, models.MonoVAP)
   assert (cfg.transformer.num_heads, cfg.transformer.num_layers, cfg.va_cond.history_bins,
           cfg.transformer.double_residual) == (4, 2, 5, True)
+  # conv_ssl's windows: 10 s, peak-normalised (its run.py loads with normalize=True).
+  assert pretrained.read_config(conv_ssl_dir)['data'] == {'window_s': 10.0, 'normalize': True}
   diff = 0.0
   for case in ('len16000', 'quiet'):
     logits = _mono_logits(model, case)
@@ -201,14 +204,15 @@ def test_a_converted_model_predicts_on_a_recording_like_its_own_forward(converte
 
   _, directory = converted
   config = vap_config.get_config('tiny')
-  config.data.window_s = 4.0
   trainer, config = evaluate.converted_trainer(config, directory)
+  # The stereo recipe's windows and normalisation replace the tiny config's (5 s, normalised).
+  assert (config.data.window_s, config.data.normalize) == (20.0, False)
   rng = np.random.default_rng(0)
   wave = (0.2 * rng.standard_normal((3 * 16000, 2))).astype(np.float32)
   sf.write(tmp_path / 'talk.wav', wave, 16000, subtype='FLOAT')
   got = predict.predict_file(trainer, config, tmp_path / 'talk.wav')
   model, cfg = models.load_model(directory)
-  padded = np.zeros((1, 2, 4 * 16000), np.float32)
+  padded = np.zeros((1, 2, 20 * 16000), np.float32)
   padded[0, :, :3 * 16000] = wave.T
   out = _forward(model, jnp.asarray(padded))
   frames = 3 * cfg.frame_hz

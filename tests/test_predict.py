@@ -62,6 +62,17 @@ def test_a_va_list_is_framed_from_its_float64_times(trained, dialog, tmp_path):
   np.testing.assert_array_equal(np.flatnonzero(result['va'][:, 1]), np.arange(50, 75))
 
 
+def test_the_models_vad_becomes_a_va_list_as_the_references_does():
+  vad = np.full((40, 2), 0.1, np.float32)
+  # A: frames 0-4 active but frame 2 (0.4 < 0.5): the 1-frame gap is filled; the 1-frame spike at
+  # frame 8 is dropped -> [0, 5) = [0.0, 0.1] s.
+  vad[[0, 1, 3, 4, 8], 0] = [0.6, 0.5, 0.6, 0.9, 0.7]
+  vad[2, 0] = 0.4
+  # B: frames 10-19 and 22-29, a 2-frame (0.04 s < 0.1 s) gap: one segment [0.2, 0.6] s.
+  vad[10:20, 1] = vad[22:30, 1] = 0.8
+  assert predict.vad_va_list(vad, HZ) == [[[0.0, 0.1]], [[0.2, 0.6]]]
+
+
 def test_outputs_are_a_frame_table_json_with_events_and_a_plot(trained, dialog, tmp_path):
   config, trainer = trained
   path = _wav(tmp_path / 'd.wav', dialog.audio)
@@ -73,6 +84,7 @@ def test_outputs_are_a_frame_table_json_with_events_and_a_plot(trained, dialog, 
   np.testing.assert_allclose(float(rows[101][0]), 100 / HZ)
   written = json.loads(json_path.read_text())
   np.testing.assert_allclose(written['p_bc_A'], result['p_bc'][:, 0], atol=1e-5)
+  assert written['vad_list'] == predict.vad_va_list(result['vad'], HZ)
   shifts = [e for e in written['events'] if e['event'] == 'shift']
   assert len(shifts) == sum(np.diff(np.r_[0, m.astype(int)]).clip(0).sum()
                             for m in result['events']['shift'].T)

@@ -241,3 +241,24 @@ def test_the_constant_schedule_warms_up_linearly_then_holds():
                              [0.0, 5e-4, 1e-3, 1e-3], rtol=1e-6)
   t.warmup_steps = 0
   np.testing.assert_allclose([train.learning_rate(t)(s) for s in (0, 100)], [1e-3, 1e-3])
+
+
+def test_the_cosine_schedule_is_conv_ssls_staircase():
+  # CosineAnnealingLR(T_max=2500) stepped every 100 steps: lr (1 + cos(pi k / 2500)) / 2 for
+  # k = step // 100. Step 50,000 is stair 500: (1 + cos(pi / 5)) / 2 = 0.904508...
+  t = vap.train_config('mono')
+  assert (t.schedule, t.cosine_stairs, t.cosine_stair_steps) == ('cosine', 2500, 100)
+  lr = train.learning_rate(t)
+  expected = {0: 1.0, 99: 1.0, 100: (1 + np.cos(np.pi / 2500)) / 2,
+              50_000: (1 + np.cos(np.pi / 5)) / 2, 50_099: (1 + np.cos(np.pi / 5)) / 2,
+              125_000: 0.5, 250_000: 0.0}
+  for step, fraction in expected.items():
+    np.testing.assert_allclose(lr(step), 3.63e-4 * fraction, rtol=1e-5, atol=1e-9, err_msg=step)
+
+
+def test_an_optimizer_made_when_the_encoder_unfreezes_continues_the_schedule():
+  t = vap.train_config('mono')
+  t.warmup_steps = 1000
+  restarted = train.learning_rate(t, start=600)  # counts from 0 at step 600
+  for count in (0, 300, 400, 60_000):
+    np.testing.assert_allclose(restarted(count), train.learning_rate(t)(600 + count), rtol=1e-6)
