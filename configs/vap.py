@@ -16,8 +16,8 @@ Variants (comma-separated, combinable):
   swb, fisher,       the VoiceActivityProjection recipe on Switchboard (its DAMSL split; with mono
   swb_fisher         the original one), Fisher or both (splits concatenated): reference sizes,
                      frozen CPC encoder in reference padding (give it converted weights),
-                     100k steps, validation every 2k; needs --config.data.manual_dir (for both:
-                     'SWB_DIR,FISHER_DIR').
+                     100k steps, validation once per epoch; needs --config.data.manual_dir
+                     (for both: 'SWB_DIR,FISHER_DIR').
   mono_independent, mono_independent40, mono_comparative, mono_skantze
                      the conv_ssl 2022 recipe (mono) with that head: `mono,<head>`.
   va_only            the VA-only baseline: a mono model that hears no audio (VA + history).
@@ -129,7 +129,7 @@ def train_config(kind: str = STEREO) -> ml_collections.ConfigDict:
   t.f0_loss_weight = 1.0  # with model.f0_head
   t.fsdp = 1  # devices per parameter shard; the rest is data parallel
   t.log_every = 50
-  t.eval_every = 500
+  t.eval_every = 500  # steps; <= 0: once per epoch of training windows
   t.checkpoint_every = 500
   t.keep_checkpoints = 3
   return t
@@ -188,7 +188,8 @@ def _ldc_recipe(config: ml_collections.ConfigDict, corpus: str) -> None:
     #                                the original one
     config.data.builder_config = ','.join('damsl' if c == 'switchboard' else ''
                                           for c in corpus.split('+'))
-  config.train.update(steps=100_000, eval_every=2_000, checkpoint_every=2_000, log_every=100)
+  # Validation once per epoch, as the references (plateau and early-stopping patience in epochs).
+  config.train.update(steps=100_000, eval_every=0, checkpoint_every=2_000, log_every=100)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

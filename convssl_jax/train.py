@@ -432,6 +432,8 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
   spec = window_spec(config, trainer.objective)
   corpora = pipeline.open_corpora(d, ('train', 'validation', 'test'), **corpus_checks(config))
   n_windows = len(pipeline.window_table(corpora['train'], d.window_s, d.overlap_s, cover=False))
+  # eval_every <= 0: once per epoch (the training windows' batches), as the references validate.
+  eval_every = t.eval_every if t.eval_every > 0 else max(1, n_windows // d.batch_size)
   shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
   features = None
   if d.features:  # the frozen encoder's features, cached: the step skips the encoder
@@ -509,7 +511,7 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
       last = done == t.steps
       if done % t.log_every == 0 or last or preemption.requested:
         flush()
-      if done % t.eval_every == 0 or last:
+      if done % eval_every == 0 or last:
         flush()
         val = evaluate_loss(trainer, eval_data('validation'))
         if turn_taking is not None:

@@ -39,6 +39,7 @@ def test_ldc_variants_are_the_voice_activity_projection_recipe(variant, corpus):
   assert (config.data.window_s, config.data.batch_size) == (20.0, 16)
   t = config.train
   assert (t.learning_rate, t.weight_decay, t.schedule, t.grad_clip) == (3.63e-4, 1e-3, 'plateau', 5.0)
+  assert t.eval_every == 0  # validation once per epoch, as the references
   assert config.model.encoder.freeze and config.model.kind == 'stereo'
   assert config.model.encoder.padding == 'reference'  # the one converted CPC was trained with
   # VoiceActivityProjection's Switchboard split (DAMSL); the mono conv_ssl recipe the original.

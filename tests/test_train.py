@@ -43,6 +43,16 @@ def test_a_short_run_lowers_the_training_loss(tmp_path, data_dir):
   assert any((tmp_path / 'tensorboard').iterdir())
 
 
+def test_eval_every_zero_validates_once_per_epoch(tmp_path, data_dir, capsys):
+  config = _config(data_dir, steps=13, log_every=13, eval_every=0, checkpoint_every=13)
+  config.eval.during_training = False
+  train.train_and_evaluate(config, tmp_path)
+  captured = capsys.readouterr()
+  # :tiny trains on 4 dialogs of 20 s in 5 s windows overlapping 2 s: starts 0, 3, ..., 15, so 6
+  # windows each, 24 an epoch, 12 batches of 2. Then the last step validates too.
+  assert re.findall(r'step (\d+) validation', captured.out + captured.err) == ['12', '13']
+
+
 @pytest.fixture(scope='module')
 def uninterrupted(data_dir, tmp_path_factory):
   """A 12-step run, logging every step and checkpointing at 6 and 12."""
