@@ -225,6 +225,20 @@ def test_words_never_merge_across_utterances():
   assert va_lib.words_to_va([flat, []]) == [[[0.0, 2.0]], []]
 
 
+def test_overlapping_or_unordered_utterances_become_the_union_of_their_frames():
+  # Utterances overlapping by 0.1 s, and one out of time order: the reference sets each
+  # segment's frames, so the VA list holds their union, sorted.
+  utterances = [[(2.0, 2.5)], [(0.0, 1.0)], [(0.9, 1.5)]]
+  assert va_lib.words_to_va([utterances, []]) == [[[0.0, 1.5], [2.0, 2.5]], []]
+  rng = np.random.default_rng(3)
+  segments = [sorted(rng.uniform(0, 10, 2).round(2)) for _ in range(30)]
+  frames = np.zeros(500, bool)
+  for s, e in segments:
+    frames[int(s / 0.02):int(e / 0.02)] = True
+  united = va_lib.va_frames([va_lib.unite_segments(segments), []], 500, 50)[:, 0]
+  np.testing.assert_array_equal(united, frames)
+
+
 def test_words_round_both_ends_to_two_decimals():
   out = va_lib.words_to_va([[[(0.123, 0.456), (0.789, 1.2345)]], [[(3.14159, 3.14159 + 1)]]])
   assert out == [[[0.12, 0.46], [0.79, 1.23]], [[3.14, 4.14]]]

@@ -212,6 +212,18 @@ def _merge_words(words, min_gap: float) -> list[list[float]]:
   return [[round(s, 2), round(e, 2)] for s, e in segments]
 
 
+def unite_segments(segments) -> list[list[float]]:
+  """(start, end) segments of one speaker, sorted, with overlapping ones united: the same frames
+  as setting each segment's (the reference's), in the sorted, disjoint form a VA list needs."""
+  united = []
+  for start, end in sorted(segments):
+    if united and start < united[-1][1]:
+      united[-1][1] = max(united[-1][1], end)
+    else:
+      united.append([start, end])
+  return united
+
+
 def words_to_va(words, min_gap: float = 0.05) -> list[list[list[float]]]:
   """Word timings per channel -> VA list (the reference's `extract_vad_list_from_words`).
 
@@ -220,9 +232,10 @@ def words_to_va(words, min_gap: float = 0.05) -> list[list[list[float]]]:
   Both ends of every segment are rounded to 2 decimals. The reference is inconsistent here: its
   Switchboard loader rounds inner segment ends to whole seconds (`round(end)`, a bug) and its
   Fisher loader leaves the last segment unrounded, so released models saw slightly different VA.
+  Segments of utterances that overlap (or come out of order) are united (`unite_segments`).
   """
   va = []
   for channel in words:
     utterances = [channel] if all(_is_pair(w) for w in channel) else channel
-    va.append([seg for utt in utterances for seg in _merge_words(utt, min_gap)])
+    va.append(unite_segments([seg for utt in utterances for seg in _merge_words(utt, min_gap)]))
   return va

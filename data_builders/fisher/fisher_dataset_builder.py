@@ -24,6 +24,7 @@ import re
 import tensorflow_datasets as tfds
 
 from convssl_jax.data import f0 as f0_lib
+from convssl_jax.data import va as va_lib
 from data_builders import conversation
 
 RATE = conversation.TELEPHONE_RATE
@@ -85,14 +86,8 @@ def read_transcript(path: pathlib.Path) -> list[tuple[int, float, float, str]]:
 
 def utterance_va(utterances) -> list[list[list[float]]]:
   """Each speaker's utterance spans, sorted; spans of one speaker that overlap are united."""
-  va = [[], []]
-  for channel, start, end, _ in sorted(utterances, key=lambda u: (u[1], u[2])):
-    segments = va[channel]
-    if segments and start < segments[-1][1]:
-      segments[-1][1] = max(segments[-1][1], end)
-    else:
-      segments.append([start, end])
-  return va
+  return [va_lib.unite_segments([(start, end) for c, start, end, _ in utterances if c == channel])
+          for channel in (0, 1)]
 
 
 def load_session(session: str, audio_path: pathlib.Path, transcript: pathlib.Path) -> dict:
