@@ -46,7 +46,8 @@ def restore_trainer(config, workdir, which: str = 'best') -> tuple[train.Trainer
     if step is None:
       raise FileNotFoundError(f'no {which} checkpoint in {workdir}/checkpoints: train first '
                               f'(python run.py --workdir={workdir} ...)')
-    trainer = train.Trainer(config, train.make_mesh(config.train.fsdp), step=step)
+    trainer = train.Trainer(config, train.make_mesh(config.train.fsdp),
+                            step=train.checkpoint_build_step(step))
     abstract = trainer.abstract_stored_state()
     _, stored, _ = store.restore_best(abstract) if which == 'best' else store.restore(abstract)
     trainer.load_stored_state(stored)

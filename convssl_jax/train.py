@@ -285,6 +285,13 @@ class Trainer:
                                                       self.batch_sharding))
 
 
+def checkpoint_build_step(step: int) -> int:
+  """The step to build a Trainer for to restore the checkpoint of `step` completed steps: the last
+  step run (a checkpoint saved at the unfreeze step holds the frozen optimizer; the loop then
+  rebuilds before running that step)."""
+  return max(step - 1, 0)
+
+
 def _is_key(x) -> bool:
   return jnp.issubdtype(getattr(x, 'dtype', None), jax.dtypes.prng_key)
 
@@ -428,7 +435,7 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
   local_batch = d.batch_size // jax.process_count()
   store = checkpoints.Checkpoints(workdir / 'checkpoints', keep=t.keep_checkpoints)
   start = store.latest_step() or 0
-  trainer = Trainer(config, mesh, step=start)
+  trainer = Trainer(config, mesh, step=checkpoint_build_step(start))
   spec = window_spec(config, trainer.objective)
   corpora = pipeline.open_corpora(d, ('train', 'validation', 'test'), **corpus_checks(config))
   n_windows = len(pipeline.window_table(corpora['train'], d.window_s, d.overlap_s, cover=False))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import vap
-from convssl_jax import train
+from convssl_jax import evaluate, train
 from tests import processes
 
 
@@ -41,6 +41,20 @@ def test_a_short_run_lowers_the_training_loss(tmp_path, data_dir):
   assert results['step'] == 30 and np.isfinite(results['validation']['vap_loss'])
   assert json.loads((tmp_path / 'metrics.json').read_text())['step'] == 30
   assert any((tmp_path / 'tensorboard').iterdir())
+
+
+def test_a_checkpoint_saved_at_the_unfreeze_step_resumes_and_evaluates(tmp_path, data_dir):
+  # Saved at step 2 by the frozen encoder's optimizer, restored before the loop unfreezes.
+  config = _config(data_dir, steps=2, log_every=2, eval_every=2, checkpoint_every=2)
+  config.model.encoder.update(freeze=True, unfreeze_step=2)
+  config.eval.during_training = False
+  train.train_and_evaluate(config, tmp_path)
+  config.train.steps = 4
+  results = train.train_and_evaluate(config, tmp_path)
+  assert results['step'] == 4 and np.isfinite(results['validation']['loss'])
+  for which in ('best', 'latest'):
+    _, step = evaluate.restore_trainer(config, tmp_path, which)
+    assert step in (2, 4)
 
 
 def test_eval_every_zero_validates_once_per_epoch(tmp_path, data_dir, capsys):
