@@ -178,7 +178,9 @@ def _model(config):
   from convssl_jax import evaluate as evaluate_lib
 
   if FLAGS.model_dir:
-    trainer, config = evaluate_lib.converted_trainer(config, FLAGS.model_dir)
+    given = config_flags.get_override_values(FLAGS['config'])
+    trainer, config = evaluate_lib.converted_trainer(
+        config, FLAGS.model_dir, keep_data={k[len('data.'):] for k in given if k.startswith('data.')})
     return trainer, config, f'{FLAGS.model_dir} (converted)'
   trainer, step = evaluate_lib.restore_trainer(config, FLAGS.workdir, config.eval.checkpoint)
   return trainer, config, f'{FLAGS.workdir} ({config.eval.checkpoint} checkpoint, step {step})'

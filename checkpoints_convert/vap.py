@@ -161,9 +161,18 @@ def params_from_weights(w: dict[str, np.ndarray], a: dict) -> dict:
 
 
 def recipe_data(kind: str) -> dict:
-  """The windows and normalisation the model of `kind` was trained with, for `config.data`."""
+  """The windows and normalisation of the reference recipe of `kind`, for `config.data`."""
   d = vap_config.data_config(kind)
   return {'window_s': d.window_s, 'normalize': d.normalize}
+
+
+def conv_ssl_data(hyper: dict, frame_hz: int) -> dict:
+  """The windows and normalisation a conv_ssl checkpoint was trained with: its stored
+  `conf['data']` (audio_duration, audio_normalize) where present, else the paper-B scripts' (20-s
+  chunks at 20/50 Hz, 10 s at 100 Hz; normalised)."""
+  stored = (hyper.get('conf') or {}).get('data') or {}
+  return {'window_s': float(stored.get('audio_duration', 20.0 if frame_hz < 100 else 10.0)),
+          'normalize': bool(stored.get('audio_normalize', True))}
 
 
 def _model_config(kind: str, a: dict):
@@ -330,6 +339,6 @@ def convert_conv_ssl(path: str | os.PathLike) -> tuple[dict, dict]:
                          f'conv_ssl architecture {a}', source)
   _check_slopes(weights, a['num_heads'], source, path)
   return ({'format': file_format, 'architecture': a,
-           'model': conv_ssl_model_config(a).to_dict(), 'data': recipe_data('mono'),
+           'model': conv_ssl_model_config(a).to_dict(), 'data': conv_ssl_data(hyper, a['frame_hz']),
            'ignored_keys': ignored},
           conv_ssl_params(weights, a))

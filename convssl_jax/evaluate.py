@@ -56,15 +56,17 @@ def restore_trainer(config, workdir, which: str = 'best') -> tuple[train.Trainer
   return trainer, step
 
 
-def converted_trainer(config, directory) -> tuple[train.Trainer, Any]:
+def converted_trainer(config, directory, keep_data=()) -> tuple[train.Trainer, Any]:
   """(a Trainer holding the converted VAP model of `directory`, `config` with that model's
-  `config.model` and its recipe's windows and normalisation in `config.data`): a
-  `python -m checkpoints_convert vap|conv_ssl` output used like a trained run."""
+  `config.model` and its recipe's windows and normalisation in `config.data`, but for the
+  `keep_data` fields, e.g. the ones given on the command line): a `python -m checkpoints_convert
+  vap|conv_ssl` output used like a trained run."""
   model, model_cfg = models.load_model(directory)
   config = copy.deepcopy(config)
+  recipe = pretrained.read_config(directory).get('data', {})
   with config.unlocked():
     config.model = model_cfg
-    config.data.update(pretrained.read_config(directory).get('data', {}))
+    config.data.update({k: v for k, v in recipe.items() if k not in keep_data})
   trainer = train.Trainer(config, train.make_mesh(config.train.fsdp),
                           model_state=nnx.state(model, nnx.Param))
   return trainer, config

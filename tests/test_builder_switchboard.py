@@ -35,7 +35,7 @@ def cheap_f0(monkeypatch):
 
 
 def _dataset_dir(data_dir, config='original'):
-  return data_dir / 'switchboard' / config / '1.0.0'
+  return data_dir / 'switchboard' / config / '1.1.0'
 
 
 @pytest.mark.parametrize('raw, clean', [

@@ -142,6 +142,14 @@ def test_the_early_va_conditioning_names_convert_to_the_same_model(monkeypatch):
   jax.tree.map(np.testing.assert_array_equal, early, params)
 
 
+def test_a_stored_data_conf_gives_the_converted_models_windows(monkeypatch):
+  checkpoint = torch_file.load(CONV_SSL / 'conv_ssl.ckpt')
+  checkpoint['hyper_parameters']['conf']['data'] = {'audio_duration': 10, 'audio_normalize': False}
+  monkeypatch.setattr(torch_file, 'load', lambda path, **kwargs: checkpoint)
+  converted, _ = convert_vap.convert_conv_ssl('x.ckpt')
+  assert converted['data'] == {'window_s': 10.0, 'normalize': False}
+
+
 def test_mixed_layer_layouts_are_refused(monkeypatch):
   checkpoint = torch_file.load(CONV_SSL / 'conv_ssl.ckpt')
   state = checkpoint['state_dict']
@@ -164,8 +172,8 @@ def test_the_converted_mono_model_matches_pytorch(conv_ssl_dir):
   assert isinstance(model, models.MonoVAP)
   assert (cfg.transformer.num_heads, cfg.transformer.num_layers, cfg.va_cond.history_bins,
           cfg.transformer.double_residual) == (4, 2, 5, True)
-  # conv_ssl's windows: 10 s, peak-normalised (its run.py loads with normalize=True).
-  assert pretrained.read_config(conv_ssl_dir)['data'] == {'window_s': 10.0, 'normalize': True}
+  # The paper-B scripts' 20-s chunks at 50 Hz, peak-normalised (the file stores no conf['data']).
+  assert pretrained.read_config(conv_ssl_dir)['data'] == {'window_s': 20.0, 'normalize': True}
   diff = 0.0
   for case in ('len16000', 'quiet'):
     logits = _mono_logits(model, case)
@@ -205,8 +213,11 @@ def test_a_converted_model_predicts_on_a_recording_like_its_own_forward(converte
   _, directory = converted
   config = vap_config.get_config('tiny')
   trainer, config = evaluate.converted_trainer(config, directory)
-  # The stereo recipe's windows and normalisation replace the tiny config's (5 s, normalised).
+  # The stereo recipe's windows and normalisation replace the tiny config's (5 s, normalised) ...
   assert (config.data.window_s, config.data.normalize) == (20.0, False)
+  # ... but for the fields given on the command line.
+  _, kept = evaluate.converted_trainer(vap_config.get_config('tiny'), directory, {'window_s'})
+  assert (kept.data.window_s, kept.data.normalize) == (5.0, False)
   rng = np.random.default_rng(0)
   wave = (0.2 * rng.standard_normal((3 * 16000, 2))).astype(np.float32)
   sf.write(tmp_path / 'talk.wav', wave, 16000, subtype='FLOAT')
