@@ -14,11 +14,15 @@ codebook `objective.codebook.emb.weight` is skipped (our objective computes the 
 
 `conv_ssl`: conv_ssl's mono VPModel Lightning `.ckpt` (`cpc_48_50hz_15gqq5s5.ckpt`; 50/20 Hz GPT
 models): `net.encoder.*` (CPC + downsampler as above), `net.vad_condition.{va_condition,
-va_history, ln}`, `net.ar.ar.layers.N.{ln_self_attn, multihead, ln_ffnetwork, ffnetwork}`,
-`net.vap_head.projection_head`; `VAP.codebook.*` skipped. These names come from conv_ssl's code
-(reference/vap_spec.md names only `net.` and `net.vap_head.projection_head`); `mha` is accepted
-for `multihead`. The head count comes from stored ALiBi slopes if present, else from
+va_history, ln}` (early files: `vad_condition, vad_history`), `net.ar.ar.layers.N.{ln_multihead,
+multihead, ln_ffnetwork, ffnetwork}`, `net.vap_head.projection_head`; `VAP.codebook.*` skipped.
+These names come from conv_ssl's code (reference/vap_spec.md names only `net.` and
+`net.vap_head.projection_head`); `mha` is accepted for `multihead`. The 2022 layer
+(`ln_multihead`) adds the attention residual twice, the later one (`ln_self_attn`) once. The head
+count comes from stored ALiBi slopes if present, else from
 `hyper_parameters['conf']['model']['ar']['num_heads']`. Only the discrete head is converted.
+
+Both write `data` beside `model`: the windows and normalisation the model was trained with.
 """
 
 import os
@@ -219,7 +223,8 @@ def _without_ignored(weights: dict, source: dict, pattern: str) -> tuple[dict, l
 
 
 def convert(path: str | os.PathLike) -> tuple[dict, dict]:
-  """({'format', 'architecture', 'model' (our config.model as a dict), 'ignored_keys'}, params)."""
+  """({'format', 'architecture', 'model' (our config.model as a dict), 'data' (windows and
+  normalisation), 'ignored_keys'}, params)."""
   path = os.fspath(path)
   weights, _, file_format = _load(path)
   weights, source = _canonical(weights, path)
@@ -245,6 +250,9 @@ def _conv_ssl_canonical(weights: dict, path: str) -> tuple[dict, dict]:
     new = re.sub(r'^ar\.ar\.layers\.', 'gpt.layers.', name).replace('.multihead.', '.mha.')
     new = new.replace('.ln_multihead.', '.ln_self_attn.')
     new = re.sub(r'^vad_condition\.vad_(condition|history)\.', r'vad_condition.va_\1.', new)
+    if new in renamed:
+      raise ConversionError(f'{path}: {source[name]} and {renamed_source[new]} are the same '
+                            f'tensor ({new}) in two namings')
     renamed[new], renamed_source[new] = value, source[name]
   return renamed, renamed_source
 
@@ -327,7 +335,7 @@ def conv_ssl_model_config(a: dict):
 
 
 def convert_conv_ssl(path: str | os.PathLike) -> tuple[dict, dict]:
-  """conv_ssl's mono Lightning checkpoint -> ({'format', 'architecture', 'model',
+  """conv_ssl's mono Lightning checkpoint -> ({'format', 'architecture', 'model', 'data',
   'ignored_keys'}, MonoVAP params)."""
   path = os.fspath(path)
   weights, hyper, file_format = _load(path)

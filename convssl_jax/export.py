@@ -22,7 +22,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from convssl_jax import inference
-from convssl_jax.data import va as va_lib
 from convssl_jax.models import vap
 from convssl_jax.objective import VAPObjective
 
@@ -69,7 +68,7 @@ def export_forward(model: vap.MonoVAP | vap.StereoVAP, objective: VAPObjective, 
   graphdef, params = nnx.split(model)
   mono = isinstance(model, vap.MonoVAP)
   samples = int(window_s * inference.SAMPLE_RATE)
-  frames = va_lib.num_frames(window_s, objective.frame_hz)
+  frames = int(window_s * objective.frame_hz)  # the window's frames, as WindowSpec.frames
 
   def forward(wave, *va):
     model = nnx.merge(graphdef, params)

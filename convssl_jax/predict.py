@@ -115,7 +115,7 @@ def event_list(events: dict[str, np.ndarray], frame_hz: int) -> list[dict[str, A
 def _runs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(starts, lengths, values) of the runs of equal values in x [T]."""
   edges = np.flatnonzero(np.diff(x)) + 1
-  starts = np.concatenate([[0], edges])
+  starts = np.concatenate([[0], edges]) if len(x) else np.zeros(0, np.int64)
   return starts, np.diff(np.concatenate([starts, [len(x)]])), x[starts]
 
 

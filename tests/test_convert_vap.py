@@ -150,6 +150,15 @@ def test_a_stored_data_conf_gives_the_converted_models_windows(monkeypatch):
   assert converted['data'] == {'window_s': 10.0, 'normalize': False}
 
 
+def test_one_tensor_in_two_namings_is_refused(monkeypatch):
+  checkpoint = torch_file.load(CONV_SSL / 'conv_ssl.ckpt')
+  state = checkpoint['state_dict']
+  state['net.vad_condition.vad_history.weight'] = state['net.vad_condition.va_history.weight']
+  monkeypatch.setattr(torch_file, 'load', lambda path, **kwargs: checkpoint)
+  with pytest.raises(keys.ConversionError, match=r'vad_history.weight and .* in two namings'):
+    convert_vap.convert_conv_ssl('x.ckpt')
+
+
 def test_mixed_layer_layouts_are_refused(monkeypatch):
   checkpoint = torch_file.load(CONV_SSL / 'conv_ssl.ckpt')
   state = checkpoint['state_dict']

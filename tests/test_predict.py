@@ -71,6 +71,7 @@ def test_the_models_vad_becomes_a_va_list_as_the_references_does():
   # B: frames 10-19 and 22-29, a 2-frame (0.04 s < 0.1 s) gap: one segment [0.2, 0.6] s.
   vad[10:20, 1] = vad[22:30, 1] = 0.8
   assert predict.vad_va_list(vad, HZ) == [[[0.0, 0.1]], [[0.2, 0.6]]]
+  assert predict.vad_va_list(np.zeros((0, 2)), HZ) == [[], []]
 
 
 def test_outputs_are_a_frame_table_json_with_events_and_a_plot(trained, dialog, tmp_path):

@@ -32,7 +32,8 @@ def save(directory: str | os.PathLike, config: dict, params: dict) -> None:
 
 
 def read_config(directory: str | os.PathLike) -> dict:
-  """The stored config (architecture, padding, source) of a converted encoder."""
+  """The stored config.json of a converted encoder or VAP model (architecture, padding, source;
+  a VAP model's `model` and `data` settings)."""
   return json.loads((pathlib.Path(directory) / CONFIG_FILE).read_text())
 
 

@@ -11,6 +11,7 @@ A converted HuBERT / wav2vec2 / WavLM (`encoder.name`, architecture and weights 
 model dim instead of the downsampler. It attends over the whole input, so it is not causal.
 """
 
+import functools
 from typing import Any
 
 import jax
@@ -200,12 +201,17 @@ def build_model(cfg, *, rngs: nnx.Rngs) -> nnx.Module:
     stored = pretrained.load_into(model.encoder, cfg.encoder_checkpoint, expected=expected)
     trained_padding = stored.get('padding', 'reference')
     if cfg.encoder.name == 'cpc' and trained_padding != cfg.encoder.padding:
-      logging.warning(
-          'model.encoder.padding=%r, but the CPC weights in %s were trained with %r padding: '
-          'its convolutions see other samples than in training, so its features differ '
-          '(--config.model.encoder.padding=%s reproduces them)', cfg.encoder.padding,
-          cfg.encoder_checkpoint, trained_padding, trained_padding)
+      _warn_padding(cfg.encoder.padding, cfg.encoder_checkpoint, trained_padding)
   return model
+
+
+@functools.cache  # once per process: a Trainer builds its model more than once
+def _warn_padding(padding: str, checkpoint: str, trained_padding: str) -> None:
+  logging.warning(
+      'model.encoder.padding=%r, but the CPC weights in %s were trained with %r padding: its '
+      'convolutions see other samples than in training, so its features differ '
+      '(--config.model.encoder.padding=%s reproduces them)', padding, checkpoint,
+      trained_padding, trained_padding)
 
 
 def load_model(directory) -> tuple[MonoVAP | StereoVAP, ml_collections.ConfigDict]:
