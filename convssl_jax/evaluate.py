@@ -109,14 +109,19 @@ def _jit_predict(trainer: train.Trainer, swap: bool):
                                         trainer.batch_sharding), out_shardings=replicated)
 
 
+def check_context(config) -> None:
+  """Refuses an `eval.context_s` that leaves the evaluation windows nothing to score."""
+  if not 0 <= config.eval.context_s < config.data.window_s:
+    raise ValueError(f'eval.context_s={config.eval.context_s} must be in [0, data.window_s)')
+
+
 def predict_dialogs(trainer: train.Trainer, config, corpus: pipeline.Corpus,
                     swap: bool = False) -> list[dict[str, np.ndarray]]:
   """Per dialog of `corpus`: whole-dialog outputs [T, 2] ('p', 'p_bc', 'p_now', 'p_future',
   'vad' as the head has them) and 'va' [T + H, 2] (silence after the end)."""
   spec = train.window_spec(config, trainer.objective)
+  check_context(config)
   context = int(config.eval.context_s * spec.frame_hz)
-  if not 0 <= config.eval.context_s < spec.window_s:
-    raise ValueError(f'eval.context_s={config.eval.context_s} must be in [0, data.window_s)')
   local_batch = config.data.batch_size // jax.process_count()
   data = pipeline.eval_dataset(corpus, spec, batch_size=local_batch,
                                overlap_s=config.eval.context_s,
@@ -154,6 +159,11 @@ def _stitch(windows, frames: int, horizon: int, context: int) -> dict[str, np.nd
 
 class Evaluation:
   """Events and samples of one corpus split, shared by every model scored on it."""
+
+  @classmethod
+  def for_config(cls, config) -> 'Evaluation':
+    """The evaluation of `config`'s events (`config.eval.events`, seconds)."""
+    return cls(TurnTakingEvents(config.model.frame_hz, **config.eval.events))
 
   def __init__(self, events: TurnTakingEvents):
     self.events_fn = events
@@ -216,7 +226,7 @@ def evaluate(config, workdir, baselines: dict[str, tuple[Any, Any]] | None = Non
   workdir = pathlib.Path(workdir)
   if corpora is None:
     corpora = pipeline.open_corpora(config.data, SPLITS, **train.corpus_checks(config))
-  evaluation = Evaluation(TurnTakingEvents(config.model.frame_hz, **config.eval.events))
+  evaluation = Evaluation.for_config(config)
   samples, steps, excerpt = {}, {}, None
   for name, (cfg, wd) in {'model': (config, workdir), **(baselines or {})}.items():
     trainer, steps[name] = restore_trainer(cfg, wd, config.eval.checkpoint)

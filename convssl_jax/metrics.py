@@ -18,7 +18,7 @@ caller extracts events and probabilities for both channel orders and merges both
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score, f1_score, precision_recall_fscore_support
+from sklearn.metrics import balanced_accuracy_score, precision_recall_fscore_support
 
 EVENTS = ('shift_hold', 'short_long', 'shift_prediction', 'backchannel_prediction')
 EVENT_LABELS = {'shift_hold': 'S/H', 'short_long': 'S/L', 'shift_prediction': 'S-pred',
@@ -129,12 +129,12 @@ def threshold_curves(scores, labels, grid=THRESHOLD_GRID) -> dict[str, np.ndarra
   present (sklearn's convention); without samples both are NaN.
   """
   grid = np.asarray(grid, np.float64)
-  scores = np.asarray(scores, np.float32)
+  scores, at = np.asarray(scores, np.float32), grid.astype(np.float32)
   labels = np.asarray(labels).astype(bool)
   pos, neg = np.sort(scores[labels]), np.sort(scores[~labels])
   n_pos, n_neg = len(pos), len(neg)
-  tp = n_pos - np.searchsorted(pos, grid.astype(np.float32), side='left')
-  fp = n_neg - np.searchsorted(neg, grid.astype(np.float32), side='left')
+  tp = n_pos - np.searchsorted(pos, at, side='left')
+  fp = n_neg - np.searchsorted(neg, at, side='left')
   fn, tn = n_pos - tp, n_neg - fp
   curves = {'threshold': grid, **_class_stats(tp, fp, fn, 'pos'), **_class_stats(tn, fn, fp, 'neg')}
   if not n_pos + n_neg:
@@ -181,13 +181,12 @@ def _event_score(scores: np.ndarray, labels: np.ndarray, threshold: float) -> di
   if not len(labels):
     return result | dict.fromkeys(('f1_weighted', 'balanced_accuracy', *_PER_CLASS), np.nan)
   pred = (np.asarray(scores, np.float32) >= np.float32(threshold)).astype(np.int32)
-  precision, recall, f1, _ = precision_recall_fscore_support(labels, pred, labels=[0, 1],
-                                                             zero_division=0.0)
+  precision, recall, f1, support = precision_recall_fscore_support(
+      labels, pred, labels=[0, 1], zero_division=0.0)
   per_class = {f'{stat}_{c}': float(values[i]) for i, c in ((1, 'pos'), (0, 'neg'))
                for stat, values in (('f1', f1), ('precision', precision), ('recall', recall))}
   return result | per_class | {
-      'f1_weighted': float(f1_score(labels, pred, labels=[0, 1], average='weighted',
-                                    zero_division=0.0)),
+      'f1_weighted': float(np.average(f1, weights=support)),  # sklearn's average='weighted'
       'balanced_accuracy': float(balanced_accuracy_score(labels, pred))}
 
 

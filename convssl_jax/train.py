@@ -469,11 +469,9 @@ def train_and_evaluate(config, workdir) -> dict[str, Any]:
   has_vap = config.model.kind != 'cpc' or config.model.cpc.heads  # pure CPC has no VAP head
   turn_taking = None  # scores the validation dialogs' turn-taking events at each evaluation
   if config.model.kind in ('stereo', 'mono') and config.eval.get('during_training'):
-    if not 0 <= config.eval.context_s < d.window_s:  # checked now, not at the first validation
-      raise ValueError(f'eval.context_s={config.eval.context_s} must be in [0, data.window_s)')
     from convssl_jax import evaluate  # it builds on this module
-    from convssl_jax.events import TurnTakingEvents
-    events = evaluate.Evaluation(TurnTakingEvents(config.model.frame_hz, **config.eval.events))
+    evaluate.check_context(config)  # now, not at the first validation
+    events = evaluate.Evaluation.for_config(config)
     turn_taking = lambda: evaluate.training_scores(trainer, config, corpora['validation'], events)
   if has_vap and trainer.objective.head == 'discrete':
     baseline = class_frequency_loss(trainer.objective, corpora['train'], corpora['validation'],

@@ -28,6 +28,8 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from convssl_jax.data import audio as audio_lib
+from convssl_jax.data import va as va_lib
 from convssl_jax.data.pipeline import SAMPLE_RATE
 from convssl_jax.models import cpc, pretrained
 
@@ -221,9 +223,6 @@ def conversation_features(extractor: FeatureExtractor, corpus, indices, frame_hz
                           batch: int):
   """Yields (index, the stored example, features [2, T, D] at frame_hz) of the corpus's
   conversations `indices`, `batch` conversations (2 channels each) per encoder pass."""
-  from convssl_jax.data import audio as audio_lib
-  from convssl_jax.data import va as va_lib
-
   indices = list(indices)
   for i in range(0, len(indices), batch):
     group = indices[i:i + batch]
@@ -243,8 +242,6 @@ def sample_frames(extractor, corpus, frame_hz: int, max_frames: int, batch: int,
                   seed: int) -> np.ndarray:
   """Up to about `max_frames` feature rows [N, D], the same share of every conversation's
   frames of both channels (at random, seeded), without holding more than one batch's features."""
-  from convssl_jax.data import va as va_lib
-
   total = sum(2 * va_lib.num_frames(d, frame_hz) for d in corpus.durations)
   share = min(1.0, max_frames / max(total, 1))
   rows = []

@@ -55,7 +55,7 @@ def test_validation_during_training_logs_turn_taking_scores_at_the_fixed_thresho
   assert step == config.train.steps  # the state of the last validation
   corpora = pipeline.open_corpora(config.data, ('validation',), **train.corpus_checks(config))
   dialogs = evaluate.predict_dialogs(trainer, config, corpora['validation'])
-  events = evaluate.Evaluation(TurnTakingEvents(config.model.frame_hz, **config.eval.events))
+  events = evaluate.Evaluation.for_config(config)
   # The reference's validation thresholds (vap_spec.md 5.3 step 5): S-pred 0.3, BC-pred 0.1, S/L 0.5.
   expected = metrics.score(events.samples('validation', False, dialogs),
                            {'shift_prediction': 0.3, 'backchannel_prediction': 0.1,
