@@ -4,10 +4,12 @@ import re
 
 import numpy as np
 
+from convssl_jax import errors
+
 from checkpoints_convert import torch_file
 
 
-class ConversionError(ValueError):
+class ConversionError(errors.UserError, ValueError):
   """The checkpoint does not describe (or does not hold) a model we can reproduce."""
 
 

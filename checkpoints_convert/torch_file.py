@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from convssl_jax import errors
+
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 _ZIP_MAGIC = b'PK\x03\x04'
@@ -62,7 +64,7 @@ _DICT_CLASSES = ('pytorch_lightning.utilities.parsing.AttributeDict',
                  'lightning.fabric.utilities.data.AttributeDict')
 
 
-class TorchFileError(Exception):
+class TorchFileError(errors.UserError):
   """A file that `load` cannot read; the message starts with the file's path."""
 
 

@@ -27,12 +27,14 @@ import grain
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation_lib
 
+from convssl_jax import errors
+
 _STATE, _DATA, _META = 'state', 'data', 'meta'
 _BEST_DIR = 'best'
 _BEST_STEP, _BEST_VALUE = 'best_step', 'best_value'  # keys added to the best checkpoint's meta
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(errors.UserError, ValueError):
   """The abstract state does not match a stored checkpoint's tree."""
 
 

@@ -10,10 +10,12 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from convssl_jax import errors
+
 INT16_SCALE = 32768.0
 
 
-class AudioError(ValueError):
+class AudioError(errors.InputError):
   """An audio file that is missing or cannot be decoded; the message starts with its path."""
 
 

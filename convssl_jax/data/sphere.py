@@ -20,6 +20,8 @@ import os
 
 import numpy as np
 
+from convssl_jax import errors
+
 # Shorten file types (shorten 2.x numbering).
 TYPE_AU1, TYPE_S8, TYPE_U8, TYPE_S16HL, TYPE_U16HL, TYPE_S16LH, TYPE_U16LH, TYPE_ULAW, TYPE_AU2 = (
     range(9))
@@ -42,11 +44,11 @@ NEGATIVE_ULAW_ZERO = 0x7F
 INITIAL_MEAN = {TYPE_U8: 0x80, TYPE_U16HL: 0x8000, TYPE_U16LH: 0x8000}  # else 0
 
 
-class SphereError(ValueError):
+class SphereError(errors.InputError):
   """A SPHERE file that cannot be read; the message starts with its path."""
 
 
-class ShortenError(ValueError):
+class ShortenError(errors.InputError):
   """A corrupt or unsupported Shorten stream."""
 
 
