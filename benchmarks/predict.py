@@ -21,7 +21,7 @@ from ml_collections import config_flags
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from benchmarks import results  # noqa: E402
-from convssl_jax import evaluate, predict, train  # noqa: E402
+from convssl_jax import evaluate, model_state, predict  # noqa: E402
 from data_builders.synthetic_dialogs import generator  # noqa: E402
 
 config_flags.DEFINE_config_file('config', 'configs/vap.py', 'Config file[:variant,...].')
@@ -37,12 +37,12 @@ def main(_):
     path = pathlib.Path(tmp) / 'dialog.wav'
     sf.write(path, dialog.audio, 16000)
     corpus = predict.recording(path, dialog.va_list)
-  trainer = train.Trainer(config, train.make_mesh(config.train.fsdp))
-  evaluate.predict_dialogs(trainer, config, corpus)  # compiles
+  model = model_state.ModelState.create(config)
+  evaluate.predict_dialogs(model, config, corpus)  # compiles
   best = float('inf')
   for _ in range(FLAGS.repeats):
     start = time.perf_counter()
-    evaluate.predict_dialogs(trainer, config, corpus)
+    evaluate.predict_dialogs(model, config, corpus)
     best = min(best, time.perf_counter() - start)
   result = {
       'benchmark': 'predict', 'model': config.model.kind, 'dim': config.model.dim,

@@ -27,8 +27,7 @@ from ml_collections import config_flags
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from benchmarks import results  # noqa: E402
-from convssl_jax import inference, train  # noqa: E402
-from convssl_jax.models import vap  # noqa: E402
+from convssl_jax import inference, models, objective as objective_lib  # noqa: E402
 
 config_flags.DEFINE_config_file('config', 'configs/vap.py:reference', 'Config file[:variant,...].')
 flags.DEFINE_float('audio_s', 3600.0, 'Seconds of audio streamed.')
@@ -48,8 +47,8 @@ def rss_mb() -> float:
 def main(_):
   cfg = FLAGS.config.model
   cfg.encoder.padding = 'causal'
-  model = vap.build_model(cfg, rngs=nnx.Rngs(0))
-  objective = train.objective_for(cfg)
+  model = models.build_model(cfg, rngs=nnx.Rngs(0))
+  objective = objective_lib.for_model(cfg)
   context = int(FLAGS.context_s * cfg.frame_hz)
   streamer = inference.Streamer(model, objective, context=context)
   hop = int(FLAGS.hop_ms * RATE / 1000)

@@ -41,7 +41,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from benchmarks import results  # noqa: E402
 from configs import vap  # noqa: E402
-from convssl_jax import train  # noqa: E402
+from convssl_jax import parallelism, trainer as trainer_lib  # noqa: E402
 from convssl_jax.models import cpc, transformer  # noqa: E402
 
 flags.DEFINE_bool('small', False, 'CPU shapes: batch 2 x 4 s (unless --batch/--window_s say).')
@@ -114,12 +114,12 @@ def random_batch(config, objective, cached: bool) -> dict[str, np.ndarray]:
   return batch
 
 
-def timed(fn, args, carry_first: bool) -> tuple[float, tuple]:
-  """(mean seconds per call after warm-up, the arguments for a next call); with `carry_first`
-  the first output is fed back as the first argument (the donated train state)."""
+def timed(fn, args, carry: int) -> tuple[float, tuple]:
+  """(mean seconds per call after warm-up, the arguments for a next call); the first `carry`
+  outputs are fed back as the first arguments (the donated train state)."""
   def call(args):
     out = fn(*args)
-    return ((out[0], *args[1:]) if carry_first else args), out
+    return (*out[:carry], *args[carry:]), out
 
   for _ in range(FLAGS.warmup):
     args, out = call(args)
@@ -140,13 +140,13 @@ def compile_with_flops(jitted, *args):
   return compiled, float(cost.get('flops', 0.0)) if cost else 0.0
 
 
-def profile(fn, args, carry_first: bool, directory: pathlib.Path, calls: int = 3) -> list:
+def profile(fn, args, carry: int, directory: pathlib.Path, calls: int = 3) -> list:
   """Traces `calls` calls into `directory` (a Perfetto trace too) and returns the 12 ops with the
   most time on the device (all traced threads on a CPU): [name, ms per call, share]."""
   with jax.profiler.trace(str(directory), create_perfetto_trace=True):
     for _ in range(calls):
       out = fn(*args)
-      args = (out[0], *args[1:]) if carry_first else args
+      args = (*out[:carry], *args[carry:])
     jax.block_until_ready(out)
   trace = max(directory.rglob('perfetto_trace.json.gz'), key=lambda p: p.stat().st_mtime)
   events = json.load(gzip.open(trace))
@@ -162,18 +162,16 @@ def profile(fn, args, carry_first: bool, directory: pathlib.Path, calls: int = 3
   return [[name, round(ms, 3), round(ms / whole, 3)] for name, ms in totals.most_common(12)]
 
 
-def infer_fn(trainer):
-  graphdef = trainer.graphdef
+def infer_fn(model_state):
+  """jit: (params, batch) -> the model's VAP logits for the batch."""
+  graphdef, objective = model_state.graphdef, model_state.objective
 
-  def infer(state, batch):
-    model, _ = nnx.merge(graphdef, state)
+  def infer(params, batch):
+    model = nnx.merge(graphdef, params)
     model.eval()
-    va = batch['va']
-    n = va.shape[1] - trainer.objective.horizon_frames
-    return train.forward(model, batch.get('audio'), va, batch.get('va_history'), n,
-                         batch.get('features'))['logits']
+    return model.forward(batch, batch['va'].shape[1] - objective.horizon_frames)['logits']
 
-  return jax.jit(infer, in_shardings=(trainer.sharding, trainer.batch_sharding))
+  return jax.jit(infer, in_shardings=(model_state.sharding, model_state.batch_sharding))
 
 
 def attention_calls(config) -> tuple[int, int]:
@@ -228,15 +226,16 @@ def run_case(kind: str, dtype: str, case: str, train_ms: dict) -> list[dict]:
         row['share_of_train_step'] = round(seconds * 1e3 / train_ms[kind, dtype], 3)
       rows.append(row)
     return rows
-  trainer = train.Trainer(config, train.make_mesh(config.train.fsdp))
-  batch = {k: jax.device_put(v, trainer.batch_sharding)
-           for k, v in random_batch(config, trainer.objective, case == 'cached').items()}
+  trainer = trainer_lib.Trainer(config, parallelism.make_mesh(config.train.fsdp))
+  model = trainer.model
+  batch = {k: jax.device_put(v, model.batch_sharding)
+           for k, v in random_batch(config, model.objective, case == 'cached').items()}
   if case == 'infer':
-    fn, carry = infer_fn(trainer), False
+    fn, args, carry = infer_fn(model), (model.params, batch), 0
   else:
-    fn, carry = trainer.train_step, True
-  fn, flops = compile_with_flops(fn, trainer.state, batch)
-  seconds, args = timed(fn, (trainer.state, batch), carry_first=carry)
+    fn, args, carry = trainer.step_fn, (model.params, trainer.opt_state, batch), 2
+  fn, flops = compile_with_flops(fn, *args)
+  seconds, args = timed(fn, args, carry)
   if case == 'train':
     train_ms[kind, dtype] = seconds * 1e3
   row = {**base, 'step_ms': round(seconds * 1e3, 2),

@@ -33,7 +33,7 @@ import numpy as np
 from checkpoints_convert import cpc as convert_cpc
 from checkpoints_convert import keys, torch_file
 from checkpoints_convert.keys import ConversionError
-from configs import vap as vap_config
+from convssl_jax import recipes
 from convssl_jax.models import downsample, transformer
 
 IGNORED = r'objective\.codebook\.'
@@ -166,7 +166,7 @@ def params_from_weights(w: dict[str, np.ndarray], a: dict) -> dict:
 
 def recipe_data(kind: str) -> dict:
   """The windows and normalisation of the reference recipe of `kind`, for `config.data`."""
-  d = vap_config.data_config(kind)
+  d = recipes.data_config(kind)
   return {'window_s': d.window_s, 'normalize': d.normalize}
 
 
@@ -181,7 +181,7 @@ def conv_ssl_data(hyper: dict, frame_hz: int) -> dict:
 
 def _model_config(kind: str, a: dict):
   """The reference `config.model` of `kind` at the architecture's sizes, with its frozen CPC."""
-  cfg = vap_config.model_config(kind)
+  cfg = recipes.model_config(kind)
   cfg.update(dim=a['dim'], frame_hz=a['frame_hz'])
   cfg.encoder.update(name='cpc', padding='reference', lstm_layers=a['lstm_layers'], freeze=True)
   cfg.transformer.update(num_heads=a['num_heads'], ffn_mult=a['ffn_mult'])

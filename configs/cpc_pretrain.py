@@ -50,8 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # conv biases swamp the input and CPC collapses to constant features without it.
   config.data.normalize = True
   config.train = vap.train_config(vap.STEREO)
-  config.train.update(schedule='constant', grad_clip=0.0, weight_decay=0.0, learning_rate=2e-4,
-                      cpc_loss_weight=1.0, vap_loss_weight=1.0)
+  config.train.update(schedule='constant', grad_clip=0.0, weight_decay=0.0, learning_rate=2e-4)
   config.eval = vap.eval_config()  # eval.checkpoint: which checkpoint --mode=pretrain exports
   if 'reference' in variants:
     config.data.update(batch_size=16, window_s=10.0 if heads else 1.28)

@@ -89,6 +89,7 @@ class Checkpoints:
   """Latest-K training checkpoints with fallback on restore, plus the single best one."""
 
   def __init__(self, directory, keep=3):
+    directory = epath.Path(directory).absolute()  # Orbax wants absolute paths
     self._directory = directory
     self._manager = _manager(directory, keep, 'checkpoints')
     self._best = _manager(epath.Path(directory) / _BEST_DIR, 1, _BEST_DIR)
@@ -219,3 +220,52 @@ class Checkpoints:
     """Waits for pending saves and releases the managers' resources."""
     self._manager.close()
     self._best.close()
+
+
+def restore_part(directory, key, abstract_part, *, best=False):
+  """`(step, the stored state's part `key`)` of the best or the newest readable checkpoint in
+  `directory` (a `Checkpoints` directory; an unreadable newer one is reported and skipped, not
+  deleted); None when there is none. Only that part is read, e.g. a model without its optimizer
+  state, and nothing is written.
+
+  Raises:
+    CheckpointMismatchError: `abstract_part` does not match a checkpoint's part.
+    CheckpointRestoreError: checkpoints exist but none could be read.
+  """
+  directory = epath.Path(directory).absolute() / (_BEST_DIR if best else '')  # Orbax: absolute
+  key = str(key)  # as stored
+  reader = ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(create=False),
+      item_handlers={_STATE: ocp.PyTreeCheckpointHandler(), _META: ocp.JsonCheckpointHandler(),
+                     _DATA: grain.checkpoint.CheckpointHandler()})
+  try:
+    steps = sorted(reader.all_steps(), reverse=True)[:1 if best else None]
+    failures = {}
+    for step in steps:
+      stored = reader.item_metadata(step)[_STATE]
+      if stored is not None:
+        problems = _mismatches(abstract_part, stored[key])
+        if problems:
+          raise CheckpointMismatchError(
+              f'the model does not match checkpoint step {step} in {directory}: '
+              + '; '.join(problems))
+      item = {key: abstract_part}
+      try:
+        restored = reader.restore(step, args=ocp.args.Composite(**{
+            _STATE: ocp.args.PyTreeRestore(
+                item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                partial_restore=True),
+            _META: ocp.args.JsonRestore()}))
+      except Exception as e:  # pylint: disable=broad-exception-caught
+        logging.warning('Checkpoint step %d in %s could not be restored, trying an older one: '
+                        '%s: %s', step, directory, type(e).__name__, e)
+        failures[step] = e
+        continue
+      return restored[_META].get(_BEST_STEP, step), restored[_STATE][key]
+    if failures:
+      details = '; '.join(f'step {s}: {type(e).__name__}: {e}' for s, e in failures.items())
+      raise CheckpointRestoreError(f'No checkpoint in {directory} could be restored (tried '
+                                   f'steps {list(failures)}): {details}')
+    return None
+  finally:
+    reader.close()

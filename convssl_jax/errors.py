@@ -17,3 +17,7 @@ class ConfigError(UserError, ValueError):
 class InputError(UserError, ValueError):
   """An input file (audio, VA list, TextGrid, corpus folder) that is refused; the message starts
   with its path."""
+
+
+class NotFoundError(UserError, FileNotFoundError):
+  """A file, folder or checkpoint that is not there; the message says how to make it."""

@@ -14,99 +14,22 @@ of a dialog counts once.
 """
 
 import collections
-import copy
 import json
 import pathlib
-import weakref
 from typing import Any
 
 import jax
 import numpy as np
-from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from convssl_jax import checkpoints, inference, metrics, models, train
+from convssl_jax import corpora, metrics, plots, trainer as trainer_lib
 from convssl_jax.data import pipeline
 from convssl_jax.data import va as va_lib
 from convssl_jax.events import TurnTakingEvents
-from convssl_jax.models import pretrained
+from convssl_jax.model_state import ModelState
 
 SPLITS = ('validation', 'test')
 ORDERS = (False, True)  # speakers as recorded, then swapped
 ROW_KEYS = ('conversation', 'frame', 'weight')
-
-
-def restore_trainer(config, workdir, which: str = 'best') -> tuple[train.Trainer, int]:
-  """The model state of `workdir`'s best (lowest validation loss) or latest checkpoint."""
-  if which not in ('best', 'latest'):
-    raise ValueError(f"eval.checkpoint must be 'best' or 'latest', got {which!r}")
-  store = checkpoints.Checkpoints(pathlib.Path(workdir) / 'checkpoints')
-  try:
-    step = store.best_step() if which == 'best' else store.latest_step()
-    if step is None:
-      raise FileNotFoundError(f'no {which} checkpoint in {workdir}/checkpoints: train first '
-                              f'(python run.py --workdir={workdir} ...)')
-    trainer = train.Trainer(config, train.make_mesh(config.train.fsdp),
-                            step=train.checkpoint_build_step(step))
-    abstract = trainer.abstract_stored_state()
-    _, stored, _ = store.restore_best(abstract) if which == 'best' else store.restore(abstract)
-    trainer.load_stored_state(stored)
-  finally:
-    store.close()
-  return trainer, step
-
-
-def converted_trainer(config, directory, keep_data=()) -> tuple[train.Trainer, Any]:
-  """(a Trainer holding the converted VAP model of `directory`, `config` with that model's
-  `config.model` and its recipe's windows and normalisation in `config.data`, but for the
-  `keep_data` fields, e.g. the ones given on the command line): a `python -m checkpoints_convert
-  vap|conv_ssl` output used like a trained run."""
-  model, model_cfg = models.load_model(directory)
-  config = copy.deepcopy(config)
-  recipe = pretrained.read_config(directory).get('data', {})
-  with config.unlocked():
-    config.model = model_cfg
-    config.data.update({k: v for k, v in recipe.items() if k not in keep_data})
-  trainer = train.Trainer(config, train.make_mesh(config.train.fsdp),
-                          model_state=nnx.state(model, nnx.Param))
-  return trainer, config
-
-
-_PREDICT_FNS = weakref.WeakKeyDictionary()  # Trainer -> {swap: (graphdef, its predict)}
-
-
-def _predict_fn(trainer: train.Trainer, swap: bool):
-  """jit: (state, batch, rows) -> per-window probabilities [B, N, 2], the (swapped) VA
-  [B, N + H, 2] and the rows' ids, all replicated so every process can stitch every dialog.
-
-  One per trainer and model structure (`Trainer.build` makes a new graphdef), so the evaluations
-  during training compile it once.
-  """
-  functions = _PREDICT_FNS.setdefault(trainer, {})
-  if swap not in functions or functions[swap][0] is not trainer.graphdef:
-    functions[swap] = (trainer.graphdef, _jit_predict(trainer, swap))
-  return functions[swap][1]
-
-
-def _jit_predict(trainer: train.Trainer, swap: bool):
-  graphdef, objective = trainer.graphdef, trainer.objective
-
-  def predict(state, batch, rows):
-    model, _ = nnx.merge(graphdef, state)
-    model.eval()
-    audio, va, history = train.model_input(batch), batch['va'], batch.get('va_history')
-    if swap:
-      va = va[..., ::-1]
-      history = None if history is None else 1 - history
-      audio = audio[:, ::-1] if audio.ndim == 3 else audio  # a mono mix stays as it is
-    n = va.shape[1] - objective.horizon_frames
-    out = train.forward(model, audio, va, history, n)
-    result = {'va': va, **inference.frame_outputs(objective, out, va[:, :n], n)}
-    return result, rows
-
-  replicated = NamedSharding(trainer.mesh, P())
-  return jax.jit(predict, in_shardings=(trainer.sharding, trainer.batch_sharding,
-                                        trainer.batch_sharding), out_shardings=replicated)
 
 
 def check_context(config) -> None:
@@ -115,30 +38,28 @@ def check_context(config) -> None:
     raise ValueError(f'eval.context_s={config.eval.context_s} must be in [0, data.window_s)')
 
 
-def predict_dialogs(trainer: train.Trainer, config, corpus: pipeline.Corpus,
+def predict_dialogs(model: ModelState, config, corpus: pipeline.Corpus,
                     swap: bool = False) -> list[dict[str, np.ndarray]]:
-  """Per dialog of `corpus`: whole-dialog outputs [T, 2] ('p', 'p_bc', 'p_now', 'p_future',
-  'vad' as the head has them) and 'va' [T + H, 2] (silence after the end)."""
-  spec = train.window_spec(config, trainer.objective)
+  """Per dialog of `corpus` (with `swap`, speakers A and B exchanged): whole-dialog outputs
+  [T, 2] ('p', 'p_bc', 'p_now', 'p_future', 'vad' as the head has them) and 'va' [T + H, 2]
+  (silence after the end)."""
+  spec = corpora.window_spec(config, model.objective)
   check_context(config)
   context = int(config.eval.context_s * spec.frame_hz)
   local_batch = config.data.batch_size // jax.process_count()
   data = pipeline.eval_dataset(corpus, spec, batch_size=local_batch,
                                overlap_s=config.eval.context_s,
                                process_index=jax.process_index(),
-                               process_count=jax.process_count())
-  predict = _predict_fn(trainer, swap)
+                               process_count=jax.process_count(), swap=swap)
   windows = collections.defaultdict(list)  # conversation -> [(start frame, outputs)]
   for batch in data:
-    rows = {k: jax.make_array_from_process_local_data(trainer.batch_sharding, batch[k])
+    rows = {k: jax.make_array_from_process_local_data(model.batch_sharding, batch[k])
             for k in ROW_KEYS}
-    out, rows = jax.device_get(predict(trainer.state, train.to_device(batch,
-                                                                      trainer.batch_sharding),
-                                       rows))
+    out, rows = jax.device_get(model.predict_step(model.params, model.to_device(batch), rows))
     for i in np.flatnonzero(rows['weight']):
       windows[int(rows['conversation'][i])].append((int(rows['frame'][i]),
                                                     {k: v[i] for k, v in out.items()}))
-  return [_stitch(windows[c], va_lib.num_frames(d, spec.frame_hz), trainer.objective.horizon_frames,
+  return [_stitch(windows[c], va_lib.num_frames(d, spec.frame_hz), model.objective.horizon_frames,
                   context) for c, d in enumerate(corpus.durations)]
 
 
@@ -194,12 +115,12 @@ TRAINING_NAMES = {('shift_hold', 'f1_weighted'): 'f1_hold_shift',
                      for stat in ('f1', 'precision', 'recall')}}
 
 
-def training_scores(trainer: train.Trainer, config, corpus: pipeline.Corpus,
+def training_scores(model: ModelState, config, corpus: pipeline.Corpus,
                     evaluation: Evaluation) -> dict[str, float]:
   """The turn-taking scores a validation during training logs, under the reference's names:
   the validation dialogs' events in one speaker order (extracted once, kept in `evaluation`), the
   fixed `config.eval.training_thresholds`."""
-  dialogs = predict_dialogs(trainer, config, corpus)
+  dialogs = predict_dialogs(model, config, corpus)
   scores = metrics.score(evaluation.samples('validation', False, dialogs),
                          dict(config.eval.training_thresholds))
   return {name: scores[event][key] for (event, key), name in TRAINING_NAMES.items()}
@@ -215,26 +136,23 @@ def _rule_samples(samples, rule: str, rng: np.random.Generator):
 
 
 def evaluate(config, workdir, baselines: dict[str, tuple[Any, Any]] | None = None,
-             corpora: dict[str, pipeline.Corpus] | None = None) -> dict[str, Any]:
+             data: dict[str, pipeline.Corpus] | None = None) -> dict[str, Any]:
   """Scores `workdir`'s model (and trained `baselines`: name -> (config, workdir)) on the
   validation and test splits; writes `workdir/eval/<split>/{metrics.json,table.md}` and plots.
 
   Returns {split: {model name: metrics.score(...)}} plus the thresholds per model.
   """
-  from convssl_jax import plots
-
   workdir = pathlib.Path(workdir)
-  if corpora is None:
-    corpora = pipeline.open_corpora(config.data, SPLITS, **train.corpus_checks(config))
+  data = data or corpora.open_corpora(config, SPLITS)
   evaluation = Evaluation.for_config(config)
   samples, steps, excerpt = {}, {}, None
   for name, (cfg, wd) in {'model': (config, workdir), **(baselines or {})}.items():
-    trainer, steps[name] = restore_trainer(cfg, wd, config.eval.checkpoint)
+    model, steps[name] = trainer_lib.restore_model(cfg, wd, config.eval.checkpoint)
     samples[name] = {}
     for split in SPLITS:
       per_order = []
       for swap in ORDERS:
-        dialogs = predict_dialogs(trainer, cfg, corpora[split], swap)
+        dialogs = predict_dialogs(model, cfg, data[split], swap)
         per_order.append(evaluation.samples(split, swap, dialogs))
         if name == 'model' and split == 'test' and not swap:
           excerpt = (dialogs[0], evaluation.events[(split, swap)][0])
@@ -265,3 +183,4 @@ def evaluate(config, workdir, baselines: dict[str, tuple[Any, Any]] | None = Non
     plots.excerpt(*excerpt, frame_hz=config.model.frame_hz, seconds=config.eval.excerpt_s,
                   path=workdir / 'eval' / 'test' / 'excerpt.png')
   return {'thresholds': thresholds, **results}
+

@@ -8,7 +8,7 @@ and outputs, so it runs wherever jax runs, without this package:
   state, outputs = exported.call(state, samples)  # samples [B, 2, hop] float32 at 16 kHz
 
 The streaming state is a flat list of arrays (all zeros at the start of a stream); outputs are a
-dict of per-frame curves [B, n, 2] (`inference.frame_outputs`). The offline forward maps one
+dict of per-frame curves [B, n, 2] (`objective.frame_outputs`). The offline forward maps one
 window `wave [B, 2, S]` (and for the mono model its VA [B, N, 2] and VA history) to the same curves
 for each of its frames.
 """
@@ -22,8 +22,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from convssl_jax import inference
-from convssl_jax.models import vap
-from convssl_jax.objective import VAPObjective
+from convssl_jax.data.audio import SAMPLE_RATE
+from convssl_jax.objective import VAPObjective, frame_outputs
 
 STREAM_STEP, FORWARD = 'stream_step', 'forward'
 
@@ -53,7 +53,7 @@ def export_stream_step(streamer: inference.Streamer, directory, frame_hz: int) -
   card = {
       'function': 'stream_step(state, samples, *va) -> (state, outputs)',
       'state_leaves': len(leaves), 'initial_state': 'zeros of the first state_leaves in_avals',
-      'samples': [rows, 2, streamer.hop], 'sample_rate': inference.SAMPLE_RATE,
+      'samples': [rows, 2, streamer.hop], 'sample_rate': SAMPLE_RATE,
       'frame_hz': frame_hz, 'frames_per_step': streamer.frames_per_step,
       'va_inputs': [list(v.shape) for v in streamer.va_inputs],
       'outputs': sorted(exported.out_tree.unflatten(exported.out_avals)[1]),
@@ -61,31 +61,43 @@ def export_stream_step(streamer: inference.Streamer, directory, frame_hz: int) -
   return _write(pathlib.Path(directory), STREAM_STEP, exported, card)
 
 
-def export_forward(model: vap.MonoVAP | vap.StereoVAP, objective: VAPObjective, directory, *,
-                   window_s: float, batch: int = 1) -> pathlib.Path:
-  """The offline model with its weights over one window: wave [B, 2, S] (mono: and VA [B, N, 2],
-  VA history [B, N, bins]) -> outputs [B, N, 2]. Writes `forward.jaxexport` and `forward.json`."""
+def export_forward(model, objective: VAPObjective, directory, *, window_s: float,
+                   batch: int = 1) -> pathlib.Path:
+  """The offline model with its weights over one window: wave [B, 2, S] (and what else it reads,
+  `model.va_inputs`: the mono model's VA [B, N, 2] and VA history [B, N, bins]) -> outputs
+  [B, N, 2]. Writes `forward.jaxexport` and `forward.json`."""
   graphdef, params = nnx.split(model)
-  mono = isinstance(model, vap.MonoVAP)
-  samples = int(window_s * inference.SAMPLE_RATE)
+  samples = int(window_s * SAMPLE_RATE)
   frames = int(window_s * objective.frame_hz)  # the window's frames, as WindowSpec.frames
 
   def forward(wave, *va):
     model = nnx.merge(graphdef, params)
     model.eval()
     out = model(wave, *va)
-    return inference.frame_outputs(objective, out, va[0] if va else None, frames)
+    return frame_outputs(objective, out, va[0] if va else None, frames)
 
-  inputs = [jax.ShapeDtypeStruct((batch, 2, samples), jnp.float32)]
-  if mono:
-    inputs.append(jax.ShapeDtypeStruct((batch, frames, 2), jnp.float32))
-    if model.va_condition.history_proj is not None:
-      bins = model.va_condition.history_proj.in_features
-      inputs.append(jax.ShapeDtypeStruct((batch, frames, bins), jnp.float32))
+  inputs = [jax.ShapeDtypeStruct((batch, 2, samples), jnp.float32),
+            *model.va_inputs(batch, frames)]
   exported = jax.export.export(jax.jit(forward))(*inputs)
   card = {
       'function': 'forward(wave, *va) -> outputs', 'inputs': [list(x.shape) for x in inputs],
-      'sample_rate': inference.SAMPLE_RATE, 'frame_hz': objective.frame_hz,
+      'sample_rate': SAMPLE_RATE, 'frame_hz': objective.frame_hz,
       'outputs': sorted(exported.out_tree.unflatten(exported.out_avals)),
   }
   return _write(pathlib.Path(directory), FORWARD, exported, card)
+
+
+def export_model(model, config, directory, context_s: float | None = None
+                 ) -> tuple[list[pathlib.Path], str | None]:
+  """(the artifacts written, why the streaming step was not) of a ModelState: the offline
+  forward over one `data.window_s` window and the streaming step (`inference.streamer_for`)."""
+  directory = pathlib.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  module = model.model()
+  written = [export_forward(module, model.objective, directory, window_s=config.data.window_s)]
+  try:
+    streamer = inference.streamer_for(module, model.objective, config, context_s)
+  except ValueError as err:  # e.g. the encoder's 'reference' padding looks ahead
+    return written, str(err)
+  written.append(export_stream_step(streamer, directory, config.model.frame_hz))
+  return written, None

@@ -27,9 +27,11 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from convssl_jax import train
+from convssl_jax import corpora, errors, parallelism
 from convssl_jax.data import feature_store, pipeline
-from convssl_jax.models.vap import ENCODER
+from convssl_jax.model_state import ModelState
+from convssl_jax.models import factory
+from convssl_jax.models.frontends import ENCODER
 
 SPLIT = 'train'
 
@@ -37,22 +39,23 @@ SPLIT = 'train'
 def check_config(config) -> None:
   """A feature cache needs a frozen encoder for the whole run and windows on a grid."""
   enc, d = config.model.encoder, config.data
-  if config.model.kind == 'mono' and enc.name == 'none':
-    raise ValueError('a model without an encoder (model.encoder.name=none) has no features to cache')
+  if enc.name == 'none':
+    raise errors.ConfigError('a model without an encoder (model.encoder.name=none) has no '
+                             'features to cache')
   if not enc.freeze or enc.unfreeze_step >= 0:
-    raise ValueError('a feature cache needs an encoder frozen for the whole run '
-                     f'(model.encoder.freeze=True, unfreeze_step=-1); got freeze={enc.freeze}, '
-                     f'unfreeze_step={enc.unfreeze_step}')
+    raise errors.ConfigError('a feature cache needs an encoder frozen for the whole run '
+                             f'(model.encoder.freeze=True, unfreeze_step=-1); got '
+                             f'freeze={enc.freeze}, unfreeze_step={enc.unfreeze_step}')
   if d.jitter_grid_s <= 0:
-    raise ValueError('a feature cache needs data.jitter_grid_s > 0 (training windows on a grid '
-                     f'the cache can hold; {d.window_s - d.overlap_s:g} = no jitter), got '
-                     f'{d.jitter_grid_s}')
+    raise errors.ConfigError('a feature cache needs data.jitter_grid_s > 0 (training windows on '
+                             f'a grid the cache can hold; {d.window_s - d.overlap_s:g} = no '
+                             f'jitter), got {d.jitter_grid_s}')
 
 
-def encoder_digest(trainer: train.Trainer) -> str:
-  """sha256 of the encoder's parameters (names and values) in the trainer's state."""
+def encoder_digest(model: ModelState) -> str:
+  """sha256 of the encoder's parameters (names and values) of a model."""
   digest = hashlib.sha256()
-  leaves = jax.tree_util.tree_flatten_with_path(trainer.state[0][ENCODER])[0]
+  leaves = jax.tree_util.tree_flatten_with_path(model.params[ENCODER])[0]
   for path, leaf in sorted(leaves, key=lambda item: jax.tree_util.keystr(item[0])):
     if not leaf.is_fully_addressable:
       leaf = multihost_utils.process_allgather(leaf, tiled=True)
@@ -61,7 +64,7 @@ def encoder_digest(trainer: train.Trainer) -> str:
   return digest.hexdigest()
 
 
-def fingerprint(config, corpus: pipeline.Corpus, trainer: train.Trainer) -> dict:
+def fingerprint(config, corpus: pipeline.Corpus, model: ModelState) -> dict:
   """Everything the cached features depend on; a cache serves only a config with the same."""
   d, m = config.data, config.model
   sha = lambda b: hashlib.sha256(b).hexdigest()
@@ -70,10 +73,11 @@ def fingerprint(config, corpus: pipeline.Corpus, trainer: train.Trainer) -> dict
       'sessions': sha('\n'.join(corpus.sessions).encode()),
       'durations': sha(np.asarray(corpus.durations, np.float64).tobytes()),
       'window_s': d.window_s, 'overlap_s': d.overlap_s, 'jitter_grid_s': d.jitter_grid_s,
-      'frame_hz': m.frame_hz, 'normalize': d.normalize, 'mono': m.kind == 'mono',
+      'frame_hz': m.frame_hz, 'normalize': d.normalize,
+      'mono': factory.model_class(m).mono_mix,
       'encoder': {'name': m.encoder.name, 'padding': m.encoder.padding, 'dim': m.dim,
                   'lstm_layers': m.encoder.lstm_layers, 'dtype': m.dtype,
-                  'parameters': encoder_digest(trainer)},
+                  'parameters': encoder_digest(model)},
   }
 
 
@@ -82,38 +86,30 @@ def _mismatch(found: dict, expected: dict) -> list[str]:
           if found.get(k) != v]
 
 
-def _encode_fn(trainer: train.Trainer, mono: bool):
-  """(state, audio) -> the frozen encoder's features: stereo [B, 2, T, D], mono [B, T, D]."""
-  graphdef = trainer.graphdef
+def _encode_fn(model: ModelState):
+  """jit: (params, audio) -> the frozen encoder's features (the model's `encoder_features`)."""
+  graphdef = model.graphdef
 
-  def encode(state, audio):
-    model, _ = nnx.merge(graphdef, state)
-    model.eval()
-    if mono:
-      return model.encoder(audio)
-    b, c, s = audio.shape
-    z = model.encoder(audio.reshape(b * c, s))
-    return z.reshape(b, c, *z.shape[1:])
+  def encode(params, audio):
+    encoder = nnx.merge(graphdef, params)
+    encoder.eval()
+    return encoder.encoder_features(audio)
 
-  return jax.jit(encode, in_shardings=(trainer.sharding, trainer.batch_sharding),
-                 out_shardings=trainer.batch_sharding)
+  return jax.jit(encode, in_shardings=(model.sharding, model.batch_sharding),
+                 out_shardings=model.batch_sharding)
 
 
 def build(config, directory) -> pathlib.Path:
   """Computes the encoder's features of every training window of `config` into `directory`
   (skipped when a complete cache of the same fingerprint is there). Returns the directory."""
-  import data_builders
-
   check_config(config)
   directory = pathlib.Path(directory).absolute()
   d = config.data
-  if d.batch_size % jax.device_count():
-    raise ValueError(f'data.batch_size={d.batch_size} is not divisible by the '
-                     f'{jax.device_count()} devices')
-  corpus = pipeline.Corpus.from_builders(data_builders.prepare(d), SPLIT)
-  trainer = train.Trainer(config, train.make_mesh(config.train.fsdp))
-  spec = train.window_spec(config, trainer.objective)
-  expected = fingerprint(config, corpus, trainer)
+  batch_size = parallelism.check_batch_size(d.batch_size)
+  corpus = corpora.open_corpora(config, (SPLIT,))[SPLIT]
+  model = ModelState.create(config)
+  spec = corpora.window_spec(config, model.objective)
+  expected = fingerprint(config, corpus, model)
   meta = feature_store.read_meta(directory)
   if meta is not None and not _mismatch(meta['fingerprint'], expected):
     logging.info('feature cache %s is up to date (%d windows)', directory, meta['records'])
@@ -122,39 +118,39 @@ def build(config, directory) -> pathlib.Path:
   process, count = jax.process_index(), jax.process_count()
   if process == 0 and feature_store.partial_dir(directory).exists():
     shutil.rmtree(feature_store.partial_dir(directory))  # an interrupted earlier build
-  train.sync_processes('feature_cache_start')
+  parallelism.sync_processes('feature_cache_start')
   table = pipeline.cached_window_table(corpus, spec, d.overlap_s, d.jitter_grid_s)
-  data = pipeline.windows_dataset(corpus, spec, table, batch_size=d.batch_size // count,
+  data = pipeline.windows_dataset(corpus, spec, table, batch_size=batch_size,
                                   process_index=process, process_count=count)
-  encode = _encode_fn(trainer, spec.mono)
+  encode = _encode_fn(model)
   writer = feature_store.ShardWriter(directory, process, count)
-  local = jax.sharding.PartitionSpec(train.BATCH_AXES)
+  local = jax.sharding.PartitionSpec(parallelism.BATCH_AXES)
   for batch in data:
-    audio = jax.make_array_from_process_local_data(trainer.batch_sharding, batch['audio'])
+    audio = jax.make_array_from_process_local_data(model.batch_sharding, batch['audio'])
     features = np.asarray(multihost_utils.global_array_to_host_local_array(
-        encode(trainer.state, audio), trainer.mesh, local))
+        encode(model.params, audio), model.mesh, local))
     for i in np.flatnonzero(batch['weight']):
       writer.write(int(batch['conversation'][i]), int(batch['frame'][i]), features[i])
   writer.close()
-  train.sync_processes('feature_cache_written')
+  parallelism.sync_processes('feature_cache_written')
   if process == 0:
     feature_store.finalize(directory, {
         'fingerprint': expected, 'shape': list(writer.shape), 'dtype': str(writer.dtype),
         'records': len(table), 'processes': count})
-  train.sync_processes('feature_cache_done')
+  parallelism.sync_processes('feature_cache_done')
   logging.info('feature cache %s: %d windows of %s %s', directory, len(table), writer.shape,
                config.model.dtype)
   return directory
 
 
-def open_for(config, corpus: pipeline.Corpus, trainer: train.Trainer
-             ) -> feature_store.FeatureStore:
+def open_for(config, corpus: pipeline.Corpus, model: ModelState) -> feature_store.FeatureStore:
   """The cache `config.data.features` for training `config`, refused (naming what differs)
   unless it was built for this corpus, these windows and this encoder."""
   check_config(config)
   store = feature_store.FeatureStore(config.data.features)
-  if problems := _mismatch(store.meta['fingerprint'], fingerprint(config, corpus, trainer)):
-    raise ValueError(f'feature cache {config.data.features} was built for another config '
-                     f'({"; ".join(problems)}); rebuild it with run.py --mode=cache_features')
+  if problems := _mismatch(store.meta['fingerprint'], fingerprint(config, corpus, model)):
+    raise errors.ConfigError(f'feature cache {config.data.features} was built for another '
+                             f'config ({"; ".join(problems)}); rebuild it with run.py '
+                             '--mode=cache_features')
   return store
 

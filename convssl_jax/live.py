@@ -1,4 +1,5 @@
-"""Live turn-taking: audio sources paced like a microphone, a `Streamer`, and a terminal bar.
+"""Live turn-taking: audio sources paced like a microphone, a `Streamer`, and a terminal bar
+(`stream`: what `run.py --mode=stream` does).
 
 Sources yield stereo blocks [2, n] float32 at 16 kHz (channel 0 = speaker A): a file (read
 whole, resampled if needed, then released `block_s` at a time in real time, or as fast as
@@ -6,6 +7,8 @@ possible), raw 16-bit little-endian interleaved stereo PCM at 16 kHz from a bina
 stdin, or a microphone through the optional `sounddevice` package.
 """
 
+import gc
+import pathlib
 import sys
 import time
 from collections.abc import Iterator
@@ -13,8 +16,11 @@ from typing import IO, Any
 
 import numpy as np
 
+from convssl_jax import errors, inference, predict
 from convssl_jax.data import audio as audio_lib
-from convssl_jax.data.pipeline import SAMPLE_RATE
+from convssl_jax.data import va as va_lib
+from convssl_jax.data.audio import SAMPLE_RATE
+from convssl_jax.models import factory
 
 
 def _block_samples(block_s: float) -> int:
@@ -117,3 +123,55 @@ def run(streamer, blocks: Iterator[np.ndarray], frame_hz: int, *, out: IO[str] =
     out.write('\n')
   outputs = {k: np.concatenate([f[k] for f in frames]) for k in frames[0]} if frames else {}
   return {'outputs': outputs, 'latency_s': np.asarray(latencies)}
+
+
+def va_frames(va_list, frame_hz: int) -> np.ndarray:
+  """A VA list -> the VA frames [T, 2] a stream hands the model, up to its last segment's end."""
+  end = max([segment[1] for channel in va_list for segment in channel], default=0.0)
+  return va_lib.va_frames(va_list, va_lib.num_frames(end, frame_hz) + 1, frame_hz)
+
+
+def check_va(model_cfg, va_list) -> None:
+  """Refuses a missing VA list for a model that reads the current voice activity (the mono model),
+  and one given to a model that hears audio only (the stereo model)."""
+  reads_va = 'va' in factory.model_class(model_cfg).inputs
+  if reads_va and va_list is None:
+    raise errors.UserError('the model reads the current voice activity (the mono model): give '
+                           '--va')
+  if va_list is not None and not reads_va:
+    raise errors.UserError('--va: this model hears audio only (the stereo model); stream '
+                           'without --va')
+
+
+def stream(model, config, audio: str, *, va_list=None, context_s: float | None = None,
+           pace: bool = True, output=None, log: IO[str] = sys.stderr) -> dict[str, Any]:
+  """A ModelState live on `audio` (a file, '-' for raw 16-bit stereo PCM at 16 kHz on stdin,
+  'mic' for a 2-channel input device): the terminal bar on stdout, the latency on `log`, and with
+  `output` the frames written as predict writes them. Returns `run`'s result."""
+  check_va(config.model, va_list)
+  streamer = inference.streamer_for(model.model(), model.objective, config, context_s)
+  frame_hz = config.model.frame_hz
+  va = None if va_list is None else va_frames(va_list, frame_hz)
+  if audio == '-':
+    blocks = pcm_source(sys.stdin.buffer)
+  elif audio == 'mic':
+    blocks = mic_source()
+  else:
+    predict.notice_rate(audio)
+    blocks = file_source(audio, pace=pace)
+  print(f'{streamer.context / frame_hz:g} s of attention context', file=log)
+  gc.freeze()  # the startup's objects out of the collector's way: steadier push latency
+  result = run(streamer, blocks, frame_hz, va=va)
+  ms = result['latency_s'] * 1000
+  if len(ms):
+    print(f'{len(ms)} pushes: latency median {np.median(ms):.2f} ms, p99 '
+          f'{np.percentile(ms, 99):.2f} ms', file=log)
+  if output and result['outputs']:
+    outputs = result['outputs']
+    frames = len(next(iter(outputs.values())))
+    heard = np.zeros((frames, 2), np.float32) if va is None else va[:frames]
+    stem = 'stream' if audio in ('-', 'mic') else pathlib.Path(audio).stem
+    written = predict.write({'frame_hz': frame_hz, 'va': heard, 'events': {}, **outputs},
+                            output, stem)
+    print('written: ' + ', '.join(map(str, written)), file=log)
+  return result

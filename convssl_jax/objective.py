@@ -326,3 +326,29 @@ class VAPObjective:
   def p_future(self, probs: jax.Array) -> jax.Array:
     """Aggregated next-speaker probabilities over the far future, bins 2-3."""
     return self.aggregate_probs(probs, 2, 3)
+
+
+def for_model(model_cfg) -> VAPObjective:
+  """The objective of a `config.model`: its VAP head, bins and frame rate."""
+  v = model_cfg.vap
+  return VAPObjective(bin_times=tuple(v.bin_times), frame_hz=model_cfg.frame_hz,
+                      threshold=v.threshold, head=v.head, pre_frames=v.pre_frames)
+
+
+def frame_outputs(objective: VAPObjective, out: dict[str, jax.Array],
+                  va: jax.Array | None = None, frames: int | None = None) -> dict[str, jax.Array]:
+  """A model's outputs [B, N, ...] -> per-frame curves [B, N, 2]: 'p_bc' (not for the comparative
+  head), 'p_now' and 'p_future' (discrete head), 'vad' (stereo), and with the current VA
+  [B, N, 2] the next-speaker probability 'p'. `frames` keeps only the first frames of `out`."""
+  out = {k: out[k][:, :frames] for k in ('logits', 'vad') if k in out}
+  probs = objective.probs(out['logits'])
+  curves = {}
+  if va is not None:
+    curves['p'] = objective.next_speaker_probs(probs, va)
+  if objective.head != 'comparative':
+    curves['p_bc'] = objective.backchannel_probs(probs)
+  if objective.head == 'discrete':
+    curves.update(p_now=objective.p_now(probs), p_future=objective.p_future(probs))
+  if 'vad' in out:
+    curves['vad'] = jax.nn.sigmoid(out['vad'].astype(jnp.float32))
+  return curves

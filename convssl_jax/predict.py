@@ -11,17 +11,20 @@ import csv
 import json
 import pathlib
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import soundfile as sf
 
-from convssl_jax import evaluate, plots
+from convssl_jax import errors, evaluate, plots
 from convssl_jax.data import audio as audio_lib
 from convssl_jax.data import pipeline
 from convssl_jax.data import va as va_lib
 from convssl_jax.data.pipeline import F0_HZ, SAMPLE_RATE
 from convssl_jax.events import TurnTakingEvents
+from convssl_jax.model_state import ModelState
+from convssl_jax.models import factory
 
 AUDIO_SUFFIXES = ('.wav', '.flac', '.ogg', '.sph', '.aiff', '.aif')
 CURVES = ('p', 'p_now', 'p_future', 'p_bc', 'vad')  # per speaker, as the head has them
@@ -74,12 +77,13 @@ def recording(path, va_list=None) -> pipeline.Corpus:
                          durations=np.array([duration]))
 
 
-def predict_file(trainer, config, path, va_list=None) -> dict[str, Any]:
+def predict_file(model: ModelState, config, path, va_list=None) -> dict[str, Any]:
   """Per-frame curves [T, 2] of one file, its VA [T, 2] and, with a VA list, its events."""
-  if va_list is None and config.model.kind == 'mono':
-    raise ValueError(f'{path}: the mono model reads the current voice activity: give a VA list')
+  if va_list is None and 'va' in factory.model_class(config.model).inputs:
+    raise errors.InputError(f'{path}: the model reads the current voice activity (the mono '
+                            'model): give a VA list (--va)')
   corpus = recording(path, va_list)
-  dialog = evaluate.predict_dialogs(trainer, config, corpus)[0]
+  dialog = evaluate.predict_dialogs(model, config, corpus)[0]
   frames = len(dialog['p'])
   out = {'frame_hz': config.model.frame_hz, 'va': dialog['va'][:frames],
          'envelope': envelope(corpus.source[0]['audio'], frames),
@@ -169,3 +173,16 @@ def write(result: dict[str, Any], directory, stem: str) -> list[pathlib.Path]:
   plots.excerpt({**curves, 'va': va.astype(np.float32)}, result['events'], frame_hz=hz,
                 seconds=len(time) / hz, path=paths[2])
   return paths
+
+
+def predict_files(model: ModelState, config, files, va_list=None, output='predictions'
+                  ) -> Iterator[str]:
+  """Predicts every audio file of `files` with `model` (a VA list applies to a single file) and
+  writes its outputs to `output`; yields one line per file saying what was written."""
+  for path in files:
+    notice_rate(path)
+    result = predict_file(model, config, path, va_list)
+    written = write(result, output, pathlib.Path(path).stem)
+    events = event_list(result['events'], config.model.frame_hz)
+    yield (f'{path}: {len(result["va"])} frames, {len(events)} events -> '
+           + ', '.join(map(str, written)))

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 from flax import nnx
 
-from convssl_jax import evaluate, train
+from convssl_jax import errors, parallelism, train, trainer
 from convssl_jax.models import pretrained
 
 ENCODER_DIR = 'encoder'
@@ -22,13 +22,12 @@ ENCODER_DIR = 'encoder'
 
 def export_encoder(config, workdir, which: str = 'best') -> pathlib.Path:
   """Writes the encoder of `workdir`'s `which` checkpoint to WORKDIR/encoder (replacing it)."""
-  trainer, step = evaluate.restore_trainer(config, workdir, which)
-  model, _ = nnx.merge(trainer.graphdef, trainer.state)
-  params = jax.device_get(nnx.to_pure_dict(nnx.state(model.encoder, nnx.Param)))
+  model, step = trainer.restore_model(config, workdir, which)
+  params = jax.device_get(nnx.to_pure_dict(nnx.state(model.model().encoder, nnx.Param)))
   out = pathlib.Path(workdir) / ENCODER_DIR
   if jax.process_index() == 0:
     shutil.rmtree(out, ignore_errors=True)
-  train.sync_processes('export_encoder')  # Orbax saves with every process taking part
+  parallelism.sync_processes('export_encoder')  # Orbax saves with every process taking part
   m = config.model
   pretrained.save(out, {'name': 'cpc', 'dim': m.dim, 'lstm_layers': m.encoder.lstm_layers,
                         'padding': m.encoder.padding, 'source': str(pathlib.Path(workdir)),
@@ -40,8 +39,8 @@ def pretrain(config, workdir) -> dict[str, Any]:
   """Trains `config` (kind 'cpc') in `workdir`, then exports its encoder; returns the losses
   (and 'encoder': the export's directory)."""
   if config.model.kind != 'cpc':
-    raise ValueError(f"--mode=pretrain trains model.kind='cpc' (configs/cpc_pretrain.py), got "
-                     f'{config.model.kind!r}')
+    raise errors.ConfigError("--mode=pretrain trains model.kind='cpc' (configs/cpc_pretrain.py), "
+                             f'got {config.model.kind!r}')
   results = train.train_and_evaluate(config, workdir)
   if 'preempted_at_step' not in results:
     results['encoder'] = str(export_encoder(config, workdir, config.eval.checkpoint))

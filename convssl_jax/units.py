@@ -17,7 +17,6 @@ section 9); these are the same algorithms in JAX.
 """
 
 import functools
-import json
 import pathlib
 import time
 
@@ -28,9 +27,10 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from convssl_jax import corpora as corpora_lib, errors
 from convssl_jax.data import audio as audio_lib
+from convssl_jax.data import unit_store
 from convssl_jax.data import va as va_lib
-from convssl_jax.data.pipeline import SAMPLE_RATE
 from convssl_jax.models import cpc, pretrained
 
 HOP = int(np.prod(cpc.STRIDES))  # samples per 100-Hz encoder frame
@@ -160,7 +160,7 @@ class FeatureExtractor:
 
   def __init__(self, encoder: cpc.CPCEncoder, layer: str, chunk_frames: int):
     if layer not in LAYERS:
-      raise ValueError(f'units.layer must be one of {LAYERS}, got {layer!r}')
+      raise errors.ConfigError(f'units.layer must be one of {LAYERS}, got {layer!r}')
     self.chunk_frames = chunk_frames
     self.lookahead = 2 if encoder.padding == 'reference' else 0  # frames (311 samples)
     graphdef, self.params = nnx.split(encoder)
@@ -200,7 +200,8 @@ def pool(features: np.ndarray, frame_hz: int) -> np.ndarray:
   """100-Hz features [..., T, D] -> [..., T // r, D] at `frame_hz` (r = 100 / frame_hz): each
   model frame is the mean of the r encoder frames inside it, so it sees nothing after its end."""
   if 100 % frame_hz:
-    raise ValueError(f'units need a frame rate that divides 100 Hz, got model.frame_hz={frame_hz}')
+    raise errors.ConfigError('units need a frame rate that divides 100 Hz, got '
+                             f'model.frame_hz={frame_hz}')
   r = 100 // frame_hz
   t = features.shape[-2] // r
   return features[..., :t * r, :].reshape(*features.shape[:-2], t, r, -1).mean(-2)
@@ -256,15 +257,13 @@ def sample_frames(extractor, corpus, frame_hz: int, max_frames: int, batch: int,
 
 def build_units(config) -> pathlib.Path:
   """Features, k-means and the units dataset of `config` (configs/ulm.py) in data.units_dir."""
-  from convssl_jax.data import pipeline, unit_store
-
   if not config.data.units_dir:
-    raise ValueError('--mode=units writes the units dataset to data.units_dir: set '
-                     '--config.data.units_dir=DIR')
+    raise errors.ConfigError('--mode=units writes the units dataset to data.units_dir: set '
+                             '--config.data.units_dir=DIR')
   u, frame_hz, k = config.units, config.model.frame_hz, config.model.units
   out = pathlib.Path(config.data.units_dir)
   started = time.perf_counter()
-  corpora = pipeline.open_corpora(u.data, ('train', 'validation', 'test'), frame_hz=frame_hz)
+  corpora = corpora_lib.open_data(u.data, corpora_lib.SPLITS, frame_hz=frame_hz)
   encoder = load_unit_encoder(u, config.seed)
   extractor = FeatureExtractor(encoder, u.layer, int(u.chunk_s * 100))
   x = sample_frames(extractor, corpora['train'], frame_hz, u.kmeans.max_frames,

@@ -11,7 +11,7 @@ import pathlib
 import numpy as np
 import soundfile as sf
 
-from convssl_jax.data import sphere_write
+from tests.fixtures import sphere_write
 from convssl_jax.data import va as va_lib
 from data_builders import conversation
 

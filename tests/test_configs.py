@@ -3,7 +3,7 @@
 import pytest
 
 from configs import vap
-from convssl_jax import train
+from convssl_jax import objective as objective_lib
 
 EVERY_VARIANT = sorted({*vap.HEADS, *vap.CORPORA, *vap.ALIASES, 'stereo', 'mono', 'reference',
                         'tiny'})
@@ -12,7 +12,7 @@ EVERY_VARIANT = sorted({*vap.HEADS, *vap.CORPORA, *vap.ALIASES, 'stereo', 'mono'
 @pytest.mark.parametrize('variant', EVERY_VARIANT)
 def test_every_variant_gives_labels_over_the_horizon_its_bins_span(variant):
   config = vap.get_config(variant)
-  objective = train.objective_for(config.model)
+  objective = objective_lib.for_model(config.model)
   seconds = sum(config.model.vap.bin_times)
   assert objective.horizon_frames == round(seconds * config.model.frame_hz)
 
@@ -26,7 +26,7 @@ def test_mono_head_aliases_equal_mono_plus_the_head(alias):
 
 def test_mono_skantze_predicts_60_bins_of_50_ms_over_3_seconds():
   vap_cfg = vap.get_config('mono_skantze').model.vap
-  objective = train.objective_for(vap.get_config('mono_skantze').model)
+  objective = objective_lib.for_model(vap.get_config('mono_skantze').model)
   assert vap_cfg.head == 'independent' and objective.n_bins == 60
   assert objective.bin_frames == (5,) * 60 and objective.horizon_frames == 300  # 3 s at 100 Hz
 

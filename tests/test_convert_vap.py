@@ -12,7 +12,7 @@ from flax import nnx
 from checkpoints_convert import __main__ as cli
 from checkpoints_convert import keys, torch_file
 from checkpoints_convert import vap as convert_vap
-from convssl_jax import models
+from convssl_jax import models, objective as objective_lib
 from convssl_jax.models import pretrained
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures' / 'torch' / 'vap'
@@ -217,25 +217,25 @@ def test_a_converted_model_predicts_on_a_recording_like_its_own_forward(converte
   import soundfile as sf
 
   from configs import vap as vap_config
-  from convssl_jax import evaluate, inference, predict
+  from convssl_jax import model_state, predict
 
   _, directory = converted
   config = vap_config.get_config('tiny')
-  trainer, config = evaluate.converted_trainer(config, directory)
+  model, config = model_state.converted(config, directory)
   # The stereo recipe's windows and normalisation replace the tiny config's (5 s, normalised) ...
   assert (config.data.window_s, config.data.normalize) == (20.0, False)
   # ... but for the fields given on the command line.
-  _, kept = evaluate.converted_trainer(vap_config.get_config('tiny'), directory, {'window_s'})
+  _, kept = model_state.converted(vap_config.get_config('tiny'), directory, {'window_s'})
   assert (kept.data.window_s, kept.data.normalize) == (5.0, False)
   rng = np.random.default_rng(0)
   wave = (0.2 * rng.standard_normal((3 * 16000, 2))).astype(np.float32)
   sf.write(tmp_path / 'talk.wav', wave, 16000, subtype='FLOAT')
-  got = predict.predict_file(trainer, config, tmp_path / 'talk.wav')
-  model, cfg = models.load_model(directory)
+  got = predict.predict_file(model, config, tmp_path / 'talk.wav')
+  converted, cfg = models.load_model(directory)
   padded = np.zeros((1, 2, 20 * 16000), np.float32)
   padded[0, :, :3 * 16000] = wave.T
-  out = _forward(model, jnp.asarray(padded))
+  out = _forward(converted, jnp.asarray(padded))
   frames = 3 * cfg.frame_hz
-  want = inference.frame_outputs(trainer.objective, out, frames=frames)
+  want = objective_lib.frame_outputs(model.objective, out, frames=frames)
   for key in ('p_now', 'p_future', 'p_bc', 'vad'):
     np.testing.assert_allclose(got[key], np.asarray(want[key])[0], atol=1e-5, err_msg=key)

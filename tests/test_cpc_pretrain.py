@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from configs import cpc_pretrain, vap
-from convssl_jax import cpc_objective, models, pretrain, train
+from convssl_jax import cpc_objective, model_state, models, objective as objective_lib, pretrain
 from tests.test_cpc_encoder import assert_causal
 
 
@@ -70,8 +70,9 @@ def test_scpc_plus_trains_cpc_vap_vad_and_f0_and_a_silent_partner_adds_no_cpc_te
   batch = {'audio': jnp.asarray(audio),
            'va': jnp.asarray(rng.uniform(size=(2, 150, 2)) > 0.5, jnp.float32),
            'f0': jnp.asarray(rng.uniform(0, 200, (2, 50, 2)), jnp.float32)}
-  objective = train.objective_for(config.model)
-  total, metrics = nnx.jit(lambda m, b: train.losses(m, b, objective, config.train))(model, batch)
+  objective = objective_lib.for_model(config.model)
+  total, metrics = nnx.jit(lambda m, b: model_state.losses(m, b, objective, config.train))(
+      model, batch)
   assert {'cpc_loss', 'vap_loss', 'vad_loss', 'f0_loss', 'cpc_accuracy'} <= metrics.keys()
   np.testing.assert_allclose(total, sum(metrics[f'{k}_loss'] for k in ('cpc', 'vap', 'vad', 'f0')),
                              rtol=1e-4)

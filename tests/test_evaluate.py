@@ -9,8 +9,7 @@ import pytest
 from flax import nnx
 
 from configs import vap
-from convssl_jax import evaluate, metrics, models, train
-from convssl_jax.data import pipeline
+from convssl_jax import corpora as corpora_lib, evaluate, metrics, models, train, trainer
 from convssl_jax.data import va as va_lib
 from convssl_jax.events import TurnTakingEvents
 
@@ -37,24 +36,24 @@ def test_the_va_only_model_ignores_the_audio():
   assert models.count_params(model) < 50_000  # no encoder
 
 
-def test_repeated_predictions_of_one_trainer_compile_once(tiny_run):
+def test_repeated_predictions_of_one_model_compile_once(tiny_run):
   config, workdir = tiny_run
-  trainer, _ = evaluate.restore_trainer(config, workdir, 'latest')
-  corpora = pipeline.open_corpora(config.data, ('validation',), **train.corpus_checks(config))
-  first = evaluate.predict_dialogs(trainer, config, corpora['validation'])
-  second = evaluate.predict_dialogs(trainer, config, corpora['validation'])
-  ((_, predict),) = evaluate._PREDICT_FNS[trainer].values()
-  assert predict._cache_size() == 1
+  model, _ = trainer.restore_model(config, workdir, 'latest')
+  corpora = corpora_lib.open_corpora(config, ('validation',))
+  first = evaluate.predict_dialogs(model, config, corpora['validation'])
+  second = evaluate.predict_dialogs(model, config, corpora['validation'])
+  evaluate.predict_dialogs(model, config, corpora['validation'], swap=True)
+  assert model.predict_step._cache_size() == 1  # both speaker orders, every call
   np.testing.assert_array_equal(first[0]['p'], second[0]['p'])
 
 
 def test_validation_during_training_logs_turn_taking_scores_at_the_fixed_thresholds(tiny_run):
   config, workdir = tiny_run
   logged = json.loads((workdir / 'metrics.json').read_text())['validation']
-  trainer, step = evaluate.restore_trainer(config, workdir, 'latest')
+  model, step = trainer.restore_model(config, workdir, 'latest')
   assert step == config.train.steps  # the state of the last validation
-  corpora = pipeline.open_corpora(config.data, ('validation',), **train.corpus_checks(config))
-  dialogs = evaluate.predict_dialogs(trainer, config, corpora['validation'])
+  corpora = corpora_lib.open_corpora(config, ('validation',))
+  dialogs = evaluate.predict_dialogs(model, config, corpora['validation'])
   events = evaluate.Evaluation.for_config(config)
   # The reference's validation thresholds (vap_spec.md 5.3 step 5): S-pred 0.3, BC-pred 0.1, S/L 0.5.
   expected = metrics.score(events.samples('validation', False, dialogs),
@@ -115,7 +114,7 @@ def test_every_model_and_rule_is_scored_on_the_same_events(evaluated):
 def test_both_speaker_orders_are_scored_at_the_validation_thresholds(evaluated, tiny_run):
   config, _ = tiny_run
   _, results = evaluated
-  corpora = pipeline.open_corpora(config.data, ('test',), **train.corpus_checks(config))
+  corpora = corpora_lib.open_corpora(config, ('test',))
   events = TurnTakingEvents(config.model.frame_hz, **config.eval.events)
   shifts = holds = 0  # S/H frames of every test dialog, as recorded and with speakers swapped
   for index, duration in enumerate(corpora['test'].durations):
@@ -145,9 +144,9 @@ def test_always_hold_predicts_every_shift_hold_frame_as_hold(evaluated):
 def test_the_latest_or_best_checkpoint_is_restored_and_a_missing_one_is_named(evaluated, tmp_path):
   workdir, _ = evaluated
   config = vap.get_config('tiny')
-  _, step = evaluate.restore_trainer(config, workdir, 'latest')
+  _, step = trainer.restore_model(config, workdir, 'latest')
   assert step == 4
   with pytest.raises(FileNotFoundError, match=f'no best checkpoint in {tmp_path}'):
-    evaluate.restore_trainer(config, tmp_path, 'best')
+    trainer.restore_model(config, tmp_path, 'best')
   with pytest.raises(ValueError, match="eval.checkpoint must be 'best' or 'latest'"):
-    evaluate.restore_trainer(config, workdir, 'newest')
+    trainer.restore_model(config, workdir, 'newest')

@@ -6,13 +6,11 @@ import sys
 
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from flax import nnx
 
 from configs import vap as vap_config
-from convssl_jax import export, inference, train
+from convssl_jax import export, inference, models, objective as objective_lib
 from convssl_jax.data import va as va_lib
-from convssl_jax.models import vap
 
 RATE, CONTEXT = 16000, 20
 
@@ -42,9 +40,9 @@ np.savez(f'{directory}/outputs.npz', **{k: np.asarray(v) for k, v in result.item
 def _model(variant='tiny'):
   cfg = vap_config.get_config(variant).model
   cfg.transformer.context = CONTEXT
-  model = vap.build_model(cfg, rngs=nnx.Rngs(0))
+  model = models.build_model(cfg, rngs=nnx.Rngs(0))
   model.eval()
-  return model, train.objective_for(cfg)
+  return model, objective_lib.for_model(cfg)
 
 
 def _wave(seconds, seed=0):
@@ -79,7 +77,7 @@ def test_the_exported_forward_runs_alone_and_equals_the_model(tmp_path):
   export.export_forward(model, objective, tmp_path, window_s=2.0)
   got = _run_alone(tmp_path, 'forward', wave)
   out = model(jnp.asarray(wave))
-  want = inference.frame_outputs(objective, out, frames=100)
+  want = objective_lib.frame_outputs(objective, out, frames=100)
   for key in want:
     np.testing.assert_allclose(got[key], np.asarray(want[key]), atol=1e-5, err_msg=key)
 

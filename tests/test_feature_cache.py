@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import vap
-from convssl_jax import feature_cache, train
+from convssl_jax import corpora, feature_cache, train
 from convssl_jax.data import feature_store, pipeline
 
 
@@ -43,11 +43,9 @@ def test_training_from_the_cache_gives_the_on_the_fly_losses(tmp_path, data_dir,
 
 
 def test_the_cache_holds_every_window_training_cuts_and_nothing_else(data_dir):
-  import data_builders
-
   config = _config(data_dir)
-  corpus = pipeline.Corpus.from_builders(data_builders.prepare(config.data), 'train')
-  spec = train.window_spec(config, train.objective_for(config.model))
+  corpus = corpora.open_corpora(config, ('train',))['train']
+  spec = corpora.window_spec(config)
   table = pipeline.cached_window_table(corpus, spec, config.data.overlap_s, 1.0)
   # Hand-derived: a 20 s dialog, 5 s windows every 3 s (0 .. 15), moved by 0, 1 or 2 s but not
   # past 15: every whole second from 0 to 15, at 50 frames a second.

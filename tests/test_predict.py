@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 from configs import vap
-from convssl_jax import evaluate, predict
+from convssl_jax import predict, trainer
 from convssl_jax.data import audio as audio_lib
 from convssl_jax.data import va as va_lib
 from convssl_jax.events import TurnTakingEvents
@@ -20,8 +20,8 @@ HZ = 50
 @pytest.fixture(scope='module')
 def trained(tiny_run):
   config, workdir = tiny_run
-  trainer, _ = evaluate.restore_trainer(config, workdir, 'best')
-  return config, trainer
+  model, _ = trainer.restore_model(config, workdir, 'best')
+  return config, model
 
 
 @pytest.fixture(scope='module')
@@ -36,9 +36,9 @@ def _wav(path, samples, rate=16000):
 
 def test_a_file_longer_than_a_window_gives_every_frame_and_the_events_of_its_va(
     trained, dialog, tmp_path):
-  config, trainer = trained
+  config, model = trained
   path = _wav(tmp_path / 'd.wav', dialog.audio)
-  result = predict.predict_file(trainer, config, path, dialog.va_list)
+  result = predict.predict_file(model, config, path, dialog.va_list)
   frames = va_lib.num_frames(12.0, HZ)
   assert all(result[k].shape == (frames, 2) for k in ('va', 'p', 'p_now', 'p_bc', 'vad'))
   va = va_lib.va_frames(dialog.va_list, frames, HZ)
@@ -49,15 +49,15 @@ def test_a_file_longer_than_a_window_gives_every_frame_and_the_events_of_its_va(
     np.testing.assert_array_equal(result['events'][key], mask, err_msg=key)
   # The first 5 s come from the first window alone: the same as predicting on the first 5 s.
   short = _wav(tmp_path / 'short.wav', dialog.audio[:5 * 16000])
-  head = predict.predict_file(trainer, config, short, dialog.va_list)
+  head = predict.predict_file(model, config, short, dialog.va_list)
   np.testing.assert_allclose(result['p_bc'][:250], head['p_bc'], atol=1e-6)
 
 
 def test_a_va_list_is_framed_from_its_float64_times(trained, dialog, tmp_path):
   # 0.7 / 0.02 = 35.0 in float64, but float32(0.7) / 0.02 = 34.99999940395355: frames [15, 35).
-  config, trainer = trained
+  config, model = trained
   path = _wav(tmp_path / 'd.wav', dialog.audio)
-  result = predict.predict_file(trainer, config, path, [[[0.3, 0.7]], [[1.0, 1.5]]])
+  result = predict.predict_file(model, config, path, [[[0.3, 0.7]], [[1.0, 1.5]]])
   np.testing.assert_array_equal(np.flatnonzero(result['va'][:, 0]), np.arange(15, 35))
   np.testing.assert_array_equal(np.flatnonzero(result['va'][:, 1]), np.arange(50, 75))
 
@@ -75,9 +75,9 @@ def test_the_models_vad_becomes_a_va_list_as_the_references_does():
 
 
 def test_outputs_are_a_frame_table_json_with_events_and_a_plot(trained, dialog, tmp_path):
-  config, trainer = trained
+  config, model = trained
   path = _wav(tmp_path / 'd.wav', dialog.audio)
-  result = predict.predict_file(trainer, config, path, dialog.va_list)
+  result = predict.predict_file(model, config, path, dialog.va_list)
   json_path, csv_path, png_path = predict.write(result, tmp_path / 'out', 'd')
   with open(csv_path) as f:
     rows = list(csv.reader(f))
@@ -94,8 +94,8 @@ def test_outputs_are_a_frame_table_json_with_events_and_a_plot(trained, dialog, 
 
 def test_without_a_va_list_there_is_no_next_speaker_probability_or_events(trained, dialog,
                                                                           tmp_path):
-  config, trainer = trained
-  result = predict.predict_file(trainer, config, _wav(tmp_path / 'd.wav', dialog.audio))
+  config, model = trained
+  result = predict.predict_file(model, config, _wav(tmp_path / 'd.wav', dialog.audio))
   assert 'p' not in result and not result['events'] and 'p_now' in result
   assert all(p.exists() for p in predict.write(result, tmp_path, 'd'))
 

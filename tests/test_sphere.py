@@ -14,7 +14,7 @@ import pytest
 from convssl_jax.data import sphere
 from convssl_jax.data.sphere import (ShortenError, SphereError, decode_shorten, read_sphere,
                                      read_sphere_header)
-from convssl_jax.data.sphere_write import encode_shorten, write_sphere
+from tests.fixtures.sphere_write import encode_shorten, write_sphere
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures' / 'sphere'
 HEADER_SIZE = 1024

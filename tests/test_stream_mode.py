@@ -9,11 +9,9 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-from flax import nnx
 
-from convssl_jax import evaluate, inference, live, predict
+from convssl_jax import inference, live, predict, trainer
 from convssl_jax.data import audio as audio_lib
-from convssl_jax.data import va as va_lib
 from tests import processes
 
 RATE = 16000
@@ -212,9 +210,8 @@ def test_stream_mode_on_stdin_pcm_equals_the_streamer(tiny_run, stream_audio, tm
   lines = done.stdout.decode().splitlines()
   assert len(lines) == 30 and lines[0].strip().startswith('0.00s  A')  # a line per 0.1 s
 
-  trainer, _ = evaluate.restore_trainer(config, workdir, 'best')
-  model, _ = nnx.merge(trainer.graphdef, trainer.state)
-  streamer = inference.Streamer(model, trainer.objective, context=2 * config.model.frame_hz)
+  model, _ = trainer.restore_model(config, workdir, 'best')
+  streamer = inference.Streamer(model.model(), model.objective, context=2 * config.model.frame_hz)
   want = streamer.push(audio_lib.from_int16(stream_audio).T)
   with open(tmp_path / 'stream.csv') as f:
     rows = list(csv.DictReader(f))

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from configs import vap as vap_config
-from convssl_jax import inference, train
+from convssl_jax import inference, models, objective as objective_lib
 from convssl_jax.data import va as va_lib
 from convssl_jax.models import vap
 
@@ -20,9 +20,9 @@ RATE, CONTEXT = 16000, 20  # 20 frames = 0.4 s of attention: the cache fills and
 def _setup(variant='tiny', context=CONTEXT):
   cfg = vap_config.get_config(variant).model
   cfg.transformer.context = context
-  model = vap.build_model(cfg, rngs=nnx.Rngs(0))
+  model = models.build_model(cfg, rngs=nnx.Rngs(0))
   model.eval()
-  return model, train.objective_for(cfg)
+  return model, objective_lib.for_model(cfg)
 
 
 def _wave(seconds, batch=1, seed=0):
@@ -41,7 +41,7 @@ def _offline(model, objective, wave, va=None):
   else:
     out = model(jnp.asarray(wave))
   out = {k: out[k] for k in ('logits', 'vad') if k in out}
-  return jax.device_get(inference.frame_outputs(objective, out, va))
+  return jax.device_get(objective_lib.frame_outputs(objective, out, va))
 
 
 def _stream(streamer, wave, sizes, va=None, va_sizes=None):
@@ -151,6 +151,6 @@ def test_reference_padding_is_refused():
   cfg = vap_config.get_config('tiny').model
   cfg.transformer.context = CONTEXT
   cfg.encoder.padding = 'reference'
-  model = vap.build_model(cfg, rngs=nnx.Rngs(0))
+  model = models.build_model(cfg, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="'causal' padding"):
-    inference.Streamer(model, train.objective_for(cfg))
+    inference.Streamer(model, objective_lib.for_model(cfg))

@@ -8,8 +8,8 @@ import pytest
 from flax import nnx
 
 from configs import vap as vap_config
-from convssl_jax import inference
-from convssl_jax.models import vap
+from convssl_jax import inference, models
+from convssl_jax.models import frontends
 
 RATE = 16000
 
@@ -19,7 +19,7 @@ def _model(frame_hz, padding='causal'):
   cfg = vap_config.get_config('tiny').model
   cfg.encoder.padding = padding
   cfg.frame_hz = frame_hz
-  return vap.build_model(cfg, rngs=nnx.Rngs(0))
+  return models.build_model(cfg, rngs=nnx.Rngs(0))
 
 
 def _stereo_wave(seconds, batch=1, seed=0):
@@ -28,7 +28,7 @@ def _stereo_wave(seconds, batch=1, seed=0):
 
 
 def _offline(model, wave):
-  """StereoVAP's encoder path: channels stacked on the batch, back to [B, 2, N, D]."""
+  """The audio front-end over each channel: channels stacked on the batch, back to [B, 2, N, D]."""
   batch = wave.shape[0]
   z = np.asarray(model.encode(np.concatenate([wave[:, 0], wave[:, 1]], axis=0)))
   return np.stack([z[:batch], z[batch:]], axis=1)
@@ -46,13 +46,13 @@ def _stream(streamer, wave, sizes):
 
 def _count_traces(monkeypatch):
   """A list that grows by one each time a streamer's step is traced (compiled)."""
-  traces, step = [], inference.encode_step
+  traces, step = [], frontends.AudioFrontend.encoder_stream_step
 
   def counting_step(*args):
     traces.append(1)
     return step(*args)
 
-  monkeypatch.setattr(inference, 'encode_step', counting_step)
+  monkeypatch.setattr(frontends.AudioFrontend, 'encoder_stream_step', counting_step)
   return traces
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import vap
-from convssl_jax import evaluate, train
+from convssl_jax import train, trainer as trainer_lib
 from tests import processes
 
 
@@ -53,7 +53,7 @@ def test_a_checkpoint_saved_at_the_unfreeze_step_resumes_and_evaluates(tmp_path,
   results = train.train_and_evaluate(config, tmp_path)
   assert results['step'] == 4 and np.isfinite(results['validation']['loss'])
   for which in ('best', 'latest'):
-    _, step = evaluate.restore_trainer(config, tmp_path, which)
+    _, step = trainer_lib.restore_model(config, tmp_path, which)
     assert step in (2, 4)
 
 
@@ -155,14 +155,14 @@ LATE_FIRST_COLLECTIVE_SCRIPT = '''
     import jax, numpy as np
     from jax.experimental import multihost_utils
     from jax.sharding import NamedSharding, PartitionSpec as P
-    from convssl_jax import train
-    train.connect_processes(fsdp=2)
+    from convssl_jax import parallelism
+    parallelism.connect_processes(fsdp=2)
     if jax.process_index() == 1:
       time.sleep(35)  # a slow first compile: beyond gloo's 30 s for connecting a group
-    mesh, spec = train.make_mesh(fsdp=2), P(train.BATCH_AXES)
+    mesh, spec = parallelism.make_mesh(fsdp=2), P(parallelism.BATCH_AXES)
     x = jax.make_array_from_process_local_data(NamedSharding(mesh, spec),
                                                np.arange(2.0) + 2 * jax.process_index())
-    for axes in (train.BATCH_AXES, 'data', 'fsdp'):
+    for axes in (parallelism.BATCH_AXES, 'data', 'fsdp'):
       sums = jax.jit(jax.shard_map(lambda x: jax.lax.psum(x, axes), mesh=mesh, in_specs=spec,
                                    out_specs=spec))(x)
       print('psum', axes, multihost_utils.process_allgather(sums, tiled=True).tolist())
@@ -216,22 +216,21 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent('''
     import jax, numpy as np
     jax.config.update('jax_default_matmul_precision', 'highest')
     from configs import vap
-    from convssl_jax import train
+    from convssl_jax import parallelism, trainer
 
     def losses(devices, fsdp):
       config = vap.get_config('tiny')
       config.data.batch_size = 8
-      mesh = jax.make_mesh((devices // fsdp, fsdp), train.BATCH_AXES,
+      mesh = jax.make_mesh((devices // fsdp, fsdp), parallelism.BATCH_AXES,
                            axis_types=(jax.sharding.AxisType.Auto,) * 2,
                            devices=jax.devices()[:devices])
-      trainer = train.Trainer(config, mesh)
+      state = trainer.Trainer(config, mesh)
       rng = np.random.default_rng(0)
       out = []
       for _ in range(3):
         batch = {'audio': rng.uniform(-0.5, 0.5, (8, 2, 16000)).astype(np.float32),
                  'va': (rng.uniform(size=(8, 150, 2)) > 0.5).astype(np.float32)}
-        trainer.state, m = trainer.train_step(trainer.state,
-                                              train.to_device(batch, trainer.batch_sharding))
+        m = state.train_step(state.model.to_device(batch))
         out.append(float(m['loss']))
       return out
 
@@ -249,11 +248,11 @@ def test_one_device_data_parallel_and_fsdp_give_the_same_losses():
 
 def test_the_plateau_scale_scales_every_update():
   config = vap.get_config('tiny')
-  tx = train.optimizer_transform(config.train)
+  tx = trainer_lib.optimizer_transform(config.train)
   params = {'w': np.ones(3, np.float32)}
   grads = {'w': np.array([1.0, -2.0, 3.0], np.float32)}
   full, _ = tx.update(grads, tx.init(params), params)
-  halved, _ = tx.update(grads, train.set_plateau_scale(tx.init(params), 0.5), params)
+  halved, _ = tx.update(grads, trainer_lib.set_plateau_scale(tx.init(params), 0.5), params)
   np.testing.assert_allclose(halved['w'], 0.5 * np.asarray(full['w']), rtol=1e-6)
   assert np.all(np.asarray(full['w']) != 0)
 
@@ -261,10 +260,10 @@ def test_the_plateau_scale_scales_every_update():
 def test_the_constant_schedule_warms_up_linearly_then_holds():
   t = vap.train_config()
   t.update(schedule='constant', learning_rate=1e-3, warmup_steps=10)
-  np.testing.assert_allclose([train.learning_rate(t)(s) for s in (0, 5, 10, 100)],
+  np.testing.assert_allclose([trainer_lib.learning_rate(t)(s) for s in (0, 5, 10, 100)],
                              [0.0, 5e-4, 1e-3, 1e-3], rtol=1e-6)
   t.warmup_steps = 0
-  np.testing.assert_allclose([train.learning_rate(t)(s) for s in (0, 100)], [1e-3, 1e-3])
+  np.testing.assert_allclose([trainer_lib.learning_rate(t)(s) for s in (0, 100)], [1e-3, 1e-3])
 
 
 def test_the_cosine_schedule_is_conv_ssls_staircase():
@@ -272,7 +271,7 @@ def test_the_cosine_schedule_is_conv_ssls_staircase():
   # k = step // 100. Step 50,000 is stair 500: (1 + cos(pi / 5)) / 2 = 0.904508...
   t = vap.train_config('mono')
   assert (t.schedule, t.cosine_stairs, t.cosine_stair_steps) == ('cosine', 2500, 100)
-  lr = train.learning_rate(t)
+  lr = trainer_lib.learning_rate(t)
   expected = {0: 1.0, 99: 1.0, 100: (1 + np.cos(np.pi / 2500)) / 2,
               50_000: (1 + np.cos(np.pi / 5)) / 2, 50_099: (1 + np.cos(np.pi / 5)) / 2,
               125_000: 0.5, 250_000: 0.0}
@@ -283,6 +282,6 @@ def test_the_cosine_schedule_is_conv_ssls_staircase():
 def test_an_optimizer_made_when_the_encoder_unfreezes_continues_the_schedule():
   t = vap.train_config('mono')
   t.warmup_steps = 1000
-  restarted = train.learning_rate(t, start=600)  # counts from 0 at step 600
+  restarted = trainer_lib.learning_rate(t, start=600)  # counts from 0 at step 600
   for count in (0, 300, 400, 60_000):
-    np.testing.assert_allclose(restarted(count), train.learning_rate(t)(600 + count), rtol=1e-6)
+    np.testing.assert_allclose(restarted(count), trainer_lib.learning_rate(t)(600 + count), rtol=1e-6)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from configs import ulm
-from convssl_jax import evaluate, train, units
-from convssl_jax.data import pipeline, unit_store
+from convssl_jax import corpora, evaluate, train, units
+from convssl_jax.data import unit_store
 
 
 def _config(data_dir, units_dir):
@@ -34,8 +34,8 @@ def test_the_units_dataset_holds_every_conversation_with_its_va(units_dir, tiny_
   meta = unit_store.read_meta(units_dir)
   assert (meta['n_units'], meta['unit_hz'], meta['layer']) == (16, 50, 'lstm')
   assert np.load(units_dir / unit_store.CODEBOOK).shape == (16, 16)
-  audio = pipeline.open_corpora(config.units.data, SPLITS, frame_hz=50)
-  units_corpora = pipeline.open_corpora(config.data, SPLITS, frame_hz=50, n_units=16)
+  audio = corpora.open_data(config.units.data, SPLITS, frame_hz=50)
+  units_corpora = corpora.open_data(config.data, SPLITS, frame_hz=50, n_units=16)
   for split in SPLITS:
     a, u = audio[split], units_corpora[split]
     assert u.sessions == a.sessions
@@ -63,12 +63,12 @@ def test_units_extraction_is_deterministic(units_dir, tiny_data_dir, tmp_path):
 def test_a_model_of_another_codebook_size_or_frame_rate_is_refused(units_dir, tiny_data_dir):
   config = _config(tiny_data_dir, units_dir)
   with pytest.raises(ValueError, match='16 units, the model has model.units=32'):
-    pipeline.open_corpora(config.data, SPLITS, frame_hz=50, n_units=32)
+    corpora.open_data(config.data, SPLITS, frame_hz=50, n_units=32)
   with pytest.raises(ValueError, match='50 Hz, the model runs at model.frame_hz=20'):
-    pipeline.open_corpora(config.data, SPLITS, frame_hz=20, n_units=16)
+    corpora.open_data(config.data, SPLITS, frame_hz=20, n_units=16)
   config.data.units_dir = str(units_dir / 'missing')
   with pytest.raises(FileNotFoundError, match='--mode=units'):
-    pipeline.open_corpora(config.data, SPLITS, frame_hz=50)
+    corpora.open_data(config.data, SPLITS, frame_hz=50)
 
 
 def test_the_unit_lm_trains_on_units_and_is_evaluated_with_the_metric_suite(

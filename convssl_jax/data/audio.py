@@ -12,6 +12,7 @@ import soxr
 
 from convssl_jax import errors
 
+SAMPLE_RATE = 16_000  # what the models hear; other rates are resampled when read
 INT16_SCALE = 32768.0
 
 

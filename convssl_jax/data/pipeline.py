@@ -15,7 +15,7 @@ holds every window training can cut: the sliding starts moved by multiples of `j
 (`cached_window_table`), so a cached run sees the batches an on-the-fly run with the same
 `jitter_grid_s` sees.
 
-The unit LM's windows come the same way from a units dataset (`open_corpora`, data.name='units'):
+The unit LM's windows come the same way from a units dataset (data.name='units', `unit_store`):
 its units [2, N] (one per frame) stand where the audio would, with the same VA, history and F0.
 
 Training reads conversations in groups (`grouped_order`) so one decoded record serves all of its
@@ -36,7 +36,7 @@ from convssl_jax.data import audio as audio_lib
 from convssl_jax.data import va as va_lib
 from convssl_jax.data import windows as windows_lib
 
-SAMPLE_RATE = 16_000
+SAMPLE_RATE = audio_lib.SAMPLE_RATE
 F0_HZ = 100
 
 
@@ -85,21 +85,6 @@ class ConcatSource:
     return self.sources[part][index - (int(self.ends[part - 1]) if part else 0)]
 
 
-def open_corpora(data_cfg, splits, *, frame_hz: int, n_units: int | None = None
-                 ) -> dict[str, Corpus]:
-  """The splits of the corpus a config's `data` block names: TFDS corpora (built on first use),
-  or with data.name='units' the units dataset in data.units_dir (checked against the model's
-  frame rate and codebook size)."""
-  if data_cfg.name == 'units':
-    from convssl_jax.data import unit_store
-    opened = unit_store.open_splits(data_cfg.units_dir, splits, frame_hz=frame_hz,
-                                    n_units=n_units)
-    return {s: Corpus(*parts) for s, parts in opened.items()}
-  import data_builders
-  builders = data_builders.prepare(data_cfg)
-  return {s: Corpus.from_builders(builders, s) for s in splits}
-
-
 @dataclasses.dataclass(frozen=True)
 class WindowSpec:
   """What one model input window holds."""
@@ -136,8 +121,11 @@ class LoadWindow:
   """
 
   def __init__(self, corpus: Corpus, spec: WindowSpec, channel_swap: float = 0.0, cache: int = 4,
-               features=None):
+               features=None, swap: bool = False):
+    """`channel_swap`: the probability of swapping the speakers of a window loaded with an rng
+    (training); `swap`: swap every window (evaluation's second speaker order)."""
     self.corpus, self.spec, self.channel_swap, self.cache = corpus, spec, channel_swap, cache
+    self.swap = swap
     self.features = features  # a FeatureStore: windows carry its features instead of audio
     self._decoded = collections.OrderedDict()
     self._lock = threading.Lock()
@@ -183,7 +171,7 @@ class LoadWindow:
         'f0': windows_lib.cut_frames(conv['f0'], first, spec.frames),
     }
     signal = np.swapaxes(signal, 0, 1)  # channels-first [2, S]: all audio work is per channel
-    swap = rng is not None and rng.uniform() < self.channel_swap
+    swap = self.swap or (rng is not None and rng.uniform() < self.channel_swap)
     if swap:
       out = windows_lib.swap_channels(out)
       signal = signal[::-1]
@@ -275,8 +263,10 @@ def train_dataset(corpus: Corpus, spec: WindowSpec, *, batch_size: int, seed: in
 
 
 def eval_dataset(corpus: Corpus, spec: WindowSpec, *, batch_size: int, overlap_s: float = 0.0,
-                 process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-  """One pass over windows that cover every dialog of the split, in order, in full batches.
+                 process_index: int = 0, process_count: int = 1,
+                 swap: bool = False) -> grain.IterDataset:
+  """One pass over windows that cover every dialog of the split, in order, in full batches;
+  with `swap`, speakers A and B exchanged in every window.
 
   Every process gets the same number of batches (collective steps need that): the table is
   padded with copies of its last window whose `weight` is 0 (real windows have 1).
@@ -285,11 +275,12 @@ def eval_dataset(corpus: Corpus, spec: WindowSpec, *, batch_size: int, overlap_s
   if not len(table):
     raise ValueError('the split has no conversations to evaluate')
   return windows_dataset(corpus, spec, table, batch_size=batch_size, process_index=process_index,
-                         process_count=process_count)
+                         process_count=process_count, swap=swap)
 
 
 def windows_dataset(corpus: Corpus, spec: WindowSpec, table: np.ndarray, *, batch_size: int,
-                    process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+                    process_index: int = 0, process_count: int = 1,
+                    swap: bool = False) -> grain.IterDataset:
   """The windows of `table` ([n, 2] conversation, start) in order, this process's share, in full
   batches; every process gets the same number, padded with copies of the last window of
   `weight` 0 (real windows have 1)."""
@@ -297,5 +288,6 @@ def windows_dataset(corpus: Corpus, spec: WindowSpec, table: np.ndarray, *, batc
   total = -(-per_process // batch_size) * batch_size * process_count
   weight = np.arange(total) < len(table)
   table = np.column_stack([table[np.minimum(np.arange(total), len(table) - 1)], weight])
-  ds = grain.MapDataset.source(table)[process_index::process_count].map(LoadWindow(corpus, spec))
+  ds = grain.MapDataset.source(table)[process_index::process_count].map(
+      LoadWindow(corpus, spec, swap=swap))
   return ds.batch(batch_size).to_iter_dataset()

@@ -11,13 +11,18 @@ Two padding modes for the conv stack:
   then see their input shifted and no longer reproduce the PyTorch numbers.
 
 The LSTM and ChannelNorm add no lookahead in either mode.
+
+Streaming (`init_stream_state`, `stream_step`, causal padding only): every conv layer keeps the
+last k - s inputs it has seen (zeros at the start, as the offline left padding) and the LSTM its
+(h, c), so hop after hop gives exactly the offline frames.
 """
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from convssl_jax.models.layers import conv1d, torch_uniform_init
+from convssl_jax.models.layers import (conv1d, stream_context, torch_uniform_init, valid_conv,
+                                       with_context)
 
 KERNELS = (10, 8, 4, 4, 4)
 STRIDES = (5, 4, 2, 2, 2)
@@ -167,3 +172,26 @@ class CPCEncoder(nnx.Module):
   def __call__(self, wave: jax.Array) -> jax.Array:
     """wave [B, S] -> LSTM output [B, T, dim] at 100 Hz (CPC's "c", output layer 1)."""
     return self.lstm(self.conv_features(wave))
+
+  def init_stream_state(self, batch: int) -> tuple[tuple[jax.Array, ...], tuple]:
+    """(each conv layer's zero context [B, k - s, C_in], the LSTM's zero (h, c) per layer): the
+    state before any audio. Only the causal padding streams: 'reference' looks ahead."""
+    if self.padding != 'causal':
+      raise ValueError(f"streaming needs the encoder's 'causal' padding, got {self.padding!r} "
+                       '(it looks ahead, so hop-by-hop frames would differ from offline ones)')
+    conv_context = tuple(
+        jnp.zeros((batch, stream_context(conv), conv.in_features),
+                  jnp.float32 if i == 0 else self.norms[i - 1].dtype or jnp.float32)
+        for i, conv in enumerate(self.convs))
+    return conv_context, tuple(self.lstm.initial_carry(batch))
+
+  def stream_step(self, state, wave: jax.Array) -> tuple[tuple, jax.Array]:
+    """One hop wave [B, 160 n] -> (new state, the next n LSTM frames [B, n, dim])."""
+    conv_context, lstm_carry = state
+    x, contexts = wave[..., None], []
+    for conv, norm, context in zip(self.convs, self.norms, conv_context):
+      x, context = with_context(context, x)
+      x = jax.nn.relu(norm(valid_conv(conv, x)))
+      contexts.append(context)
+    y, lstm_carry = self.lstm.apply_with_carry(x, list(lstm_carry))
+    return (tuple(contexts), tuple(lstm_carry)), y

@@ -17,12 +17,17 @@ import jax.numpy as jnp
 from flax import nnx
 
 from convssl_jax import cpc_objective
-from convssl_jax.models import layers
-from convssl_jax.models.vap import StereoVAP, both, compute_dtype
+from convssl_jax.models import frontends, layers
+from convssl_jax.models.vap import StereoBody, both, compute_dtype, per_example
+from convssl_jax.objective import VAPObjective
 
 
-class CPCPretrain(StereoVAP):
-  """The causal CPC encoder with its InfoNCE predictors (and, with `cfg.cpc.heads`, the VAP body)."""
+class CPCPretrain(frontends.AudioFrontend, StereoBody):
+  """The causal CPC encoder with its InfoNCE predictors (and, with `cfg.cpc.heads`, the stereo
+  body on top of it)."""
+
+  inputs = ('audio',)
+  mono_mix = False
 
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     dtype = compute_dtype(cfg.dtype)
@@ -32,15 +37,16 @@ class CPCPretrain(StereoVAP):
     if c.negatives_from not in ('batch', 'sequence'):
       raise ValueError(f"model.cpc.negatives_from must be 'batch' or 'sequence', got "
                        f'{c.negatives_from!r}')
-    self._init_encoder(cfg, dtype, rngs)
+    self.init_audio_frontend(cfg, dtype, rngs)
     self.steps, self.n_negatives = c.predict_steps, c.negatives
     self.within_sequence = c.negatives_from == 'sequence'
     self.predictor = layers.linear(cfg.dim, c.predict_steps * cfg.dim, dtype=dtype, rngs=rngs)
     self.negatives = rngs.dropout.fork()  # a fresh draw of negatives every step
-    if c.heads:
-      self._init_body(cfg, dtype, rngs)
+    self.heads = bool(c.heads)
+    if self.heads:
+      self.init_stereo_body(cfg, dtype, rngs)
     else:
-      self.transformer = self.downsample = None
+      self.downsample = None  # the encoder alone: nothing after its 100-Hz output
 
   def cpc_scores(self, z: jax.Array, c: jax.Array) -> jax.Array:
     """z, c [S, T, D] -> InfoNCE scores [S, W, K, 1 + n] over anchors t < W = T - K."""
@@ -65,7 +71,21 @@ class CPCPretrain(StereoVAP):
     scores = self.cpc_scores(z, c)
     out = {'cpc': {'scores': jnp.stack([scores[:batch], scores[batch:]], axis=1),
                    'active': jnp.any(waveform != 0, axis=-1)}}
-    if self.transformer is not None:
-      frames = self.encode(None, features=c)  # c is the encoder output: only the downsampler runs
-      out.update(self.head_outputs(*self.transformer(frames[:batch], frames[batch:])))
+    if self.heads:
+      # c is the encoder output: only the downsampler runs.
+      out.update(self.body_outputs(self.encode(None, features=c)))
     return out
+
+  def forward(self, batch, frames: int) -> dict[str, Any]:
+    del frames  # it hears audio only
+    return self(batch['audio'])
+
+  def losses(self, out, batch, objective: VAPObjective, frames: int):
+    """InfoNCE (a silent channel has no CPC term) with its accuracies, after the body's terms."""
+    terms, metrics = self.body_losses(out, batch, objective, frames) if self.heads else ({}, {})
+    active = out['cpc']['active'][:, :, None, None]
+    scores = out['cpc']['scores']  # [B, 2, W, K, 1 + n]
+    terms['cpc'], metrics['cpc_accuracy'] = per_example(cpc_objective.infonce, scores, active)
+    _, metrics['cpc_next_accuracy'] = per_example(cpc_objective.infonce, scores[..., :1, :],
+                                                  active)  # step 1: the next 10 ms frame
+    return terms, metrics

@@ -2,13 +2,14 @@
 
 Output frame i sees input frames [i*s - (k - 1), i*s]: it ends at 100-Hz frame s*i, so a 50-Hz frame
 does not see the second 100-Hz frame of its own interval. Output length is ceil(T / s).
+Streaming keeps the last k - 1 input frames (`init_stream_state`, `stream_step`).
 """
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from convssl_jax.models.layers import conv1d, gelu, layer_norm
+from convssl_jax.models.layers import conv1d, gelu, layer_norm, valid_conv, with_context
 
 _KERNEL_STRIDE = {50: (5, 2), 20: (11, 5), 100: None}  # conv_ssl's discrete_{50,20,100}hz configs
 
@@ -33,3 +34,13 @@ class CausalDownsample(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: [B, T, dim] -> [B, ceil(T / stride), dim]."""
     return gelu(self.norm(self.conv(x)))
+
+  def init_stream_state(self, batch: int) -> jax.Array:
+    """The last k - 1 input frames [B, k - 1, dim] before any audio: zeros, the offline padding."""
+    return jnp.zeros((batch, self.conv.kernel_size[0] - 1, self.conv.in_features),
+                     self.norm.dtype or jnp.float32)
+
+  def stream_step(self, context: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """x [B, s n, dim] (n output frames' inputs) -> (new context, [B, n, dim])."""
+    x, context = with_context(context, x)
+    return context, gelu(self.norm(valid_conv(self.conv, x)))

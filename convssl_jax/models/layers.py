@@ -56,3 +56,24 @@ def layer_norm(dim: int, *, rngs: nnx.Rngs, dtype=None, param_dtype=jnp.float32)
 def gelu(x: jax.Array) -> jax.Array:
   """The exact (erf) GELU, PyTorch's default."""
   return jax.nn.gelu(x, approximate=False)
+
+
+def valid_conv(conv: nnx.Conv, x: jax.Array) -> jax.Array:
+  """`conv`'s weights over x [B, T, C_in] with no padding: a streaming step, whose context is
+  already in front of x, equals the padded offline conv."""
+  dtype = conv.dtype or jnp.result_type(x, conv.kernel[...])
+  y = jax.lax.conv_general_dilated(
+      x.astype(dtype), conv.kernel[...].astype(dtype), conv.strides, 'VALID',
+      dimension_numbers=('NWC', 'WIO', 'NWC'), precision=conv.precision)
+  return y + conv.bias[...].astype(dtype)
+
+
+def with_context(context: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(context then x along time, the new context: as many of the latest steps as before)."""
+  full = jnp.concatenate([context, x.astype(context.dtype)], axis=1)
+  return full, full[:, full.shape[1] - context.shape[1]:]
+
+
+def stream_context(conv: nnx.Conv) -> int:
+  """Inputs a causal strided conv needs from before a hop: kernel - stride."""
+  return conv.kernel_size[0] - conv.strides[0]

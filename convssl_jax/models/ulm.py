@@ -14,31 +14,43 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from convssl_jax.models import layers
-from convssl_jax.models.vap import StereoVAP
+from convssl_jax.models import frontends, layers
+from convssl_jax.models.vap import StereoBody, both, compute_dtype, per_example
+from convssl_jax.objective import VAPObjective
 
 
-class UnitLM(StereoVAP):
-  """units [B, 2, N] int -> the stereo model's outputs plus next-unit logits 'units' [B, N, 2, K]."""
+class UnitLM(frontends.UnitFrontend, StereoBody):
+  """units [B, 2, N] int -> the stereo body's outputs plus next-unit logits 'units' [B, N, 2, K]."""
+
+  inputs = ('units',)
+  mono_mix = False
 
   def __init__(self, cfg, *, rngs: nnx.Rngs):
-    super().__init__(cfg, rngs=rngs)
-    self.unit_head = layers.linear(cfg.dim, cfg.units, dtype=self.embedding.dtype, rngs=rngs)
+    dtype = compute_dtype(cfg.dtype)
+    self.init_unit_frontend(cfg, dtype, rngs)
+    self.init_stereo_body(cfg, dtype, rngs)
+    self.unit_head = layers.linear(cfg.dim, cfg.units, dtype=dtype, rngs=rngs)
 
-  def _init_encoder(self, cfg, dtype, rngs: nnx.Rngs):
-    if cfg.units < 2:
-      raise ValueError(f'model.units (the codebook size) must be >= 2, got {cfg.units}')
-    self.encoder = self.downsample = None
-    self.embedding = nnx.Embed(cfg.units, cfg.dim, dtype=dtype, rngs=rngs)
-
-  def encode(self, units: jax.Array, features: None = None) -> jax.Array:
-    """units [B', N] int -> embeddings [B', N, D] (the units are the features)."""
-    return self.embedding(units)
+  def __call__(self, units: jax.Array) -> dict[str, Any]:
+    """units [B, 2, N] (channel 0 = speaker A)."""
+    if units.ndim != 3 or units.shape[1] != 2:
+      raise ValueError(f'the unit LM takes units [B, 2, frames], got {units.shape}')
+    return self.body_outputs(self.encode(both(units)))
 
   def head_outputs(self, x: jax.Array, x1: jax.Array, x2: jax.Array) -> dict[str, Any]:
     out = super().head_outputs(x, x1, x2)
     out['units'] = jnp.stack([self.unit_head(x1), self.unit_head(x2)], axis=-2)
     return out
+
+  def forward(self, batch, frames: int) -> dict[str, Any]:
+    del frames
+    return self(batch['units'])
+
+  def losses(self, out, batch, objective: VAPObjective, frames: int):
+    terms, metrics = self.body_losses(out, batch, objective, frames)
+    terms['unit'], metrics['unit_accuracy'] = per_example(next_unit_loss, out['units'],
+                                                          batch['units'])
+    return terms, metrics
 
 
 def next_unit_loss(logits: jax.Array, units: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -1,29 +1,35 @@
-"""The two VAP models: conv_ssl's mono model (2022) and VoiceActivityProjection's stereo model (2023).
+"""The VAP models: conv_ssl's mono model (2022) and VoiceActivityProjection's stereo model (2023).
 
-Mono: the mono mix -> encoder -> downsample -> + VA conditioning -> causal GPT -> VAP head.
-Stereo: one encoder per speaker (shared weights) -> downsample -> per-speaker GPT ->
-cross-attention layers -> combinator -> VAP head; a VAD head on each speaker's stream.
+Mono: the mono mix -> audio front-end -> + VA conditioning -> causal GPT -> VAP head.
+Stereo: the audio front-end per speaker (shared weights) -> the stereo body: per-speaker GPT ->
+cross-attention layers -> combinator -> VAP head, and a VAD head on each speaker's stream.
 Both can carry the F0 head. A mono model with `encoder.name='none'` hears no audio: it is the
-VA-only baseline (VA and its history only). The encoder (CPC, `self.encoder`) is frozen or trained through the
-parameter filter of `trainable_filter`, so a frozen encoder gets no gradient and no optimizer state.
-A converted HuBERT / wav2vec2 / WavLM (`encoder.name`, architecture and weights from
-`encoder_checkpoint`) can stand in for CPC: its 50-Hz features pass a trainable projection to the
-model dim instead of the downsampler. It attends over the whole input, so it is not causal.
+VA-only baseline (VA and its history only). The front-ends (CPC, or a converted HuBERT / wav2vec2 /
+WavLM, models/frontends.py) are frozen or trained through `factory.trainable_filter`.
+
+Every model class has one interface, which the trainer, evaluation, prediction and streaming use
+without asking which model it is:
+  `inputs`                    the batch keys its forward may read ('audio', 'features',
+                              'units', 'va', 'va_history'); its losses read the targets 'va'
+                              (with the label horizon) and 'f0';
+  `mono_mix`                  whether it hears both channels mixed (the input pipeline mixes);
+  `forward(batch, frames)`    its outputs for a batch of windows of `frames` frames (the VA holds
+                              the label horizon after them);
+  `losses(out, batch, objective, frames)`
+                              per-example loss terms {name: [B]} and metrics {name: [B]}; the
+                              trainer weighs the terms by `train.<name>_loss_weight`;
+and the live models (`MonoVAP`, `StereoVAP`) `init_stream` / `stream_step` (inference.Streamer).
 """
 
-import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
-from absl import logging
 from flax import nnx
 
-from convssl_jax.models import (cpc, downsample, heads, layers, pretrained, ssl_encoders,
-                               transformer)
+from convssl_jax.models import frontends, heads, layers, transformer
+from convssl_jax.objective import VAPObjective
 
-ENCODER = 'encoder'  # attribute holding the pretrained encoder; the frozen part
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
@@ -43,64 +49,86 @@ def both(x: jax.Array | None) -> jax.Array | None:
   return None if x is None else jnp.concatenate([x[:, 0], x[:, 1]], axis=0)
 
 
-class _FrameEncoder(nnx.Module):
-  """The encoder at 100 Hz, then the causal downsampler to the model's frame rate (always trainable)."""
-
-  def _init_encoder(self, cfg, dtype, rngs: nnx.Rngs):
-    enc = cfg.encoder
-    if enc.name == 'none' and cfg.kind == 'mono':  # the VA-only baseline: no audio at all
-      self.encoder = self.downsample = self.project = None
-      return
-    if enc.name in ssl_encoders.NAMES:
-      self._init_ssl_encoder(cfg, dtype, rngs)
-      return
-    if enc.name != 'cpc':
-      raise ValueError(f'model.encoder.name {enc.name!r} is not available; expected one of '
-                       f"{['cpc', *ssl_encoders.NAMES]} (or 'none' for a mono VA-only model)")
-    self.encoder = cpc.CPCEncoder(dim=cfg.dim, lstm_layers=enc.lstm_layers, padding=enc.padding,
-                                  unroll=enc.unroll, dtype=dtype, rngs=rngs)
-    self.project = None  # only the HuBERT-family encoders project to the model dim
-    ks = downsample.downsample_for(cfg.frame_hz)
-    self.downsample = (None if ks is None else
-                       downsample.CausalDownsample(cfg.dim, *ks, dtype=dtype, rngs=rngs))
-
-  def _init_ssl_encoder(self, cfg, dtype, rngs: nnx.Rngs):
-    enc = cfg.encoder
-    if not cfg.get('encoder_checkpoint'):
-      raise ValueError(f'model.encoder.name={enc.name!r} takes its architecture and weights from '
-                       'model.encoder_checkpoint (a `python -m checkpoints_convert '
-                       f'{enc.name} SRC DIR` output), which is not set')
-    config = pretrained.ssl_config(cfg.encoder_checkpoint)
-    if cfg.frame_hz * config.hop != 16000:
-      raise ValueError(f'model.frame_hz={cfg.frame_hz}: the {enc.name} encoder gives '
-                       f'{16000 / config.hop:g} Hz frames, so frame_hz must be that')
-    self.encoder = ssl_encoders.SSLEncoder(config, output_layer=enc.get('output_layer') or None,
-                                           dtype=dtype, rngs=rngs)
-    self.project = layers.linear(config.dim, cfg.dim, dtype=dtype, rngs=rngs)
-    self.downsample = None
-
-  def encode(self, wave: jax.Array | None, features: jax.Array | None = None) -> jax.Array:
-    """wave [B, S] at 16 kHz -> frames [B, N, D] at the model's frame rate. `features` [B, T, D],
-    the encoder's output computed beforehand (a feature cache), replace the encoder."""
-    if self.project is not None:
-      if features is None:
-        # Right-pad by field - hop (80 samples) so that S samples give S / hop frames, frame t
-        # covering samples [hop t, hop t + field), like the VA frames [hop t, hop (t + 1)).
-        c = self.encoder.config
-        features = self.encoder(jnp.pad(wave, ((0, 0), (0, c.receptive_field - c.hop))))
-      return self.project(features)
-    z = self.encoder(wave) if features is None else features
-    return z if self.downsample is None else self.downsample(z)
+def per_example(f, *xs):
+  """f over each example of the batch (a leading batch of 1 each): [B] per-example values."""
+  return jax.vmap(lambda *x: f(*jax.tree.map(lambda a: a[None], x)))(*xs)
 
 
-class MonoVAP(_FrameEncoder):
+def vap_terms(out, batch, objective: VAPObjective, frames: int):
+  """({'vap': [B]}, {'frame_accuracy': [B]} for the discrete head) of the VAP logits."""
+  va = batch['va']
+  labels = objective.labels(va)
+  logits = out['logits'][:, :frames]
+  metrics = {}
+  if objective.head == 'discrete':
+    metrics['frame_accuracy'] = (jnp.argmax(logits, axis=-1) == labels).mean(axis=-1)
+  return {'vap': per_example(objective.loss, logits, labels)}, metrics
+
+
+def f0_terms(out, batch, frames: int) -> dict[str, jax.Array]:
+  """{'f0': [B]} with the F0 head, else {}."""
+  if 'f0' not in out:
+    return {}
+  return {'f0': per_example(heads.f0_loss, jax.tree.map(lambda x: x[:, :frames], out['f0']),
+                            batch['f0'][:, :frames])}
+
+
+class StreamState(NamedTuple):
+  """A live model's state: fixed shapes, whatever has been pushed."""
+  encoder: Any  # the audio front-end's (None for a model without audio)
+  transformer: transformer.GPTCache | transformer.StereoCache
+
+
+class StereoBody(nnx.Module):
+  """Both speakers' frames -> the stereo transformer -> VAP, VAD (and F0) heads (mixin:
+  `init_stereo_body` sets `transformer`, `vap_head`, `vad_head`, `f0_head`)."""
+
+  def init_stereo_body(self, cfg, dtype, rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, rngs=rngs)
+    t = cfg.transformer
+    self.transformer = transformer.StereoTransformer(
+        cfg.dim, t.num_heads, self_layers=t.self_layers, cross_layers=t.cross_layers,
+        context=t.context, final_norm=t.final_norm, ffn_mult=t.ffn_mult, dropout=t.dropout,
+        double_residual=t.double_residual, norm_cross_kv=t.norm_cross_kv, scale=t.scale,
+        attention=t.attention, **kw)
+    self.vap_head = heads.VAPHead(cfg.dim, cfg.vap.head, n_bins(cfg), **kw)
+    self.vad_head = layers.linear(cfg.dim, 1, **kw)
+    self.f0_head = heads.F0Head(cfg.dim, 1, **kw) if cfg.f0_head else None
+
+  def body_outputs(self, z: jax.Array) -> dict[str, Any]:
+    """z [2B, N, D], speaker A's frames first -> the heads' outputs."""
+    batch = z.shape[0] // 2
+    return self.head_outputs(*self.transformer(z[:batch], z[batch:]))
+
+  def head_outputs(self, x: jax.Array, x1: jax.Array, x2: jax.Array) -> dict[str, Any]:
+    """The heads on the combined stream x and the speakers' streams x1, x2 [B, N, D]:
+    {'logits', 'vad' [B, N, 2], and 'f0'}."""
+    out = {'logits': self.vap_head(x),
+           'vad': jnp.concatenate([self.vad_head(x1), self.vad_head(x2)], axis=-1)}
+    if self.f0_head is not None:
+      f1, f2 = self.f0_head(x1), self.f0_head(x2)
+      out['f0'] = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=-1), f1, f2)
+    return out
+
+  def body_losses(self, out, batch, objective: VAPObjective, frames: int):
+    """The VAP, VAD (and F0) terms and the frame accuracy, per example."""
+    terms, metrics = vap_terms(out, batch, objective, frames)
+    terms['vad'] = per_example(heads.vad_loss, out['vad'][:, :frames],
+                               batch['va'][:, :frames])
+    return {**terms, **f0_terms(out, batch, frames)}, metrics
+
+
+class MonoVAP(frontends.AudioFrontend):
   """conv_ssl's model: VAP from the mono mix, conditioned on the current VA and the VA history."""
+
+  inputs = ('audio', 'features', 'va', 'va_history')
+  mono_mix = True
 
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     dtype = compute_dtype(cfg.dtype)
     kw = dict(dtype=dtype, rngs=rngs)
     t = cfg.transformer
-    self._init_encoder(cfg, dtype, rngs)
+    self.init_audio_frontend(cfg, dtype, rngs, allow_none=True)
     self.va_condition = heads.VACondition(cfg.dim, cfg.va_cond.history_bins, **kw)
     self.transformer = transformer.GPT(
         cfg.dim, t.num_heads, t.num_layers, context=t.context, final_norm=t.final_norm,
@@ -123,6 +151,18 @@ class MonoVAP(_FrameEncoder):
     z = self.frame_inputs(z, va, va_history)
     return self.head_outputs(self.transformer(z))
 
+  def forward(self, batch, frames: int) -> dict[str, Any]:
+    return self(batch.get('audio'), batch['va'][:, :frames], batch.get('va_history'),
+                features=batch.get('features'))
+
+  def encoder_features(self, audio: jax.Array) -> jax.Array:
+    """The mix [B, S] -> the encoder's output [B, T, D], what a feature cache holds."""
+    return self.encoder(audio)
+
+  def losses(self, out, batch, objective: VAPObjective, frames: int):
+    terms, metrics = vap_terms(out, batch, objective, frames)
+    return {**terms, **f0_terms(out, batch, frames)}, metrics
+
   def frame_inputs(self, z: jax.Array | None, va: jax.Array,
                    va_history: jax.Array | None) -> jax.Array:
     """The transformer's input: audio frames z (None without an encoder) + the VA condition."""
@@ -136,27 +176,42 @@ class MonoVAP(_FrameEncoder):
       out['f0'] = self.f0_head(x)
     return out
 
+  def va_inputs(self, batch: int, frames: int) -> tuple[jax.ShapeDtypeStruct, ...]:
+    """What the model reads besides audio for `frames` frames: VA [B, n, 2] (and the VA
+    history [B, n, bins] when it is conditioned on one)."""
+    va = jax.ShapeDtypeStruct((batch, frames, 2), jnp.float32)
+    if self.va_condition.history_proj is None:
+      return (va,)
+    bins = self.va_condition.history_proj.in_features
+    return va, jax.ShapeDtypeStruct((batch, frames, bins), jnp.float32)
 
-class StereoVAP(_FrameEncoder):
+  def init_stream(self, batch: int, step_frames: int = 1) -> StreamState:
+    """The state before any audio, for `batch` conversations and steps of `step_frames` frames."""
+    encoder = None if self.encoder is None else self.init_encoder_stream(batch)
+    return StreamState(encoder, transformer.init_cache(self.transformer, batch, step_frames))
+
+  def stream_step(self, state: StreamState, samples: jax.Array, va: jax.Array,
+                  va_history: jax.Array | None = None) -> tuple[StreamState, dict[str, Any]]:
+    """One hop: samples [B, 2, hop] (heard as their mean, as offline), the hop's VA [B, n, 2]
+    and VA history [B, n, bins] -> (new state, the outputs of its n frames)."""
+    encoder, z = state.encoder, None
+    if self.encoder is not None:
+      encoder, z = self.encoder_stream_step(encoder, samples.mean(axis=1))
+    cache, x = transformer.gpt_step(self.transformer, state.transformer,
+                                    self.frame_inputs(z, va, va_history))
+    return StreamState(encoder, cache), self.head_outputs(x)
+
+
+class StereoVAP(frontends.AudioFrontend, StereoBody):
   """VoiceActivityProjection's model: one channel per speaker, cross-attention between them."""
+
+  inputs = ('audio', 'features')
+  mono_mix = False
 
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     dtype = compute_dtype(cfg.dtype)
-    self._init_encoder(cfg, dtype, rngs)
-    self._init_body(cfg, dtype, rngs)
-
-  def _init_body(self, cfg, dtype, rngs: nnx.Rngs):
-    """Everything after the encoder: the stereo transformer and the heads."""
-    kw = dict(dtype=dtype, rngs=rngs)
-    t = cfg.transformer
-    self.transformer = transformer.StereoTransformer(
-        cfg.dim, t.num_heads, self_layers=t.self_layers, cross_layers=t.cross_layers,
-        context=t.context, final_norm=t.final_norm, ffn_mult=t.ffn_mult, dropout=t.dropout,
-        double_residual=t.double_residual, norm_cross_kv=t.norm_cross_kv, scale=t.scale,
-        attention=t.attention, **kw)
-    self.vap_head = heads.VAPHead(cfg.dim, cfg.vap.head, n_bins(cfg), **kw)
-    self.vad_head = layers.linear(cfg.dim, 1, **kw)
-    self.f0_head = heads.F0Head(cfg.dim, 1, **kw) if cfg.f0_head else None
+    self.init_audio_frontend(cfg, dtype, rngs)
+    self.init_stereo_body(cfg, dtype, rngs)
 
   def __call__(self, waveform: jax.Array | None, *,
                features: jax.Array | None = None) -> dict[str, Any]:
@@ -166,76 +221,38 @@ class StereoVAP(_FrameEncoder):
     if x is None or x.ndim != (3 if features is None else 4) or x.shape[1] != 2:
       raise ValueError('the stereo model takes waveform [B, 2, samples] or features '
                        f'[B, 2, frames, dim], got {None if x is None else x.shape}')
-    batch = x.shape[0]
-    z = self.encode(both(waveform), both(features))
-    return self.head_outputs(*self.transformer(z[:batch], z[batch:]))
+    return self.body_outputs(self.encode(both(waveform), both(features)))
 
-  def head_outputs(self, x: jax.Array, x1: jax.Array, x2: jax.Array) -> dict[str, Any]:
-    """The heads on the combined stream x and the speakers' streams x1, x2 [B, N, D]."""
-    out = {'logits': self.vap_head(x),
-           'vad': jnp.concatenate([self.vad_head(x1), self.vad_head(x2)], axis=-1)}
-    if self.f0_head is not None:
-      f1, f2 = self.f0_head(x1), self.f0_head(x2)
-      out['f0'] = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=-1), f1, f2)
-    return out
+  def forward(self, batch, frames: int) -> dict[str, Any]:
+    del frames  # the stereo model hears audio only
+    return self(batch.get('audio'), features=batch.get('features'))
 
+  def encoder_features(self, audio: jax.Array) -> jax.Array:
+    """audio [B, 2, S] -> the encoder's output per channel [B, 2, T, D], what a feature cache
+    holds."""
+    b, c, s = audio.shape
+    z = self.encoder(audio.reshape(b * c, s))
+    return z.reshape(b, c, *z.shape[1:])
 
-def build_model(cfg, *, rngs: nnx.Rngs) -> nnx.Module:
-  """The model named by `cfg.kind` ('mono', 'stereo', 'cpc' for CPC pretraining, 'ulm' for the
-  unit LM), from a `config.model` ConfigDict.
+  def losses(self, out, batch, objective: VAPObjective, frames: int):
+    return self.body_losses(out, batch, objective, frames)
 
-  With `cfg.encoder_checkpoint` (a `python -m checkpoints_convert` output) the encoder starts from
-  those converted weights instead of random ones.
-  """
-  from convssl_jax.models import cpc_pretrain, ulm  # they build on StereoVAP
+  def va_inputs(self, batch: int, frames: int) -> tuple[jax.ShapeDtypeStruct, ...]:
+    """What the model reads besides audio: nothing."""
+    del batch, frames
+    return ()
 
-  kinds = {'mono': MonoVAP, 'stereo': StereoVAP, 'cpc': cpc_pretrain.CPCPretrain,
-           'ulm': ulm.UnitLM}
-  if cfg.kind not in kinds:
-    raise ValueError(f'model.kind must be one of {sorted(kinds)}, got {cfg.kind!r}')
-  model = kinds[cfg.kind](cfg, rngs=rngs)
-  if cfg.get('encoder_checkpoint') and model.encoder is not None:
-    expected = {'name': cfg.encoder.name}
-    if cfg.encoder.name == 'cpc':
-      expected.update(dim=cfg.dim, lstm_layers=cfg.encoder.lstm_layers)
-    stored = pretrained.load_into(model.encoder, cfg.encoder_checkpoint, expected=expected)
-    trained_padding = stored.get('padding', 'reference')
-    if cfg.encoder.name == 'cpc' and trained_padding != cfg.encoder.padding:
-      _warn_padding(cfg.encoder.padding, cfg.encoder_checkpoint, trained_padding)
-  return model
+  def init_stream(self, batch: int, step_frames: int = 1) -> StreamState:
+    """The state before any audio, for `batch` conversations and steps of `step_frames` frames."""
+    return StreamState(self.init_encoder_stream(2 * batch),
+                       transformer.init_stereo_cache(self.transformer, batch, step_frames))
 
-
-@functools.cache  # once per process: a Trainer builds its model more than once
-def _warn_padding(padding: str, checkpoint: str, trained_padding: str) -> None:
-  logging.warning(
-      'model.encoder.padding=%r, but the CPC weights in %s were trained with %r padding: its '
-      'convolutions see other samples than in training, so its features differ '
-      '(--config.model.encoder.padding=%s reproduces them)', padding, checkpoint,
-      trained_padding, trained_padding)
-
-
-def load_model(directory) -> tuple[MonoVAP | StereoVAP, ml_collections.ConfigDict]:
-  """(the model, its `config.model`) of a converted VAP model (`python -m checkpoints_convert vap
-  SRC DIR`), in eval mode."""
-  config, params = pretrained.load(directory)
-  if 'model' not in config:
-    raise ValueError(f'{directory}: a converted {config.get("name")!r} encoder, not a VAP model '
-                     '(use load_encoder)')
-  cfg = ml_collections.ConfigDict(config['model'])
-  model = build_model(cfg, rngs=nnx.Rngs(0))
-  pretrained.assign(model, params)
-  model.eval()
-  return model, cfg
-
-
-def encoder_frozen(cfg, step: int = 0) -> bool:
-  """Whether the encoder is frozen at `step`: `freeze`, until `unfreeze_step` (-1 = never)."""
-  enc = cfg.encoder
-  return bool(enc.freeze) and (enc.unfreeze_step < 0 or step < enc.unfreeze_step)
-
-
-def trainable_filter(cfg, step: int = 0) -> nnx.filterlib.Filter:
-  """The parameters trained at `step`: all of them, or all but the encoder's while it is frozen."""
-  if encoder_frozen(cfg, step):
-    return nnx.All(nnx.Param, nnx.Not(nnx.PathContains(ENCODER)))
-  return nnx.Param
+  def stream_step(self, state: StreamState,
+                  samples: jax.Array) -> tuple[StreamState, dict[str, Any]]:
+    """One hop: samples [B, 2, hop] (one speaker per channel) -> (new state, the outputs of its
+    n frames)."""
+    batch = samples.shape[0]
+    encoder, z = self.encoder_stream_step(state.encoder, both(samples))
+    cache, streams = transformer.stereo_step(self.transformer, state.transformer, z[:batch],
+                                             z[batch:])
+    return StreamState(encoder, cache), self.head_outputs(*streams)
