@@ -1,6 +1,6 @@
 """CPC_audio -> CPCEncoder conversion: parity with PyTorch, the CLI, refusals, frozen training.
 
-The fixtures (checkpoints_convert/make_fixtures.py) are a PyTorch CPC (hidden 32, perturbed
+The fixtures (tests/fixtures/torch_writers/cpc.py) are a PyTorch CPC (hidden 32, perturbed
 weights) in CPC_audio's hub format with torch's outputs; no torch is needed here.
 """
 

@@ -1,7 +1,7 @@
 """wav2vec2 / HuBERT / WavLM conversion: parity with torchaudio's models in every file layout, the
 CLI, the known conversion mistakes, refusals.
 
-The fixtures (checkpoints_convert/make_fixtures.py `ssl`) are torchaudio's own models at a tiny
+The fixtures (tests/fixtures/torch_writers/ssl.py) are torchaudio's own models at a tiny
 size (16-channel extractor with the released kernels and strides, width 32, 4 heads, 2 layers,
 every parameter perturbed), saved as torchaudio, fairseq and unilm files, with torch's outputs of
 the conv extractor, each layer and `forward`; no torch is needed here.
@@ -342,14 +342,14 @@ FULL_SIZE = pathlib.Path(os.environ.get('FULL_SIZE_DIR', '/tmp/convssl_full_size
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (FULL_SIZE / 'inputs.npz').exists(),
-                    reason='run `make_fixtures.py full` (needs torch) first')
+                    reason='run `python -m tests.fixtures.torch_writers full` (needs torch) first')
 @pytest.mark.parametrize('file, family', [('hubert_base.pth', 'hubert'),
                                           ('hubert_base_fairseq.pt', 'hubert'),
                                           ('wavlm_base_unilm.pt', 'wavlm'),
                                           ('hubert_large.pth', 'hubert')])
 def test_full_size_parity(file, family):
-  """Released Base/Large sizes (random weights, made by `make_fixtures.py full`): max |diff| per
-  output over 2 s, a quiet 2 s and (WavLM) 20 s of audio."""
+  """Released Base/Large sizes (random weights, made by tests/fixtures/torch_writers/full.py): max
+  |diff| per output over 2 s, a quiet 2 s and (WavLM) 20 s of audio."""
   config, params = ssl.convert(FULL_SIZE / file, family)
   encoder = _encoder(config, params)
   model = file.split('.')[0].removesuffix('_fairseq').removesuffix('_unilm')

@@ -1,5 +1,5 @@
 """VoiceActivityProjection stereo model -> StereoVAP: parity with a PyTorch VapGPT written from
-reference/data_and_stereo_spec.md (make_fixtures.py `vap`: CPC hidden 32, 4 heads, 1 + 2 layers,
+reference/data_and_stereo_spec.md (torch_writers/vap.py: CPC hidden 32, 4 heads, 1 + 2 layers,
 perturbed weights) in the [main] state-dict and [newMaster] Lightning layouts; refusals."""
 
 import pathlib
@@ -104,7 +104,7 @@ def test_load_model_refuses_an_encoder_and_load_encoder_a_model(tmp_path, conver
     models.load_model(tmp_path / 'cpc')
 
 
-# conv_ssl's mono Lightning checkpoint (make_fixtures.py `write_conv_ssl`: CPC hidden 32, 4
+# conv_ssl's mono Lightning checkpoint (torch_writers/vap.py `write_conv_ssl`: CPC hidden 32, 4
 # heads, 2 GPT layers with the double residual, no slopes in the state dict), and the same weights
 # in conv_ssl's later layer layout (ln_self_attn, a single residual).
 

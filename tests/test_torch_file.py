@@ -1,6 +1,6 @@
 """The torch-free reader of torch.save files, against fixtures and expectations written by torch.
 
-The fixtures come from checkpoints_convert/make_fixtures.py (run once with torch installed);
+The fixtures come from tests/fixtures/torch_writers/reader.py (run once with torch installed);
 these tests need no torch.
 """
 
