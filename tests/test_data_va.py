@@ -80,7 +80,8 @@ def test_messages_stay_short_whatever_the_list_holds():
   with pytest.raises(errors.InputError) as err:
     va_lib.validate_va_list(huge, source='x.json')
   assert len(str(err.value)) < 200 and 'channel 0 segment 0 [0, 1, 2, 3, ...]' in str(err.value)
-  with pytest.raises(errors.InputError, match=r'segment 0 \[0, <16610-bit int>\]: not a \[start, end\]'):
+  with pytest.raises(errors.InputError,
+                     match=r'segment 0 \[0, <16610-bit int>\]: not a \[start, end\]'):
     va_lib.validate_va_list([[[0, 10**5000]], []], source='x.json')  # no float64 holds it
 
 
