@@ -19,6 +19,7 @@ import soundfile as sf
 
 from convssl_jax import errors, evaluate, plots
 from convssl_jax.data import audio as audio_lib
+from convssl_jax.data import json_file
 from convssl_jax.data import pipeline
 from convssl_jax.data import va as va_lib
 from convssl_jax.data.pipeline import F0_HZ, SAMPLE_RATE
@@ -56,12 +57,11 @@ def read_va_list(path) -> list[list[list[float]]]:
   Praat TextGrid (`va.textgrid_va_list`: one interval tier per speaker)."""
   path = pathlib.Path(path)
   try:
-    text = path.read_text()
     if path.suffix.lower() == '.textgrid':
-      return va_lib.textgrid_va_list(text, source=str(path))
-    va_list = json.loads(text)
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+      return va_lib.textgrid_va_list(path.read_text(), source=str(path))
+  except (OSError, UnicodeDecodeError) as err:
     raise ValueError(f'{path}: cannot read a VA list ({err})') from err
+  va_list = json_file.read_json(path)
   va_lib.validate_va_list(va_list, source=str(path))
   return va_list
 
@@ -70,7 +70,8 @@ def recording(path, va_list=None) -> pipeline.Corpus:
   """One audio file (and its VA list, if known) as a one-conversation corpus."""
   wave = audio_lib.read_stereo(path, sample_rate=SAMPLE_RATE)
   duration = len(wave) / SAMPLE_RATE
-  segments = va_lib.va_segments(va_list or [[], []], source=str(path))  # float64, as stored
+  segments = va_lib.va_segments(va_list or [[], []], source=str(path),
+                                duration_s=duration)  # float64, as stored
   example = {'audio': audio_lib.to_int16(wave), 'va': segments,
              'f0': np.zeros((len(wave) * F0_HZ // SAMPLE_RATE, 2), np.float32)}
   return pipeline.Corpus(source=[example], sessions=(pathlib.Path(path).stem,),
@@ -83,6 +84,8 @@ def predict_file(model: ModelState, config, path, va_list=None) -> dict[str, Any
     raise errors.InputError(f'{path}: the model reads the current voice activity (the mono '
                             'model): give a VA list (--va)')
   corpus = recording(path, va_list)
+  audio_lib.check_length(len(corpus.source[0]['audio']), SAMPLE_RATE, config.model.frame_hz,
+                         source=path)
   dialog = evaluate.predict_dialogs(model, config, corpus)[0]
   frames = len(dialog['p'])
   out = {'frame_hz': config.model.frame_hz, 'va': dialog['va'][:frames],

@@ -75,10 +75,7 @@ def conversation(*, session: str, dataset: str, audio: np.ndarray, sample_rate: 
   if f0 is None:
     f0 = f0_lib.pyin_f0(audio, sample_rate)
   duration = audio.shape[0] / sample_rate
-  segments = va_lib.va_segments(va, source=source)
-  if len(segments) and segments[:, 2].max() > duration + 0.05:
-    raise ValueError(f'{source}: VA segment ends at {segments[:, 2].max():.2f} s, after the end '
-                     f'of the audio ({duration:.2f} s)')
+  segments = va_lib.va_segments(va, source=source, duration_s=duration)
   if sample_rate != SAMPLE_RATE:
     audio = audio_lib.resample(audio, sample_rate, SAMPLE_RATE)
   return {

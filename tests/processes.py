@@ -89,3 +89,24 @@ def _tail(stderr: str, size: int = 3000) -> str:
     return stderr[-size:]
   before, dump = stderr[:aborted], stderr[stderr.find('Fatal Python error', aborted):]
   return f'{before[-size:]}\n[aborted by the coordination service]\n{dump[-size // 2:]}'
+
+
+# Prepended to a `python -c` script by `run_limited`: `limit_memory(mb)` caps the process's
+# address space at its size then (after the script's imports) plus `mb` MiB.
+_LIMIT = textwrap.dedent("""
+    import re as _re
+    import resource as _resource
+
+    def limit_memory(mb):
+      with open('/proc/self/status') as _f:
+        size = int(_re.search(r'VmSize:\\s+(\\d+) kB', _f.read())[1]) * 1024
+      _resource.setrlimit(_resource.RLIMIT_AS, (size + mb * 2**20, _resource.RLIM_INFINITY))
+""")
+
+
+def run_limited(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+  """`script` (Python source that calls `limit_memory(mb)` once its imports are done) in a child
+  process whose memory is then capped: whatever it allocates past the cap raises MemoryError.
+  BLAS runs one thread, so no thread stacks are mapped after the cap."""
+  return run('-c', _LIMIT + textwrap.dedent(script), *args, timeout=timeout,
+             OPENBLAS_NUM_THREADS='1', OMP_NUM_THREADS='1')

@@ -121,6 +121,10 @@ def _replace(path, content):
 BAD_INPUTS = {
     'missing VA list': ('extra_0.json', None, 'extra_0.wav', 'VA list extra_0.json is missing'),
     'VA not JSON': ('extra_0.json', '[[0, 1', 'extra_0.json', 'not valid JSON'),
+    'VA nested too deeply': ('extra_0.json', '[' * 100_000 + ']' * 100_000, 'extra_0.json',
+                             'nested too deeply'),
+    'VA with a 5000-digit integer': ('extra_0.json', '[[[0, 1' + '0' * 4999 + ']], []]',
+                                     'extra_0.json', 'an integer of 5000 digits'),
     'negative time': ('extra_0.json', '[[[-0.1, 0.5]], []]', 'extra_0.json', 'negative time'),
     'reversed segment': ('extra_0.json', '[[[0.5, 0.2]], []]', 'extra_0.json', 'reversed'),
     'overlapping segments': ('extra_0.json', '[[[0.1, 0.5], [0.4, 0.6]], []]', 'extra_0.json',

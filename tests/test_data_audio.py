@@ -1,10 +1,13 @@
 """Audio I/O and normalisation (convssl_jax/data/audio.py), against hand-derived numbers."""
 
+import logging
+
 import numpy as np
 import pytest
 import soundfile as sf
 
 from convssl_jax.data import audio
+from tests import processes
 
 
 def test_peak_normalize_scales_only_channels_above_threshold():
@@ -112,3 +115,78 @@ def test_int16_normalised_fast_path_equals_peak_normalize_of_the_float_audio():
     np.testing.assert_allclose(audio.from_int16_normalized(x), expected, rtol=1e-6, atol=1e-9)
   extreme = np.array([[-32768, 0, 100]], np.int16)  # |min| has no int16 representation
   np.testing.assert_allclose(audio.from_int16_normalized(extreme), [[-1.0, 0.0, 100 / 32768]])
+
+
+# Files that lie about their length, and audio too short for a frame.
+
+def _truncated_wav(path, seconds: float, keep_s: float, **header):
+  """A 16 kHz stereo PCM_16 WAV of `seconds` cut after `keep_s` (a cut download or copy)."""
+  x = np.random.default_rng(0).uniform(-0.5, 0.5, (int(seconds * 16000), 2)).astype(np.float32)
+  sf.write(path, x, 16000, subtype='PCM_16')
+  data = path.read_bytes()
+  assert data[36:40] == b'data'  # soundfile writes fmt then data: the data starts at byte 44
+  path.write_bytes(data[:44 + int(keep_s * 16000) * 4])
+  return x[:int(keep_s * 16000)]
+
+
+def test_a_wav_holding_less_than_its_header_declares_is_read_with_a_warning(tmp_path, caplog):
+  path = tmp_path / 'cut.wav'
+  kept = _truncated_wav(path, 10.0, 3.3)
+  with caplog.at_level(logging.WARNING):
+    x = audio.read_audio(path)
+  np.testing.assert_allclose(x, kept, atol=1 / 32768)
+  (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert warning == (f'{path}: the header declares 10.00 s of audio but the file holds 3.30 s '
+                     '(truncated?); using the 3.30 s present')
+
+
+def test_whole_wavs_and_streamed_wavs_of_unknown_length_read_without_a_warning(tmp_path, caplog):
+  whole, streamed = tmp_path / 'whole.wav', tmp_path / 'streamed.wav'
+  x = _truncated_wav(whole, 2.0, 2.0)
+  data = bytearray(whole.read_bytes())
+  data[40:44] = b'\xff\xff\xff\xff'  # what a writer to a pipe leaves: the size is not known
+  streamed.write_bytes(bytes(data))
+  with caplog.at_level(logging.WARNING):
+    for path in (whole, streamed):
+      np.testing.assert_allclose(audio.read_audio(path), x, atol=1 / 32768)
+  assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_header_claiming_huge_length_costs_no_memory_for_it(tmp_path):
+  # A 1 s FLAC whose STREAMINFO claims 2**35 frames (24 days, 137 GB as float32) used to be
+  # allocated up front (MemoryError). Now memory follows what decodes: read, or refused naming it.
+  path = tmp_path / 'liar.flac'
+  sf.write(path, np.random.default_rng(0).uniform(-0.5, 0.5, 16000).astype(np.float32), 16000)
+  data = bytearray(path.read_bytes())
+  assert data[:4] == b'fLaC' and data[4] & 0x7F == 0  # STREAMINFO: total samples in bits 108-143
+  data[8 + 13] = (data[8 + 13] & 0xF0) | 0x08
+  data[8 + 14:8 + 18] = b'\0\0\0\0'
+  path.write_bytes(bytes(data))
+  assert sf.info(path).frames == 2**35
+  script = """
+      import sys
+      from convssl_jax.data import audio
+      limit_memory(100)
+      try:
+        print('read', audio.read_audio(sys.argv[1]).shape)
+      except audio.AudioError as err:
+        print('refused', err)
+  """
+  run = processes.run_limited(script, str(path))
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert run.stdout.startswith('read (16000, 1)') or run.stdout.startswith(f'refused {path}: ')
+
+
+@pytest.mark.parametrize('samples, rate, hz, refused', [
+    (1, 16000, 50, True), (319, 16000, 50, True), (320, 16000, 50, False),
+    (159, 16000, 100, True), (160, 16000, 100, False), (799, 16000, 20, True),
+    (800, 16000, 20, False), (399, 8000, 20, True),
+])
+def test_audio_shorter_than_one_frame_is_refused(samples, rate, hz, refused):
+  # One frame is 1 / hz seconds: 320 samples at 16 kHz and 50 Hz.
+  if not refused:
+    audio.check_length(samples, rate, hz, source='a.wav')
+    return
+  with pytest.raises(audio.AudioError, match=f'^a.wav: .* ms of audio, shorter than one model '
+                     f'frame; give at least {1000 // hz} ms'):
+    audio.check_length(samples, rate, hz, source='a.wav')

@@ -9,7 +9,9 @@ import itertools
 import numpy as np
 import pytest
 
+from convssl_jax import errors
 from convssl_jax.data import va as va_lib
+from tests import processes
 
 
 # validate_va_list
@@ -53,6 +55,34 @@ def test_validate_overlap_message_names_previous_segment():
 def test_validate_accepts_touching_and_empty_segments():
   out = va_lib.validate_va_list([[[0, 1], [1, 1], [1, 2]], [[0.5, 0.5]]], source='x.json')
   assert out[0].shape == (3, 2) and out[1].shape == (1, 2)
+
+
+
+@pytest.mark.parametrize('va_list, named', [
+    ([[[0.5, 1e300]], []], r'channel 0 segment 0 \[0.5, 1e\+300\]'),
+    ([[[0, 1]], [[2, 3], [10.1, 10.2]]], r'channel 1 segment 1 \[10.1, 10.2\]'),
+    ([[[0, 10.051]], []], r'channel 0 segment 0 \[0, 10.051\]'),
+])
+def test_a_segment_ending_past_the_audio_and_its_tolerance_is_refused(va_list, named):
+  with pytest.raises(errors.InputError, match=f'^x.json: {named}: ends after the end of the '
+                     r'audio \(10.00 s\)'):
+    va_lib.va_segments(va_list, source='x.json', duration_s=10.0)
+
+
+def test_segments_within_the_tolerance_of_the_audio_end_are_kept_as_given():
+  va_list = [[[9.0, 10.05]], [[10.0, 10.04]]]  # END_TOLERANCE_S = 0.05 past a 10 s recording
+  np.testing.assert_array_equal(va_lib.va_segments(va_list, source='x', duration_s=10.0),
+                                [[0, 9.0, 10.05], [1, 10.0, 10.04]])
+
+
+def test_messages_stay_short_whatever_the_list_holds():
+  huge = [[list(range(10**6))], []]
+  with pytest.raises(errors.InputError) as err:
+    va_lib.validate_va_list(huge, source='x.json')
+  assert len(str(err.value)) < 200 and 'channel 0 segment 0 [0, 1, 2, 3, ...]' in str(err.value)
+  with pytest.raises(errors.InputError,
+                     match=r'segment 0 \[0, <16610-bit int>\]: not a \[start, end\]'):
+    va_lib.validate_va_list([[[0, 10**5000]], []], source='x.json')  # no float64 holds it
 
 
 # num_frames / va_frames
@@ -104,6 +134,29 @@ def test_va_frames_matches_a_segment_loop():
       for s, e in channel:
         expected[int(s / (1 / hz)):int(e / (1 / hz)), c] = 1  # the reference's time2frames
     np.testing.assert_array_equal(va_lib.va_frames(va_list, n, hz), expected)
+
+
+
+def test_a_time_too_large_for_integer_frames_covers_the_frames_to_the_end():
+  # 1e300 s / 0.02 s overflows int64: the segment used to vanish (with one RuntimeWarning).
+  out = va_lib.va_frames([[[0.5, 1e300]], [[1e300, 1e301]]], 100, 50)
+  np.testing.assert_array_equal(np.flatnonzero(out[:, 0]), np.arange(25, 100))
+  assert not out[:, 1].any()
+
+
+def test_va_frames_allocates_no_more_than_the_frames_asked_for():
+  # 10 M frames: the output is 80 MB; 150 MB of headroom leave no room for a second array of
+  # int64 counts (160 MB), and a segment ending at 2e6 s asks for nothing past the frames.
+  script = """
+      import numpy as np
+      from convssl_jax.data import va
+      limit_memory(150)
+      out = va.va_frames([[[0.5, 2e6]], [[1.0, 1e300]]], 10_000_000, 50)
+      print(int(out[:, 0].sum()), int(out[:, 1].sum()))
+  """
+  run = processes.run_limited(script)
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert run.stdout.split() == [str(10_000_000 - 25), str(10_000_000 - 50)]
 
 
 def test_times_become_frames_by_dividing_by_the_hop_not_multiplying_by_the_rate():

@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 from configs import vap
-from convssl_jax import predict, trainer
+from convssl_jax import errors, predict, trainer
 from convssl_jax.data import audio as audio_lib
 from convssl_jax.data import va as va_lib
 from convssl_jax.events import TurnTakingEvents
@@ -49,7 +49,8 @@ def test_a_file_longer_than_a_window_gives_every_frame_and_the_events_of_its_va(
     np.testing.assert_array_equal(result['events'][key], mask, err_msg=key)
   # The first 5 s come from the first window alone: the same as predicting on the first 5 s.
   short = _wav(tmp_path / 'short.wav', dialog.audio[:5 * 16000])
-  head = predict.predict_file(model, config, short, dialog.va_list)
+  va_head = [[[s, min(e, 5.0)] for s, e in channel if s < 5.0] for channel in dialog.va_list]
+  head = predict.predict_file(model, config, short, va_head)
   np.testing.assert_allclose(result['p_bc'][:250], head['p_bc'], atol=1e-6)
 
 
@@ -136,3 +137,55 @@ def test_a_folder_gives_its_audio_files_in_order(tmp_path):
   for name in ('b.wav', 'a.flac', 'notes.txt'):
     (tmp_path / name).write_bytes(b'')
   assert [p.name for p in predict.audio_files(tmp_path)] == ['a.flac', 'b.wav']
+
+
+# Bad input refused at the edge, before the model runs or anything is written.
+
+@pytest.mark.parametrize('va_list, named', [
+    ([[[0.5, 1e300]], []], r'channel 0 segment 0 \[0.5, 1e\+300\]'),  # was dropped by overflow
+    ([[[1.0, 2.0]], [[3.0, 4.0], [20.0, 21.0]]], r'channel 1 segment 1 \[20.0, 21.0\]'),
+    ([[[12.06, 12.5]], []], r'channel 0 segment 0 \[12.06, 12.5\]'),  # entirely past the end
+])
+def test_a_va_list_past_the_audio_is_refused_naming_the_file_channel_and_segment(
+    dialog, tmp_path, va_list, named):
+  path = _wav(tmp_path / 'd.wav', dialog.audio)  # 12 s
+  with pytest.raises(errors.InputError,
+                     match=f'^{path}: {named}: ends after the end of the audio \\(12.00 s\\)'):
+    predict.recording(path, va_list)
+
+
+def test_a_va_list_within_the_tolerance_of_the_audio_end_is_accepted(dialog, tmp_path):
+  path = _wav(tmp_path / 'd.wav', dialog.audio)  # 12 s = 600 frames at 50 Hz
+  corpus = predict.recording(path, [[[11.9, 12.04]], []])
+  np.testing.assert_array_equal(corpus.source[0]['va'], [[0, 11.9, 12.04]])
+
+
+@pytest.mark.parametrize('content, message', [
+    ('[' * 100_000 + ']' * 100_000, 'nested too deeply'),
+    ('[[[0, 1' + '0' * 5000 + ']], []]', 'an integer of 5001 digits'),
+    ('[[[0, 1]], []', 'not valid JSON'),
+])
+def test_a_bad_va_json_is_refused_in_one_line_naming_it(tmp_path, content, message):
+  path = tmp_path / 'va.json'
+  path.write_text(content)
+  with pytest.raises(errors.InputError, match=f'^{path}: .*{message}') as err:
+    predict.read_va_list(path)
+  assert '\n' not in str(err.value)
+
+
+@pytest.mark.parametrize('samples', [1, 319])
+def test_audio_shorter_than_one_frame_is_refused_before_the_model_runs(tmp_path, samples):
+  # No model is given: the refusal must come before anything uses it (or writes outputs).
+  path = _wav(tmp_path / 'tiny.wav', np.full((samples, 2), 0.1, np.float32))
+  with pytest.raises(audio_lib.AudioError, match=f'^{path}: .* shorter than one model frame; '
+                     r'give at least 20 ms \(50 Hz frames\)'):
+    predict.predict_file(None, vap.get_config('tiny'), path)
+
+
+def test_one_frame_of_audio_predicts_and_writes_one_row(trained, tmp_path):
+  config, model = trained
+  path = _wav(tmp_path / 'one.wav', np.full((320, 2), 0.1, np.float32))  # 20 ms
+  result = predict.predict_file(model, config, path, [[[0.0, 0.02]], []])
+  assert result['va'].shape == result['p_now'].shape == (1, 2)
+  _, csv_path, png_path = predict.write(result, tmp_path / 'out', 'one')
+  assert len(csv_path.read_text().splitlines()) == 2 and png_path.stat().st_size > 0

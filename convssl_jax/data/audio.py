@@ -5,15 +5,20 @@ per-channel peak normalisation, optional mono mix (normalised again), then resam
 """
 
 import os
+import struct
 
 import numpy as np
 import soundfile as sf
 import soxr
+from absl import logging
 
 from convssl_jax import errors
+from convssl_jax.data import va as va_lib
 
 SAMPLE_RATE = 16_000  # what the models hear; other rates are resampled when read
 INT16_SCALE = 32768.0
+_MAX_WAV_CHUNKS = 64
+_MAX_EXPANSION = 64  # decoded float32 bytes per file byte believed before decoding (FLAC: ~5)
 
 
 class AudioError(errors.InputError):
@@ -21,14 +26,72 @@ class AudioError(errors.InputError):
 
 
 def read_audio(path, *, sample_rate: int = 16000) -> np.ndarray:
-  """Any file soundfile decodes -> [S, C] float32 in [-1, 1], resampled to `sample_rate`."""
+  """Any file soundfile decodes -> [S, C] float32 in [-1, 1], resampled to `sample_rate`.
+
+  A file holding less audio than its header declares (a cut download or copy) is read as far as
+  it goes, with a warning naming it and both durations.
+  """
   if not os.path.isfile(path):
     raise AudioError(f'{path}: no such file')
   try:
-    x, sr = sf.read(path, dtype='float32', always_2d=True)
+    with sf.SoundFile(path) as f:
+      declared, sr = f.frames, f.samplerate
+      x = _decode(f, os.path.getsize(path))
   except RuntimeError as err:  # soundfile's LibsndfileError and friends
     raise AudioError(f'{path}: cannot decode audio ({err})') from err
+  # libsndfile quietly shortens a WAV's frame count to the bytes present: ask the header itself.
+  declared = max(declared, round(len(x) * _wav_data_ratio(path)))
+  if declared > len(x):
+    logging.warning('%s: the header declares %.2f s of audio but the file holds %.2f s '
+                    '(truncated?); using the %.2f s present', path, declared / sr, len(x) / sr,
+                    len(x) / sr)
   return resample(x, sr, sample_rate)
+
+
+def _decode(f: sf.SoundFile, file_bytes: int) -> np.ndarray:
+  """Every frame of `f` as [S, C] float32. The header's frame count sizes the buffer only as far
+  as the file's size makes it plausible (a 30 kB FLAC may claim 2**36 frames); past that the
+  buffer grows as frames are actually decoded, so memory follows the audio, not the header."""
+  trusted = _MAX_EXPANSION * file_bytes // (4 * f.channels)
+  out = np.empty((max(min(f.frames, trusted), 1), f.channels), np.float32)
+  n = 0
+  while n < f.frames:
+    if n == len(out):
+      out = np.concatenate([out, np.empty((min(n, f.frames - n), f.channels), np.float32)])
+    got = len(f.read(dtype='float32', always_2d=True, out=out[n:]))
+    if not got:
+      break
+    n += got
+  return out[:n]
+
+
+def _wav_data_ratio(path) -> float:
+  """A RIFF WAV's declared data size over the data bytes the file holds (> 1: truncated); 1 for
+  other files and for sizes a streaming writer left unknown (0 or 0xFFFFFFFF)."""
+  with open(path, 'rb') as f:
+    riff = f.read(12)
+    if len(riff) < 12 or riff[:4] not in (b'RIFF', b'RIFX') or riff[8:] != b'WAVE':
+      return 1.0
+    order = '<' if riff[:4] == b'RIFF' else '>'
+    for _ in range(_MAX_WAV_CHUNKS):  # fmt, fact, LIST, bext, ... come before the data
+      header = f.read(8)
+      if len(header) < 8:
+        return 1.0
+      (size,) = struct.unpack(order + 'I', header[4:])
+      if header[:4] == b'data':
+        present = os.fstat(f.fileno()).st_size - f.tell()
+        return size / present if size not in (0, 0xFFFFFFFF) and present > 0 else 1.0
+      f.seek(size + (size & 1), os.SEEK_CUR)
+  return 1.0
+
+
+def check_length(n_samples: int, sample_rate: int, frame_hz: float, *, source) -> None:
+  """Refuses (AudioError naming `source`) audio shorter than one model frame at `frame_hz`: a
+  prediction over it has no frame. The frame count is the models' (`va.num_frames`)."""
+  if va_lib.num_frames(n_samples / sample_rate, frame_hz) < 1:
+    raise AudioError(f'{source}: {1000 * n_samples / sample_rate:g} ms of audio, shorter than '
+                     f'one model frame; give at least {1000 / frame_hz:g} ms ({frame_hz:g} Hz '
+                     'frames)')
 
 
 def read_stereo(path, *, sample_rate: int = 16000) -> np.ndarray:

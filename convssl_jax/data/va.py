@@ -6,15 +6,40 @@ channel 0 = speaker A, channel 1 = speaker B, segments sorted and disjoint withi
 
 import numbers
 import re
+import reprlib
 from collections.abc import Sequence
 
 import numpy as np
 
+from convssl_jax import errors
+
 HISTORY_TIMES = (60, 30, 10, 5)
+# How far a VA list may run past the end of its audio (rounding of times, a last frame); more
+# means the list belongs to another recording (or the audio was cut) and is refused.
+END_TOLERANCE_S = 0.05
+
+
+class _ShortRepr(reprlib.Repr):
+  """Bounded reprs for messages: a hostile list may hold millions of items or huge integers."""
+
+  def repr_int(self, x, level):
+    try:
+      return super().repr_int(x, level)
+    except ValueError:  # past Python's int -> str limit
+      return f'<{x.bit_length()}-bit int>'
+
+
+_short = _ShortRepr(maxlevel=2, maxlist=4, maxtuple=4, maxother=40).repr
 
 
 def _is_time(v) -> bool:
-  return isinstance(v, numbers.Real) and not isinstance(v, bool)
+  if not isinstance(v, numbers.Real) or isinstance(v, bool):
+    return False
+  try:
+    float(v)
+  except OverflowError:  # an int too large for float64
+    return False
+  return True
 
 
 def _is_pair(seg) -> bool:
@@ -22,44 +47,55 @@ def _is_pair(seg) -> bool:
           and all(_is_time(v) for v in seg))
 
 
-def validate_va_list(va_list, *, source: str) -> list[np.ndarray]:
+def validate_va_list(va_list, *, source: str, duration_s: float | None = None) -> list[np.ndarray]:
   """Checks a VA list and returns it as two float64 [n, 2] arrays (one per channel).
 
-  Raises ValueError naming `source` (a file name, plus any context the caller adds), the channel
+  Raises InputError naming `source` (a file name, plus any context the caller adds), the channel
   and the segment for: not exactly two channels, a segment that is not a pair of finite numbers,
-  a negative time, end < start, or a segment starting before the previous one ends (unsorted or
-  overlapping). Touching (end == next start) and empty (start == end) segments are allowed.
+  a negative time, end < start, a segment starting before the previous one ends (unsorted or
+  overlapping) and, given the audio's `duration_s`, a segment ending more than END_TOLERANCE_S
+  after it (which also bounds every time, so frames never overflow or grow with a bad time).
+  Touching (end == next start) and empty (start == end) segments are allowed.
   """
   if not isinstance(va_list, (list, tuple)) or len(va_list) != 2:
     n = len(va_list) if isinstance(va_list, (list, tuple)) else type(va_list).__name__
-    raise ValueError(f'{source}: expected 2 channels of [start, end] segments, got {n}')
+    raise errors.InputError(f'{source}: expected 2 channels of [start, end] segments, got {n}')
   channels = []
   for c, channel in enumerate(va_list):
     if not isinstance(channel, (list, tuple, np.ndarray)):
-      raise ValueError(f'{source}: channel {c} is not a list of segments: {channel!r}')
+      raise errors.InputError(f'{source}: channel {c} is not a list of segments: '
+                              f'{_short(channel)}')
     for i, seg in enumerate(channel):
       if not _is_pair(seg):
-        raise ValueError(f'{source}: channel {c} segment {i} {seg!r}: not a [start, end] pair')
+        raise errors.InputError(f'{source}: channel {c} segment {i} {_short(seg)}: not a [start, '
+                                'end] pair of numbers')
     segs = np.asarray(channel, np.float64).reshape(-1, 2)
     starts, ends = segs[:, 0], segs[:, 1]
-    checks = (
+    checks = [
         (~np.isfinite(segs).all(axis=1), 'not finite'),
         ((segs < 0).any(axis=1), 'negative time'),
         (ends < starts, 'reversed (end < start)'),
         (np.r_[False, starts[1:] < ends[:-1]], 'starts before the previous segment ends'),
-    )
+    ]
+    if duration_s is not None:
+      checks.append((ends > duration_s + END_TOLERANCE_S,
+                     f'ends after the end of the audio ({duration_s:.2f} s); is it this '
+                     "recording's VA list? Cut it to the audio"))
     for bad, what in checks:
       if bad.any():
         i = int(np.argmax(bad))
-        prev = f' {channel[i - 1]!r}' if what.startswith('starts') else ''
-        raise ValueError(f'{source}: channel {c} segment {i} {channel[i]!r}: {what}{prev}')
+        prev = f' {_short(channel[i - 1])}' if what.startswith('starts') else ''
+        raise errors.InputError(f'{source}: channel {c} segment {i} {_short(channel[i])}: '
+                                f'{what}{prev}')
     channels.append(segs)
   return channels
 
 
-def va_segments(va_list, *, source: str) -> np.ndarray:
-  """A VA list, validated -> the stored segment table [n, 3] (channel, start, end)."""
-  channels = validate_va_list(va_list, source=source)
+def va_segments(va_list, *, source: str, duration_s: float | None = None) -> np.ndarray:
+  """A VA list, validated (against the audio's `duration_s` when given, see `validate_va_list`)
+  -> the stored segment table [n, 3] (channel, start, end). Readers of a recording with its VA
+  list call this once, at the edge, with the audio's duration."""
+  channels = validate_va_list(va_list, source=source, duration_s=duration_s)
   rows = [np.column_stack([np.full(len(seg), c, np.float64), seg]) for c, seg in enumerate(channels)]
   return np.concatenate(rows).reshape(-1, 3)
 
@@ -92,15 +128,18 @@ def va_frames(va_list, n_frames: int, frame_hz: float) -> np.ndarray:
 
   A segment sets frames [time_to_frames(start), time_to_frames(end)): both ends truncate and the
   end is exclusive, as in the reference (0.29 s at 100 Hz is 28.999... -> frame 28). Frames
-  past `n_frames` are dropped.
+  past `n_frames` are dropped; times are clipped before they become integers, so a huge time
+  (1e300 s) covers the frames to the end instead of overflowing. The output is the only array
+  of the frames' size.
   """
-  diff = np.zeros((n_frames + 1, 2), np.int32)
+  out = np.zeros((n_frames, 2), np.float32)
   for c, channel in enumerate(va_list):
     segs = np.asarray(channel, np.float64).reshape(-1, 2)
-    bounds = np.clip(time_to_frames(segs, frame_hz), 0, n_frames)
-    np.add.at(diff[:, c], bounds[:, 0], 1)
-    np.add.at(diff[:, c], bounds[:, 1], -1)
-  return (np.cumsum(diff[:-1], axis=0) > 0).astype(np.float32)
+    seconds = np.clip(segs, 0, (n_frames + 1) / frame_hz)  # past the last frame either way
+    bounds = np.minimum(time_to_frames(seconds, frame_hz), n_frames)
+    for start, end in bounds:
+      out[start:end, c] = 1
+  return out
 
 
 def va_history(va: np.ndarray, frame_hz: float,

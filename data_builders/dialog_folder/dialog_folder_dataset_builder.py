@@ -13,7 +13,6 @@ a line) where any exists, else a seeded random split by the config's ratios. Aud
 
 import dataclasses
 import functools
-import json
 import math
 import pathlib
 
@@ -22,6 +21,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from convssl_jax.data import audio as audio_lib
+from convssl_jax.data import json_file
 from data_builders import conversation
 
 SPLITS = ('train', 'validation', 'test')
@@ -41,14 +41,6 @@ class DialogFolderConfig(tfds.core.BuilderConfig):
     return cls(name=name, ratios=tuple(ratios), seed=seed)
 
 
-def read_json(path: pathlib.Path):
-  """A JSON file's content; ValueError naming the file when it does not parse."""
-  try:
-    return json.loads(path.read_text())
-  except (json.JSONDecodeError, UnicodeDecodeError) as err:
-    raise ValueError(f'{path}: not valid JSON ({err})') from err
-
-
 def _is_word(entry) -> bool:
   times = entry[1:3] if isinstance(entry, list) and len(entry) == 4 else ()
   return (len(times) == 2 and entry[0] in (0, 1) and not isinstance(entry[0], bool)
@@ -61,7 +53,7 @@ def read_words(path: pathlib.Path) -> list:
   """`<stem>.words.json` -> [[channel, start, end, word], ...] (checked); [] when there is none."""
   if not path.exists():
     return []
-  entries = read_json(path)
+  entries = json_file.read_json(path)
   if not isinstance(entries, list):
     raise ValueError(f'{path}: expected a list of [channel, start, end, word]')
   for i, entry in enumerate(entries):
@@ -76,7 +68,7 @@ def load_session(session: str, audio_path: pathlib.Path) -> dict:
   va_path = audio_path.with_suffix('.json')
   if not va_path.is_file():
     raise ValueError(f'{audio_path}: its VA list {va_path.name} is missing')
-  va = read_json(va_path)
+  va = json_file.read_json(va_path)
   words = read_words(audio_path.with_suffix('.words.json'))
   audio = audio_lib.read_audio(audio_path, sample_rate=conversation.SAMPLE_RATE)
   if audio.shape[1] > 2:
