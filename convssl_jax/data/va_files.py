@@ -1,0 +1,82 @@
+"""A recording's voice activity as a file: a VA list in JSON, predict's output JSON (its
+`vad_list`), or a Praat TextGrid (`textgrid`). Read with errors that name the file, and found
+beside an audio file by a fixed precedence (`read_va_beside`)."""
+
+import json
+import os
+import pathlib
+from collections.abc import Sequence
+
+from absl import logging
+
+from convssl_jax import errors
+from convssl_jax.data import textgrid
+from convssl_jax.data import va as va_lib
+
+TEXTGRID_SUFFIXES = ('.TextGrid', '.textgrid')
+
+
+def read_json(path):
+  """A JSON file's content; InputError naming the file when it is not a readable regular file or
+  not JSON (including nesting too deep to parse and integers too long to convert)."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise errors.InputError(f'{path}: no such file' if not os.path.exists(path) else
+                            f'{path}: not a regular file')
+  try:
+    with open(path, 'rb') as f:
+      return json.loads(f.read())
+  except OSError as err:
+    raise errors.InputError(f'{path}: cannot read ({err.strerror})') from err
+  except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
+    raise errors.InputError(f'{path}: not valid JSON ({type(err).__name__}: {err})') from err
+
+
+def _is_prediction(content) -> bool:
+  return isinstance(content, dict) and 'vad_list' in content
+
+
+def _json_va_list(content, path) -> list:
+  va_list = content['vad_list'] if _is_prediction(content) else content
+  va_lib.validate_va_list(va_list, source=os.fspath(path))
+  return va_list
+
+
+def read_va_file(path, *, tiers: Sequence[str] | None = None) -> list[list[list[float]]]:
+  """A VA list from `path`: a TextGrid (by its suffix, any case; `tiers` chooses the speaker
+  tiers, see `textgrid.choose`), else JSON holding a VA list `[[[start, end], ...], [...]]` or
+  predict's output (its `vad_list`). Checked by `va.validate_va_list`."""
+  if pathlib.Path(path).suffix.lower() == '.textgrid':
+    return textgrid.read_textgrid(path, tiers=tiers)
+  return _json_va_list(read_json(path), path)
+
+
+def textgrid_beside(audio_path: pathlib.Path) -> pathlib.Path | None:
+  """`<stem>.TextGrid` (or `.textgrid`) beside an audio file, if there is one."""
+  return next((p for p in map(audio_path.with_suffix, TEXTGRID_SUFFIXES) if p.is_file()), None)
+
+
+def read_va_beside(audio_path, *, tiers: Sequence[str] | None = None
+                   ) -> tuple[list[list[list[float]]], pathlib.Path]:
+  """The VA list of an audio file `<stem>.<ext>` from the file beside it, and that file's path.
+
+  Precedence: `<stem>.json` holding a VA list, then `<stem>.TextGrid`, then `<stem>.json`
+  holding predict's output (its `vad_list`, the model's own voice activity): an annotation
+  beats a prediction written next to the audio later. A VA-list JSON beside a TextGrid is used
+  and the TextGrid's being ignored is logged. InputError naming the audio file when there is none.
+  """
+  audio_path = pathlib.Path(audio_path)
+  json_path, grid = audio_path.with_suffix('.json'), textgrid_beside(audio_path)
+  has_json = json_path.exists()
+  content = read_json(json_path) if has_json else None
+  if has_json and not _is_prediction(content):
+    if grid:
+      logging.warning('%s: VA list %s is used, %s beside it is ignored', audio_path,
+                      json_path.name, grid.name)
+    return _json_va_list(content, json_path), json_path
+  if grid:
+    return textgrid.read_textgrid(grid, tiers=tiers), grid
+  if has_json:
+    return _json_va_list(content, json_path), json_path
+  raise errors.InputError(f'{audio_path}: its VA list is missing (no {json_path.name} or '
+                          f'{audio_path.stem}.TextGrid beside it)')
