@@ -24,7 +24,7 @@ def read_audio(path, *, sample_rate: int = 16000) -> np.ndarray:
   if not os.path.isfile(path):
     raise AudioError(f'{path}: no such file')
   try:
-    x, sr = sf.read(path, dtype='float32', always_2d=True)
+    x, sr = sf.read(os.fsencode(path), dtype='float32', always_2d=True)  # any file name's bytes
   except RuntimeError as err:  # soundfile's LibsndfileError and friends
     raise AudioError(f'{path}: cannot decode audio ({err})') from err
   return resample(x, sr, sample_rate)

@@ -191,10 +191,12 @@ def check_tiers(tiers: Sequence[str]) -> tuple[str, str]:
   return (tiers + ('',))[:2]
 
 
-def parse_tiers(value: str) -> tuple[str, str] | None:
-  """A `--va_tiers` flag / `data.va_tiers` value -> `tiers` ('A,B', 'A' or 'A,'; ',B' for a
-  silent A); '' -> None (recognised from each file's layout)."""
-  return check_tiers(value.split(',')) if value else None
+def parse_tiers(value: str | Sequence[str] | None) -> tuple[str, str] | None:
+  """A `--va_tiers` flag or `data.va_tiers` value ('A,B', 'A' or 'A,'; ',B' for a silent A), or
+  the names themselves -> `tiers` for `choose`; '' or None -> None (recognised per file)."""
+  if not value:
+    return None
+  return check_tiers(value.split(',') if isinstance(value, str) else value)
 
 
 def textgrid_va_list(text: str, *, source: str,
