@@ -3,9 +3,6 @@ speakers (by name, Montreal Forced Aligner layouts, refusals), malformed files, 
 
 import codecs
 import os
-import resource
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -172,14 +169,14 @@ def test_the_encodings_praat_writes_are_read(tmp_path, encoding, short):
   bom = {'utf-16-le': codecs.BOM_UTF16_LE, 'utf-16-be': codecs.BOM_UTF16_BE}.get(encoding, b'')
   path = tmp_path / 'talk.TextGrid'
   path.write_bytes(bom + text.encode(encoding))
-  assert textgrid.read_textgrid(path) == GRID_VA
+  assert va_files.read_textgrid(path) == GRID_VA
 
 
 def test_a_damaged_utf16_textgrid_is_refused_naming_the_file(tmp_path):
   path = tmp_path / 'talk.TextGrid'
   path.write_bytes(codecs.BOM_UTF16_LE + fx.textgrid_text(GRID, xmax=3).encode('utf-16-le')[:-1])
   with pytest.raises(errors.InputError, match=f'^{path}: not valid UTF-16 after its byte-order'):
-    textgrid.read_textgrid(path)
+    va_files.read_textgrid(path)
 
 
 def test_a_label_that_looks_like_an_item_index_is_speech(tmp_path):
@@ -187,7 +184,7 @@ def test_a_label_that_looks_like_an_item_index_is_speech(tmp_path):
   grid = [('A', [(0, 1, '[2]'), (1, 2, '')]), ('B', [(0, 1.5, ''), (1.5, 2, '[ ]')])]
   path = tmp_path / 'marks.TextGrid'
   path.write_text(fx.textgrid_text(grid, xmax=2))
-  assert textgrid.read_textgrid(path) == [[[0.0, 1.0]], [[1.5, 2.0]]]
+  assert va_files.read_textgrid(path) == [[[0.0, 1.0]], [[1.5, 2.0]]]
 
 
 def _mfa(speakers: dict[str, list]) -> list:
@@ -213,7 +210,7 @@ def test_mfa_one_speaker_is_speaker_a_with_b_silent_and_said(tmp_path, caplog):
   path = tmp_path / 'solo.TextGrid'
   path.write_text(fx.textgrid_text(_mfa({'': WORDS_1}), xmax=3))
   caplog.set_level('WARNING')
-  assert textgrid.read_textgrid(path) == [WORDS_VA_1, []]
+  assert va_files.read_textgrid(path) == [WORDS_VA_1, []]
   assert any(str(path) in r.getMessage() and "speaker A = tier 'words', speaker B silent"
              in r.getMessage() for r in caplog.records)
 
@@ -222,7 +219,7 @@ def test_mfa_one_speaker_is_speaker_a_with_b_silent_and_said(tmp_path, caplog):
 def test_mfa_speakers_words_tiers_are_speech_and_phones_ignored(tmp_path, short):
   path = tmp_path / 'dialog.TextGrid'
   path.write_text(fx.textgrid_text(_mfa({'spk1': WORDS_1, 'spk2': WORDS_2}), xmax=3, short=short))
-  assert textgrid.read_textgrid(path) == [WORDS_VA_1, WORDS_VA_2]
+  assert va_files.read_textgrid(path) == [WORDS_VA_1, WORDS_VA_2]
 
 
 @pytest.mark.parametrize('tiers, message', [
@@ -242,7 +239,7 @@ def test_an_ambiguous_textgrid_is_refused_in_one_line_with_its_tiers_and_the_fix
   path.write_text(fx.textgrid_text(tiers, xmax=3))
   with pytest.raises(errors.InputError, match=f'^{path}: cannot tell speakers A and B {message}'
                      ) as refused:
-    textgrid.read_textgrid(path)
+    va_files.read_textgrid(path)
   assert '\n' not in str(refused.value)
 
 
@@ -257,8 +254,8 @@ def test_an_ambiguous_textgrid_is_refused_in_one_line_with_its_tiers_and_the_fix
 def test_tiers_chosen_by_name(tmp_path, tiers, expected):
   path = tmp_path / 'three.TextGrid'
   path.write_text(fx.textgrid_text(_mfa({'ann': WORDS_1, 'bob': WORDS_2, 'cy': WORDS_2}), xmax=3))
-  assert textgrid.read_textgrid(path, tiers=tiers) == expected
-  assert va_files.read_va_file(path, tiers=tiers) == expected
+  assert va_files.read_textgrid(path, tiers=tiers) == expected
+  assert va_files.read_va_file(path.rename(path.with_suffix('.textgrid')), tiers=tiers) == expected
 
 
 def test_a_tier_name_that_is_not_there_is_refused_with_the_tiers(tmp_path):
@@ -266,9 +263,9 @@ def test_a_tier_name_that_is_not_there_is_refused_with_the_tiers(tmp_path):
   path.write_text(fx.textgrid_text([('A', WORDS_1), ('B', WORDS_2), ('A', WORDS_2)], xmax=3))
   with pytest.raises(errors.InputError, match=f"^{path}: no interval tier named 'C' "
                      r"\(its interval tiers: 'A', 'B', 'A'\); name the speaker tiers"):
-    textgrid.read_textgrid(path, tiers=('B', 'C'))
+    va_files.read_textgrid(path, tiers=('B', 'C'))
   with pytest.raises(errors.InputError, match="2 interval tiers named 'A'"):
-    textgrid.read_textgrid(path, tiers=('A', 'B'))
+    va_files.read_textgrid(path, tiers=('A', 'B'))
 
 
 @pytest.mark.parametrize('value, expected', [
@@ -288,18 +285,18 @@ def test_files_that_are_not_text_textgrids_are_refused(tmp_path):
   binary = tmp_path / 'b.TextGrid'
   binary.write_bytes(b'ooBinaryFile\x08TextGrid\x00\x01')
   with pytest.raises(errors.InputError, match=f'^{binary}: a binary Praat file; save the '):
-    textgrid.read_textgrid(binary)
+    va_files.read_textgrid(binary)
   fifo = tmp_path / 'pipe.TextGrid'
   os.mkfifo(fifo)  # reading it would block forever
   with pytest.raises(errors.InputError, match=f'^{fifo}: not a regular file'):
-    textgrid.read_textgrid(fifo)
+    va_files.read_textgrid(fifo)
   with pytest.raises(errors.InputError, match=f'^{tmp_path / "gone.TextGrid"}: no such file'):
-    textgrid.read_textgrid(tmp_path / 'gone.TextGrid')
+    va_files.read_textgrid(tmp_path / 'gone.TextGrid')
 
 
 _MEMORY_CHILD = textwrap.dedent('''
     import resource, sys
-    from convssl_jax.data import textgrid
+    from convssl_jax.data import va_files
     path, factor = sys.argv[1], float(sys.argv[2])
     size = __import__('os').path.getsize(path)
     with open('/proc/self/status') as f:
@@ -307,7 +304,7 @@ _MEMORY_CHILD = textwrap.dedent('''
     limit = int(vm + factor * size + 32e6)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     resource.setrlimit(resource.RLIMIT_CPU, (60, 60))
-    va = textgrid.read_textgrid(path)
+    va = va_files.read_textgrid(path)
     print(len(va[0]), len(va[1]))
 ''')
 

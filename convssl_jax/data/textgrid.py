@@ -1,5 +1,6 @@
-"""Praat TextGrids as voice activity: the file (long or short text format, UTF-8, UTF-16 or
+"""Praat TextGrids as voice activity: the text (long or short text format, UTF-8, UTF-16 or
 Latin-1, as Praat writes them), its interval tiers, and which of them are speakers A and B.
+`va_files.read_textgrid` reads one from a file.
 
 A speaker's speech is the intervals of its tier with non-blank text (touching ones joined). The
 speaker tiers are the ones named by `tiers`, else recognised from the file's layout (`choose`):
@@ -9,7 +10,6 @@ A file that fits neither is refused in one line that lists its tiers and the way
 
 import array
 import codecs
-import os
 import re
 import shlex
 from collections.abc import Sequence
@@ -37,7 +37,10 @@ _COUNT = re.compile(r'\d+')
 
 def decode(data: bytes, *, source: str) -> str:
   """A TextGrid file's bytes -> text: UTF-16 or UTF-8 after a byte-order mark (Praat writes
-  UTF-16 whenever a label is not ASCII), else UTF-8, else Latin-1 (Praat's older default)."""
+  UTF-16 whenever a label is not ASCII), else UTF-8, else Latin-1 (Praat's older default).
+  Praat's binary files are refused."""
+  if data.startswith(b'ooBinaryFile'):
+    raise errors.InputError(f'{source}: a binary Praat file; save the TextGrid as a text file')
   for bom, encoding in ((codecs.BOM_UTF8, 'utf-8-sig'), (codecs.BOM_UTF16_LE, 'utf-16'),
                         (codecs.BOM_UTF16_BE, 'utf-16')):
     if data.startswith(bom):
@@ -76,9 +79,10 @@ class _Tokens:
     return float(m[2]) if kind == 'number' else m[3]
 
 
-def interval_tiers(text: str, *, source: str) -> list[tuple[str, list[list[float]]]]:
-  """A TextGrid's text -> (name, speech segments) of each interval tier, in file order; point
-  tiers are read past. Intervals must be ordered (each starts where the previous one ends, or
+def interval_tiers(text: str, *, source: str) -> list[tuple[str, array.array]]:
+  """A TextGrid's text -> (name, speech segments) of each interval tier, in file order, the
+  segments' bounds flat in a float array (start, end, start, ...: 16 bytes a segment, whatever
+  the tier's size); point tiers are read past. Intervals must be ordered (each starts where the previous one ends, or
   later) and not reversed; errors name `source` and what is wrong."""
   tokens = _Tokens(text, source)
   try:
@@ -107,9 +111,9 @@ def interval_tiers(text: str, *, source: str) -> list[tuple[str, list[list[float
   return tiers
 
 
-def _speech(tokens: _Tokens, count: int, where: str) -> list[list[float]]:
-  """`count` intervals of a tier -> its speech segments: non-blank intervals, touching ones
-  joined. Bounds are kept in a flat float array: 16 bytes a segment, whatever the tier's size."""
+def _speech(tokens: _Tokens, count: int, where: str) -> array.array:
+  """`count` intervals of a tier -> its speech segments' bounds: non-blank intervals, touching
+  ones joined."""
   bounds = array.array('d')
   previous_end = float('-inf')
   for i in range(1, count + 1):
@@ -125,7 +129,7 @@ def _speech(tokens: _Tokens, count: int, where: str) -> list[list[float]]:
         bounds[-1] = max(bounds[-1], end)
       else:
         bounds.extend((start, end))
-  return [[bounds[i], bounds[i + 1]] for i in range(0, len(bounds), 2)]
+  return bounds
 
 
 def _listing(names: Sequence[str]) -> str:
@@ -204,23 +208,7 @@ def textgrid_va_list(text: str, *, source: str,
   """A TextGrid's text -> a VA list: the speech of the tiers `choose` picks for A and B."""
   found = interval_tiers(text, source=source)
   names = [name for name, _ in found]
-  va_list = [found[i][1] if i is not None else [] for i in choose(names, tiers, source=source)]
+  va_list = [[] if i is None else [list(pair) for pair in zip(found[i][1][::2], found[i][1][1::2])]
+             for i in choose(names, tiers, source=source)]
   va_lib.validate_va_list(va_list, source=source)
   return va_list
-
-
-def read_textgrid(path, *, tiers: Sequence[str] | None = None) -> list[list[list[float]]]:
-  """A TextGrid file -> a VA list (`textgrid_va_list`); InputError naming the file when it
-  cannot be read. Only regular files are read (never a device or pipe that could not end)."""
-  path = os.fspath(path)
-  try:
-    if not os.path.isfile(path):
-      raise errors.InputError(f'{path}: no such file' if not os.path.exists(path) else
-                              f'{path}: not a regular file')
-    with open(path, 'rb') as f:
-      data = f.read()
-  except OSError as err:
-    raise errors.InputError(f'{path}: cannot read ({err.strerror})') from err
-  if data.startswith(b'ooBinaryFile'):
-    raise errors.InputError(f'{path}: a binary Praat file; save the TextGrid as a text file')
-  return textgrid_va_list(decode(data, source=path), source=path, tiers=tiers)

@@ -16,20 +16,35 @@ from convssl_jax.data import va as va_lib
 TEXTGRID_SUFFIXES = ('.TextGrid', '.textgrid')
 
 
-def read_json(path):
-  """A JSON file's content; InputError naming the file when it is not a readable regular file or
-  not JSON (including nesting too deep to parse and integers too long to convert)."""
-  path = os.fspath(path)
+def read_bytes(path) -> bytes:
+  """A regular file's bytes (never a device or pipe, which need not end); InputError naming the
+  file when it is missing or unreadable."""
   if not os.path.isfile(path):
     raise errors.InputError(f'{path}: no such file' if not os.path.exists(path) else
                             f'{path}: not a regular file')
   try:
     with open(path, 'rb') as f:
-      return json.loads(f.read())
+      return f.read()
   except OSError as err:
     raise errors.InputError(f'{path}: cannot read ({err.strerror})') from err
+
+
+def read_json(path):
+  """A JSON file's content; InputError naming the file when it is not a readable regular file or
+  not JSON (including nesting too deep to parse and integers too long to convert)."""
+  data = read_bytes(path)
+  try:
+    return json.loads(data)
   except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
     raise errors.InputError(f'{path}: not valid JSON ({type(err).__name__}: {err})') from err
+
+
+def read_textgrid(path, *, tiers: Sequence[str] | None = None) -> list[list[list[float]]]:
+  """A Praat TextGrid file -> a VA list (`textgrid.textgrid_va_list`: `tiers` or the tiers its
+  layout shows); InputError naming the file for what is wrong."""
+  source = os.fspath(path)
+  text = textgrid.decode(read_bytes(path), source=source)
+  return textgrid.textgrid_va_list(text, source=source, tiers=tiers)
 
 
 def _is_prediction(content) -> bool:
@@ -47,7 +62,7 @@ def read_va_file(path, *, tiers: Sequence[str] | None = None) -> list[list[list[
   tiers, see `textgrid.choose`), else JSON holding a VA list `[[[start, end], ...], [...]]` or
   predict's output (its `vad_list`). Checked by `va.validate_va_list`."""
   if pathlib.Path(path).suffix.lower() == '.textgrid':
-    return textgrid.read_textgrid(path, tiers=tiers)
+    return read_textgrid(path, tiers=tiers)
   return _json_va_list(read_json(path), path)
 
 
@@ -75,7 +90,7 @@ def read_va_beside(audio_path, *, tiers: Sequence[str] | None = None
                       json_path.name, grid.name)
     return _json_va_list(content, json_path), json_path
   if grid:
-    return textgrid.read_textgrid(grid, tiers=tiers), grid
+    return read_textgrid(grid, tiers=tiers), grid
   if has_json:
     return _json_va_list(content, json_path), json_path
   raise errors.InputError(f'{audio_path}: its VA list is missing (no {json_path.name} or '
