@@ -158,10 +158,20 @@ class ConversationBuilder(tfds.core.GeneratorBasedBuilder):
   def _build_lock(self):
     """Holds `.build-VERSION.lock` in the config folder (an OS lock, freed by the kernel when its
     holder dies) and removes the `incomplete.*_VERSION` folders found there: while the lock is
-    held no other build of this version runs, so they are the remains of killed builds."""
+    held no other build of this version runs, so they are the remains of killed builds. Where
+    the lock file cannot be written (a read-only corpus) a built dataset is used as it is."""
     folder = pathlib.Path(os.fspath(self.data_path)).parent
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f'.build-{self.version}.lock', 'a+') as lock:
+    try:
+      folder.mkdir(parents=True, exist_ok=True)
+      lock = open(folder / f'.build-{self.version}.lock', 'a+')
+    except OSError as err:
+      if not self.data_path.exists():
+        raise errors.InputError(f'{folder}: cannot build the dataset there ({err.strerror})'
+                                ) from err
+      logging.info('%s: not writable (%s), no build lock taken', folder, err.strerror)
+      yield
+      return
+    with lock:
       try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
       except BlockingIOError:

@@ -333,12 +333,17 @@ def test_a_changed_folder_is_rebuilt_never_silently_reused(folder, tmp_path, mon
   assert '1 file changed (extra_0.json)' in said
   (root / 'extra_1.words.json').write_text('[]')
   assert '1 file added (extra_1.words.json)' in build(4)[1]
-  # Another folder in the same data_dir is another input.
+  # The same files reached by another path are the same input; other files are not.
+  moved = tmp_path / 'moved'
+  root.rename(moved)
+  loads.clear()
+  fx.prepare(DialogFolder, data_dir, moved)
+  assert not loads
   other = tmp_path / 'other'
   fx.write_dialog_folder(other)
-  loads.clear()
   fx.prepare(DialogFolder, data_dir, other)
-  assert len(loads) == 4 and f'it was built from {root}, not {other}' in caplog.text
+  assert len(loads) == 4 and 'files changed (extra_0.json, extra_0.wav, extra_1.json, ...)' in (
+      caplog.text)
 
 
 def test_a_dataset_that_skipped_sessions_is_rebuilt_without_skip_bad(folder, tmp_path):
@@ -473,3 +478,22 @@ def test_the_build_command_takes_va_tiers_and_refuses_in_one_line(folder, tmp_pa
       "'x', 'y'); name the speaker tiers with --va_tiers=A_TIER,B_TIER (a corpus: data.va_tiers),"
       " e.g. --va_tiers=x,y (an empty name is a silent speaker)")
   assert 'Traceback' not in done.stderr
+
+
+def test_a_built_dataset_where_no_lock_can_be_written_is_used_as_it_is(folder, tmp_path,
+                                                                      monkeypatch):
+  """A shared, read-only corpus (simulated: the tests run as root, whom permissions do not stop)."""
+  root, _ = folder
+  data_dir = tmp_path / 'data'
+  fx.prepare(DialogFolder, data_dir, root)
+
+  def read_only(path, *args, **kwargs):
+    if str(path).endswith('.lock'):
+      raise PermissionError(13, 'Permission denied')
+    return open(path, *args, **kwargs)
+
+  monkeypatch.setattr(conversation, 'open', read_only, raising=False)
+  assert fx.prepare(DialogFolder, data_dir, root).info.splits.total_num_examples == 4
+  with pytest.raises(errors.InputError, match='/elsewhere/dialog_folder/default: cannot build '
+                     r'the dataset there \(Permission denied\)'):
+    fx.prepare(DialogFolder, tmp_path / 'elsewhere', root)

@@ -174,9 +174,10 @@ def ratio_split(sessions: list[str], ratios, seed: int) -> dict[str, list[str]]:
 
 
 def fingerprint(root: pathlib.Path, audio: dict[str, pathlib.Path], options: dict) -> dict:
-  """What a built dataset depends on: the folder, each audio file and the VA/words files beside
-  it (size and modification time, the way `make` decides), the split lists (their content) and
-  the builder's options. JSON-ready."""
+  """What a built dataset depends on: each audio file and the VA/words files beside it, by path
+  in the folder, size and modification time (the way `make` decides), the split lists by content,
+  and the builder's options. Not the folder's own path: the same files reached another way (a
+  moved folder, another mount) are the same dataset. JSON-ready."""
   files = {}
   for path in audio.values():
     neighbours = [path.with_suffix(s) for s in ('.json', '.words.json',
@@ -191,14 +192,11 @@ def fingerprint(root: pathlib.Path, audio: dict[str, pathlib.Path], options: dic
   for path in _split_list_paths(root).values():
     if path.is_file():
       files[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
-  return {'folder': conversation.printable(str(root.resolve())), 'options': options,
-          'files': dict(sorted(files.items()))}
+  return {'options': options, 'files': dict(sorted(files.items()))}
 
 
 def _changes(old: dict, new: dict) -> str:
   """What differs between two fingerprints, briefly."""
-  if old.get('folder') != new['folder']:
-    return f'it was built from {old.get("folder")}, not {new["folder"]}'
   if old.get('options') != new['options']:
     return f'its options were {old.get("options")}, now {new["options"]}'
   before, after = old.get('files', {}), new['files']
