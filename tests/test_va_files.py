@@ -79,6 +79,13 @@ def test_json_that_cannot_be_parsed_is_refused_naming_the_file(tmp_path, text, m
 
 def test_a_json_that_is_no_va_list_is_refused_naming_the_file(tmp_path):
   path = tmp_path / 'va.json'
-  path.write_text('{"frame_hz": 50}')
+  path.write_text('{"frame_hz": 50}')  # predict's output of a model without a VAD head
+  with pytest.raises(errors.InputError, match=f'^{path}: a JSON object without "vad_list"; '):
+    va_files.read_va_file(path)
+  path.write_text('[[[0, 1]]]')
   with pytest.raises(ValueError, match=f'^{path}: expected 2 channels'):
     va_files.read_va_file(path)
+  # Beside a TextGrid, such a prediction gives way to the annotation.
+  path.write_text('{"frame_hz": 50}')
+  audio = _write(tmp_path, 'va', grid=True)
+  assert va_files.read_va_beside(audio) == (GRID_VA, tmp_path / 'va.TextGrid')

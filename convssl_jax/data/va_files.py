@@ -47,14 +47,16 @@ def read_textgrid(path, *, tiers: Sequence[str] | None = None) -> list[list[list
   return textgrid.textgrid_va_list(text, source=source, tiers=tiers)
 
 
-def _is_prediction(content) -> bool:
-  return isinstance(content, dict) and 'vad_list' in content
-
-
 def _json_va_list(content, path) -> list:
-  va_list = content['vad_list'] if _is_prediction(content) else content
-  va_lib.validate_va_list(va_list, source=os.fspath(path))
-  return va_list
+  """A JSON file's VA list: the content itself, or predict's output's `vad_list`."""
+  if isinstance(content, dict):
+    if 'vad_list' not in content:
+      raise errors.InputError(f'{path}: a JSON object without "vad_list"; expected a VA list '
+                              '[[[start, end], ...], [...]] or predict\'s output JSON (of a '
+                              'model with a VAD head)')
+    content = content['vad_list']
+  va_lib.validate_va_list(content, source=os.fspath(path))
+  return content
 
 
 def read_va_file(path, *, tiers: Sequence[str] | None = None) -> list[list[list[float]]]:
@@ -75,16 +77,17 @@ def read_va_beside(audio_path, *, tiers: Sequence[str] | None = None
                    ) -> tuple[list[list[list[float]]], pathlib.Path]:
   """The VA list of an audio file `<stem>.<ext>` from the file beside it, and that file's path.
 
-  Precedence: `<stem>.json` holding a VA list, then `<stem>.TextGrid`, then `<stem>.json`
-  holding predict's output (its `vad_list`, the model's own voice activity): an annotation
-  beats a prediction written next to the audio later. A VA-list JSON beside a TextGrid is used
-  and the TextGrid's being ignored is logged. InputError naming the audio file when there is none.
+  Precedence: `<stem>.json` holding a VA list (a JSON array), then `<stem>.TextGrid`, then
+  `<stem>.json` holding predict's output (its `vad_list`, the model's own voice activity): an
+  annotation beats a prediction written next to the audio later. A VA-list JSON beside a
+  TextGrid is used and the TextGrid's being ignored is logged. InputError naming the audio file
+  when there is none.
   """
   audio_path = pathlib.Path(audio_path)
   json_path, grid = audio_path.with_suffix('.json'), textgrid_beside(audio_path)
   has_json = json_path.exists()
   content = read_json(json_path) if has_json else None
-  if has_json and not _is_prediction(content):
+  if has_json and isinstance(content, list):
     if grid:
       logging.warning('%s: VA list %s is used, %s beside it is ignored', audio_path,
                       json_path.name, grid.name)
