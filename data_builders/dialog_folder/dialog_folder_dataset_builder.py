@@ -13,7 +13,7 @@ Splits: the session lists `train.txt`, `validation.txt`, `test.txt` at the folde
 a line) where any exists, else a seeded random split by the config's ratios that gives every
 split with a positive ratio at least one session. Audio is read at 16 kHz, so F0 (pYIN) runs at
 16 kHz whatever the file's rate. The dataset records a fingerprint of its inputs (`fingerprint`);
-a build over an existing dataset whose folder, files or options changed rebuilds it.
+a build over an existing dataset whose files or options changed rebuilds it.
 """
 
 import dataclasses
