@@ -31,6 +31,8 @@ flags.DEFINE_string('audio', None, 'predict: an audio file (stereo: one speaker 
                     'speaker A) or a folder of them. stream: a file, - (stdin PCM) or mic.')
 flags.DEFINE_string('va', None, 'predict, stream: a VA list (JSON [[[start, end], ...] of A, [...] '
                     'of B], or a TextGrid) for one --audio file; needed by the mono model.')
+flags.DEFINE_string('va_tiers', '', "predict, stream: a --va TextGrid's speaker tiers, 'A_TIER,B_TIER' "
+                    "('A_TIER,' or ',B_TIER': the other silent); default: recognised (MFA too).")
 flags.DEFINE_string('output', None, 'predict: where the JSON, CSV and PNG go (default '
                     'WORKDIR/predictions); stream: the same, written at the end, if given.')
 flags.DEFINE_string('model_dir', None, 'predict, stream, export: a converted VAP model (python -m '
@@ -60,7 +62,9 @@ def _load(config):
 
 def _va_list():
   from convssl_jax import predict
-  return predict.read_va_list(FLAGS.va) if FLAGS.va else None
+  from convssl_jax.data import textgrid
+  tiers = textgrid.parse_tiers(FLAGS.va_tiers)
+  return predict.read_va_list(FLAGS.va, tiers=tiers) if FLAGS.va else None
 
 
 def _report(config, results) -> None:

@@ -19,9 +19,9 @@ import soundfile as sf
 
 from convssl_jax import errors, evaluate, plots
 from convssl_jax.data import audio as audio_lib
-from convssl_jax.data import json_file
 from convssl_jax.data import pipeline
 from convssl_jax.data import va as va_lib
+from convssl_jax.data import va_files
 from convssl_jax.data.pipeline import F0_HZ, SAMPLE_RATE
 from convssl_jax.events import TurnTakingEvents
 from convssl_jax.model_state import ModelState
@@ -52,18 +52,10 @@ def notice_rate(path) -> None:
     print(f'{path}: {rate} Hz, resampled to {SAMPLE_RATE} Hz', file=sys.stderr)
 
 
-def read_va_list(path) -> list[list[list[float]]]:
-  """A VA list from a JSON file ([[[start, end], ...] for speaker A, [...] for speaker B]) or a
-  Praat TextGrid (`va.textgrid_va_list`: one interval tier per speaker)."""
-  path = pathlib.Path(path)
-  try:
-    if path.suffix.lower() == '.textgrid':
-      return va_lib.textgrid_va_list(path.read_text(), source=str(path))
-  except (OSError, UnicodeDecodeError) as err:
-    raise ValueError(f'{path}: cannot read a VA list ({err})') from err
-  va_list = json_file.read_json(path)
-  va_lib.validate_va_list(va_list, source=str(path))
-  return va_list
+def read_va_list(path, tiers=None) -> list[list[list[float]]]:
+  """A VA list from a JSON file (a VA list, or predict's output JSON: its `vad_list`) or a Praat
+  TextGrid (`textgrid.choose`: the speaker tiers named by `tiers`, else recognised)."""
+  return va_files.read_va_file(path, tiers=tiers)
 
 
 def recording(path, va_list=None) -> pipeline.Corpus:

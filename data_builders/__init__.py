@@ -41,7 +41,9 @@ def _per_corpus(data, field: str, names: list[str]) -> list[str]:
 def prepare(data) -> list:
   """The builders of the corpora configured in `data` (a config's `data` block), each built
   first if it is not there yet: the synthetic corpus builds itself on first use; LDC corpora need
-  their `data.manual_dir` (comma-separated, one per corpus, when `data.name` joins several)."""
+  their `data.manual_dir` (comma-separated, one per corpus, when `data.name` joins several).
+  A dialog_folder dataset whose folder changed since it was built is rebuilt (its builder checks
+  a fingerprint of its inputs before TFDS would reuse it)."""
   import tensorflow_datasets as tfds
 
   names = corpus_names(data)
@@ -60,6 +62,8 @@ def prepare(data) -> list:
       kwargs['config'] = config.name if config.name in cls.builder_configs else config
     elif builder_config:
       kwargs['config'] = builder_config
+    if name == 'dialog_folder':
+      kwargs['va_tiers'] = data.va_tiers
     builder = cls(**kwargs)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         manual_dir=manual_dir or None, try_download_gcs=False))

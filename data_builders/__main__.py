@@ -2,12 +2,16 @@
 
 NAME is one of synthetic_dialogs, switchboard, fisher, dialog_folder. The dataset lands in
 DATA_DIR/NAME/CONFIG/VERSION (DATA_DIR defaults to TFDS's, ~/tensorflow_datasets or
-$TFDS_DATA_DIR). A build that fails leaves only an `incomplete.*` directory and can be re-run.
+$TFDS_DATA_DIR). A build that fails can be re-run; what a killed one leaves behind is removed by
+the next. An input the build refuses is one line on stderr naming the file, and exit status 2.
 """
+
+import sys
 
 import tensorflow_datasets as tfds
 from absl import app, flags
 
+from convssl_jax import errors
 from data_builders import CORPORA, builder_class
 
 FLAGS = flags.FLAGS
@@ -17,15 +21,25 @@ flags.DEFINE_string('config', None, 'Builder config name (e.g. fold_3); the defa
 flags.DEFINE_integer('num_workers', None, 'Processes loading conversations (default: all cores).')
 flags.DEFINE_bool('skip_bad', False, 'Leave out conversations that fail to load and list them '
                   "in the dataset's metadata instead of stopping.")
+flags.DEFINE_string('va_tiers', '', "dialog_folder: the TextGrid tiers of speakers A and B, "
+                    "'A_TIER,B_TIER' ('A_TIER,' for a silent B); default: recognised in each file.")
 
 
 def main(argv):
   if len(argv) != 2:
     raise app.UsageError(f'usage: python -m data_builders {{{",".join(CORPORA)}}} [flags]')
-  builder = builder_class(argv[1])(data_dir=FLAGS.data_dir, config=FLAGS.config,
-                                   skip_bad=FLAGS.skip_bad, num_workers=FLAGS.num_workers)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=FLAGS.manual_dir, try_download_gcs=False))
+  if FLAGS.va_tiers and argv[1] != 'dialog_folder':
+    raise app.UsageError('--va_tiers is an option of dialog_folder')
+  options = {'va_tiers': FLAGS.va_tiers} if argv[1] == 'dialog_folder' else {}
+  try:
+    builder = builder_class(argv[1])(data_dir=FLAGS.data_dir, config=FLAGS.config,
+                                     skip_bad=FLAGS.skip_bad, num_workers=FLAGS.num_workers,
+                                     **options)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=FLAGS.manual_dir, try_download_gcs=False))
+  except errors.UserError as err:
+    print(f'error: {err}', file=sys.stderr)
+    sys.exit(2)
   print(f'{builder.name}: {builder.data_dir}')
   for split, info in builder.info.splits.items():
     print(f'  {split}: {info.num_examples} conversations, {info.num_bytes / 1e6:.1f} MB')

@@ -5,20 +5,29 @@ VA segments and words of both speakers in seconds, and F0 per speaker at 100 Hz 
 computed once here so training never runs a pitch tracker. Builders write `array_record` without
 TensorFlow, in generation order (`disable_shuffling`), and record each split's sessions and
 durations in the dataset's metadata so the input pipeline can plan windows without reading audio.
-A failed build leaves only TFDS's `incomplete.*` directory behind and can be re-run; with
-`skip_bad=True` a conversation that fails is left out and listed in the metadata, never silently.
+One build of a dataset runs at a time (a lock file beside its version folders; a second waits),
+and it first removes the `incomplete.*` folders that killed builds of that version left behind.
+A builder that knows its inputs (`_changed_since_built`) rebuilds a dataset whose inputs changed.
+With `skip_bad=True` a conversation that fails is left out and listed in the metadata, never
+silently.
 """
 
 import contextlib
+import dataclasses
+import fcntl
 import json
 import multiprocessing
+import os
 import pathlib
+import shutil
+import socket
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
+from convssl_jax import errors
 from convssl_jax.data import audio as audio_lib
 from convssl_jax.data import f0 as f0_lib
 from convssl_jax.data import sphere
@@ -69,7 +78,7 @@ def conversation(*, session: str, dataset: str, audio: np.ndarray, sample_rate: 
   `va` a VA list; `f0` [T, 2] at F0_HZ, or None to run pYIN on the audio at its own rate."""
   audio = np.asarray(audio, np.float32)
   if audio.ndim != 2 or audio.shape[1] not in (1, 2):
-    raise ValueError(f'{source}: expected mono or stereo audio, got shape {audio.shape}')
+    raise errors.InputError(f'{source}: expected mono or stereo audio, got shape {audio.shape}')
   if audio.shape[1] == 1:
     audio = np.concatenate([audio, np.zeros_like(audio)], axis=1)
   if f0 is None:
@@ -88,12 +97,22 @@ def conversation(*, session: str, dataset: str, audio: np.ndarray, sample_rate: 
   }
 
 
+def printable(text: str) -> str:
+  """`text` with the undecodable bytes of non-UTF-8 file names (Python's surrogate escapes) as
+  `\\xNN`: a form that can be stored, printed and logged (a session name, an error)."""
+  return text.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
+
+
 def _load(load: Callable[[], dict]) -> tuple[dict | None, str | None]:
-  """Runs one loader (in a worker process); a ValueError comes back as its message."""
+  """Runs one loader (in a worker process); a ValueError comes back as its message. Any other
+  error (a bug) keeps its traceback, with a note naming the loader and so its file."""
   try:
     return load(), None
   except ValueError as error:
-    return None, str(error)
+    return None, printable(str(error))
+  except Exception as error:
+    error.add_note(printable(f'while running {load!r}'))
+    raise
 
 
 class ConversationBuilder(tfds.core.GeneratorBasedBuilder):
@@ -108,6 +127,63 @@ class ConversationBuilder(tfds.core.GeneratorBasedBuilder):
     self.num_workers = num_workers or multiprocessing.cpu_count()
     kwargs.setdefault('file_format', 'array_record')  # TFRecord would need TensorFlow
     super().__init__(**kwargs)
+
+  def download_and_prepare(self, *, download_config=None, **kwargs):
+    """TFDS's build, one at a time per dataset version, after removing the stale `incomplete.*`
+    folders of killed builds; an existing dataset is reused unless `_changed_since_built` says
+    its inputs changed, then it is rebuilt (logged, with the reason)."""
+    download_config = download_config or tfds.download.DownloadConfig(try_download_gcs=False)
+    with self._build_lock():
+      if self.data_path.exists():
+        self.info.read_from_directory(self.data_dir)  # as built (perhaps by the build waited for)
+        built = dict(self.info.metadata.items())  # items() loads TFDS's lazy metadata
+        if reason := self._changed_since_built(download_config.manual_dir, built):
+          logging.warning('%s at %s: %s; rebuilding it', self.name, self.data_dir, reason)
+          self.info.metadata.clear()
+          download_config = dataclasses.replace(
+              download_config, download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS)
+      super().download_and_prepare(download_config=download_config, **kwargs)
+
+  def _changed_since_built(self, manual_dir, metadata: dict) -> str | None:
+    """Why the existing dataset (its `metadata`) no longer matches its inputs in `manual_dir`, or
+    None to reuse it (the default: LDC releases and the synthetic corpus do not change under a
+    version)."""
+    del manual_dir, metadata
+    return None
+
+  @contextlib.contextmanager
+  def _build_lock(self):
+    """Holds `.build-VERSION.lock` in the config folder (an OS lock, freed by the kernel when its
+    holder dies) and removes the `incomplete.*_VERSION` folders found there: while the lock is
+    held no other build of this version runs, so they are the remains of killed builds. Where
+    the lock file cannot be written (a read-only corpus) a built dataset is used as it is."""
+    folder = pathlib.Path(os.fspath(self.data_path)).parent
+    try:
+      folder.mkdir(parents=True, exist_ok=True)
+      lock = open(folder / f'.build-{self.version}.lock', 'a+')
+    except OSError as err:
+      if not self.data_path.exists():
+        raise errors.InputError(f'{folder}: cannot build the dataset there ({err.strerror})'
+                                ) from err
+      logging.info('%s: not writable (%s), no build lock taken', folder, err.strerror)
+      yield
+      return
+    with lock:
+      try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        lock.seek(0)
+        logging.warning('%s: waiting for the build of %s (%s) to finish', folder, self.version,
+                        lock.read().strip() or 'another process')
+        fcntl.flock(lock, fcntl.LOCK_EX)
+      lock.seek(0)
+      lock.truncate()
+      lock.write(f'pid {os.getpid()} on {socket.gethostname()}\n')
+      lock.flush()
+      for stale in folder.glob(f'{tfds.core.constants.INCOMPLETE_PREFIX}*_{self.version}'):
+        logging.warning('removing %s, left by a build that did not finish', stale)
+        shutil.rmtree(stale)
+      yield
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(builder=self, description=self.__doc__, features=features(),
@@ -149,7 +225,7 @@ class ConversationBuilder(tfds.core.GeneratorBasedBuilder):
       for session, (example, error) in zip(sessions, results):
         if error is not None:
           if not self.skip_bad:
-            raise ValueError(error)
+            raise errors.InputError(error)
           logging.warning('skipping conversation %s: %s', session, error)
           skipped.append({'session': session, 'error': error})
           continue
@@ -157,8 +233,8 @@ class ConversationBuilder(tfds.core.GeneratorBasedBuilder):
         index['durations'].append(len(example['audio']) / SAMPLE_RATE)
         yield session, example
     if not index['sessions']:
-      raise ValueError(f'{self.name}: split {split!r} has no conversations'
-                       + (f' (all {len(skipped)} failed to load)' if skipped else ''))
+      raise errors.InputError(f'{self.name}: split {split!r} has no conversations'
+                              + (f' (all {len(skipped)} failed to load)' if skipped else ''))
 
 
 def download_config() -> tfds.download.DownloadConfig:

@@ -65,6 +65,36 @@ def _write_json(path: pathlib.Path, value):
   path.write_text(json.dumps(value))
 
 
+def textgrid_text(tiers, *, xmax: float, short: bool = False) -> str:
+  """A Praat TextGrid in the long (Praat's default) or short text format. `tiers`: (name,
+  [(start, end, label), ...]) interval tiers, or (name, [(time, mark), ...], 'points') point
+  tiers; blank intervals are written as given (Praat's own files fill every gap)."""
+  def q(text):
+    return '"' + str(text).replace('"', '""') + '"'
+
+  if short:
+    lines = ['File type = "ooTextFile"', 'Object class = "TextGrid"', '', '0', f'{xmax:g}',
+             '<exists>', str(len(tiers))]
+    for name, items, *kind in tiers:
+      lines += [q('TextTier' if kind else 'IntervalTier'), q(name), '0', f'{xmax:g}',
+                str(len(items))]
+      lines += [q(v) if isinstance(v, str) else f'{v:g}' for item in items for v in item]
+    return '\n'.join(lines) + '\n'
+  lines = ['File type = "ooTextFile"', 'Object class = "TextGrid"', '', 'xmin = 0',
+           f'xmax = {xmax:g}', 'tiers? <exists>', f'size = {len(tiers)}', 'item []:']
+  for t, (name, items, *kind) in enumerate(tiers, 1):
+    what, fields = (('points', ('number', 'mark')) if kind else
+                    ('intervals', ('xmin', 'xmax', 'text')))
+    lines += [f'    item [{t}]:', f'        class = {q("TextTier" if kind else "IntervalTier")}',
+              f'        name = {q(name)}', '        xmin = 0', f'        xmax = {xmax:g}',
+              f'        {what}: size = {len(items)}']
+    for i, item in enumerate(items, 1):
+      lines.append(f'        {what} [{i}]:')
+      lines += [f'            {f} = {q(v) if isinstance(v, str) else f"{v:g}"}'
+                for f, v in zip(fields, item, strict=True)]
+  return '\n'.join(lines) + '\n'
+
+
 # ------------------------------------------------------------------------------------------------
 # Dialog folder: stereo wav at 44.1 kHz, a mono flac in a subfolder, two short 16 kHz wavs.
 

@@ -34,7 +34,7 @@ def read_audio(path, *, sample_rate: int = 16000) -> np.ndarray:
   if not os.path.isfile(path):
     raise AudioError(f'{path}: no such file')
   try:
-    with sf.SoundFile(path) as f:
+    with sf.SoundFile(os.fsencode(path)) as f:  # any file name's bytes
       declared, sr = f.frames, f.samplerate
       x = _decode(f, os.path.getsize(path))
   except RuntimeError as err:  # soundfile's LibsndfileError and friends

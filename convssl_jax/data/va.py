@@ -5,7 +5,6 @@ channel 0 = speaker A, channel 1 = speaker B, segments sorted and disjoint withi
 """
 
 import numbers
-import re
 import reprlib
 from collections.abc import Sequence
 
@@ -188,55 +187,6 @@ class VAHistory:
     total = activity.sum(-1)
     ratio = np.where(total > 0, activity[..., 0] / np.where(total > 0, total, 1.0), 0.5)
     return ratio.astype(np.float32)
-
-
-_TEXTGRID_TOKEN = re.compile(r'"((?:[^"]|"")*)"|(?<![\w\[])(-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)(?![\w\]])|(<exists>)')
-
-
-def textgrid_va_list(text: str, *, source: str) -> list[list[list[float]]]:
-  """A Praat TextGrid (long or short text format) -> a VA list: its first two interval tiers are
-  speakers A and B, and their intervals with non-blank text are the speech segments (adjacent
-  ones joined). Errors name `source` and what is wrong."""
-  # (is a string, value) in file order; "[n]" item indices and the long format's names dropped.
-  tokens = [(True, m[1].replace('""', '"')) if m[1] is not None else (False, m[2] or m[3])
-            for m in _TEXTGRID_TOKEN.finditer(re.sub(r'\[\s*\d*\s*\]', ' ', text))]
-  if [v for _, v in tokens[:2]] != ['ooTextFile', 'TextGrid']:
-    raise ValueError(f'{source}: not a Praat TextGrid text file (File type = "ooTextFile", '
-                     'Object class = "TextGrid")')
-  values = iter(tokens[2:])
-
-  def take(kind: str):
-    is_string, value = next(values, (None, None))
-    if is_string is None:
-      raise ValueError(f'{source}: TextGrid ends early (expected a {kind})')
-    if is_string != (kind == 'string'):
-      raise ValueError(f'{source}: TextGrid has {value!r} where a {kind} belongs')
-    return float(value) if kind == 'number' else value
-
-  take('number'), take('number')  # the grid's xmin, xmax
-  if take('flag') != '<exists>':
-    raise ValueError(f'{source}: the TextGrid has no tiers')
-  speakers = []
-  for _ in range(int(take('number'))):
-    kind, name = take('string'), take('string')
-    take('number'), take('number')
-    count = int(take('number'))
-    items = [(take('number'), take('number'), take('string')) if kind == 'IntervalTier'
-             else (take('number'), take('string')) for _ in range(count)]
-    if kind == 'IntervalTier' and len(speakers) < 2:
-      segments = []
-      for start, end, label in items:
-        if label.strip():
-          if segments and segments[-1][1] >= start:
-            segments[-1][1] = max(segments[-1][1], end)
-          else:
-            segments.append([start, end])
-      speakers.append(segments)
-  if len(speakers) != 2:
-    raise ValueError(f'{source}: expected two interval tiers (speaker A, speaker B), found '
-                     f'{len(speakers)}')
-  validate_va_list(speakers, source=source)
-  return speakers
 
 
 def _merge_words(words, min_gap: float) -> list[list[float]]:

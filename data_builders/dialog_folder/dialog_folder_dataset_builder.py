@@ -1,32 +1,45 @@
-"""A folder of your own two-speaker recordings, each with its VA list, as a TFDS builder.
+"""A folder of your own two-speaker recordings, each with its voice activity, as a TFDS builder.
 
 The folder is searched recursively for audio files (any format soundfile reads, any sample rate).
 A stereo file holds one speaker per channel (channel 0 = speaker A); a mono file gets a silent
-partner channel, as the reference does for monologues. Beside each `<stem>.<ext>` lies its VA list
-`<stem>.json` (`[[[start, end], ...], [[start, end], ...]]`, seconds) and optionally its words
-`<stem>.words.json` (`[[channel, start, end, word], ...]`). The session is the file stem.
+partner channel, as the reference does for monologues. Beside each `<stem>.<ext>` lies its VA:
+`<stem>.json` (a VA list `[[[start, end], ...], [[start, end], ...]]` in seconds, or predict's
+output JSON, whose `vad_list` is used) or `<stem>.TextGrid` (Praat; speaker tiers by name,
+`va_tiers`, or recognised: `convssl_jax.data.textgrid`), found by `va_files.read_va_beside`'s
+precedence; optionally its words `<stem>.words.json` (`[[channel, start, end, word], ...]`). The
+session is the file stem (non-UTF-8 bytes of a name written `\\xNN`).
 
 Splits: the session lists `train.txt`, `validation.txt`, `test.txt` at the folder's top (one stem
-a line) where any exists, else a seeded random split by the config's ratios. Audio is read at
-16 kHz, so F0 (pYIN) runs at 16 kHz whatever the file's rate.
+a line) where any exists, else a seeded random split by the config's ratios that gives every
+split with a positive ratio at least one session. Audio is read at 16 kHz, so F0 (pYIN) runs at
+16 kHz whatever the file's rate. The dataset records a fingerprint of its inputs (`fingerprint`);
+a build over an existing dataset whose files or options changed rebuilds it.
 """
 
 import dataclasses
 import functools
+import hashlib
+import json
 import math
 import pathlib
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
+from convssl_jax import errors
 from convssl_jax.data import audio as audio_lib
 from convssl_jax.data import json_file
+from convssl_jax.data import textgrid
+from convssl_jax.data import va_files
 from data_builders import conversation
 
 SPLITS = ('train', 'validation', 'test')
 AUDIO_SUFFIXES = ('.aif', '.aiff', '.au', '.caf', '.flac', '.mp3', '.ogg', '.opus', '.rf64',
                   '.w64', '.wav')
+# Shorter audio has no frame at 20 Hz, the slowest frame rate the models use.
+MIN_DURATION_S = 0.05
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -55,64 +68,73 @@ def read_words(path: pathlib.Path) -> list:
     return []
   entries = json_file.read_json(path)
   if not isinstance(entries, list):
-    raise ValueError(f'{path}: expected a list of [channel, start, end, word]')
+    raise errors.InputError(f'{path}: expected a list of [channel, start, end, word]')
   for i, entry in enumerate(entries):
     if not _is_word(entry):
-      raise ValueError(f'{path}: entry {i} {entry!r}: expected [channel (0 or 1), start, end, '
-                       'word] with 0 <= start <= end')
+      raise errors.InputError(f'{path}: entry {i} {entry!r}: expected [channel (0 or 1), start, '
+                              'end, word] with 0 <= start <= end')
   return entries
 
 
-def load_session(session: str, audio_path: pathlib.Path) -> dict:
-  """One recording with its VA list (and words) -> a stored example; ValueError if any is bad."""
-  va_path = audio_path.with_suffix('.json')
-  if not va_path.is_file():
-    raise ValueError(f'{audio_path}: its VA list {va_path.name} is missing')
-  va = json_file.read_json(va_path)
+def load_session(session: str, audio_path: pathlib.Path,
+                 va_tiers: Sequence[str] | None = None) -> dict:
+  """One recording with its VA (and words) -> a stored example; ValueError naming the file if
+  any is bad: no VA file, empty, too short, NaN or infinite audio, more than two channels."""
+  va, va_path = va_files.read_va_beside(audio_path, tiers=va_tiers)
   words = read_words(audio_path.with_suffix('.words.json'))
-  audio = audio_lib.read_audio(audio_path, sample_rate=conversation.SAMPLE_RATE)
-  if audio.shape[1] > 2:
-    raise ValueError(f'{audio_path}: {audio.shape[1]} channels; expected mono or stereo')
+  audio = audio_lib.read_stereo(audio_path, sample_rate=conversation.SAMPLE_RATE)
+  if len(audio) < MIN_DURATION_S * conversation.SAMPLE_RATE:
+    raise audio_lib.AudioError(f'{audio_path}: {len(audio) / conversation.SAMPLE_RATE:.3f} s of '
+                               f'audio, shorter than a dialog can be ({MIN_DURATION_S} s)')
   return conversation.conversation(
       session=session, dataset='dialog_folder', audio=audio, sample_rate=conversation.SAMPLE_RATE,
       va=va, source=str(va_path), words=words)
 
 
 def find_audio(root: pathlib.Path) -> dict[str, pathlib.Path]:
-  """Session (file stem) -> path of every audio file under `root`; stems must be unique."""
+  """Session (file stem, `printable`) -> path of every audio file under `root`; stems must be
+  unique."""
   found = {}
   for path in sorted(root.rglob('*')):
     if path.suffix.lower() not in AUDIO_SUFFIXES or path.is_dir():
       continue
-    if path.stem in found:
-      raise ValueError(f'{path}: session {path.stem!r} is also {found[path.stem]}; audio file '
-                       'names (without extension) must be unique')
-    found[path.stem] = path
+    session = conversation.printable(path.stem)
+    if session in found:
+      raise errors.InputError(conversation.printable(
+          f'{path}: session {session!r} is also {found[session]}; audio file names (without '
+          'extension) must be unique'))
+    found[session] = path
   return found
+
+
+def _split_list_paths(root: pathlib.Path) -> dict[str, pathlib.Path]:
+  return {split: root / f'{split}.txt' for split in SPLITS}
 
 
 def read_split_lists(root: pathlib.Path, sessions) -> dict[str, list[str]] | None:
   """Each split's sessions from `<split>.txt` at the folder's top; None when there are no lists.
 
+  A line is a session name as `find_audio` gives it (a non-UTF-8 name raw or `\\xNN`-escaped).
   A listed session without audio, or one listed twice, is an error naming the list and line;
   sessions that no list names are left out (and logged).
   """
-  paths = {split: root / f'{split}.txt' for split in SPLITS}
+  paths = _split_list_paths(root)
   if not any(path.exists() for path in paths.values()):
     return None
   splits, listed = {}, {}
   for split, path in paths.items():
-    lines = path.read_text().splitlines() if path.exists() else []
+    text = path.read_bytes().decode('utf-8', 'surrogateescape') if path.exists() else ''
     splits[split] = []
-    for number, line in enumerate(lines, 1):
-      session = line.strip()
+    for number, line in enumerate(text.splitlines(), 1):
+      session = conversation.printable(line.strip())
       if not session:
         continue
       if session not in sessions:
-        raise ValueError(f'{path}:{number}: session {session!r} has no audio file under {root}')
+        raise errors.InputError(f'{path}:{number}: session {session!r} has no audio file under '
+                                f'{root}')
       if session in listed:
-        raise ValueError(f'{path}:{number}: session {session!r} is already listed in '
-                         f'{listed[session]}')
+        raise errors.InputError(f'{path}:{number}: session {session!r} is already listed in '
+                                f'{listed[session]}')
       listed[session] = f'{path.name}:{number}'
       splits[split].append(session)
   unlisted = sorted(set(sessions) - set(listed))
@@ -121,46 +143,153 @@ def read_split_lists(root: pathlib.Path, sessions) -> dict[str, list[str]] | Non
   return splits
 
 
-def ratio_split(sessions: list[str], ratios, seed: int) -> dict[str, list[str]]:
-  """A seeded random split of `sessions` by (train, validation, test) ratios, each split sorted."""
+def split_sizes(n: int, ratios) -> list[int]:
+  """Sessions per split: the largest-remainder rounding of n x ratios, then each split with a
+  positive ratio raised to at least one session, taken from the largest. InputError when n is
+  smaller than the number of such splits (ValueError for ratios that are not ratios)."""
   ratios = np.asarray(ratios, np.float64)
   if ratios.shape != (3,) or (ratios < 0).any() or not np.isclose(ratios.sum(), 1.0):
     raise ValueError(f'ratios must be 3 non-negative numbers summing to 1, got {ratios.tolist()}')
+  wanted = int((ratios > 0).sum())
+  if n < wanted:
+    raise errors.InputError(f'{n} session{"s" * (n != 1)} cannot give each of the {wanted} splits '
+                            'with a positive ratio one')
+  target = ratios / ratios.sum() * n
+  sizes = np.floor(target).astype(int)
+  remainder_order = np.argsort(-(target - sizes), kind='stable')
+  sizes[remainder_order[:n - sizes.sum()]] += 1
+  for i in np.flatnonzero((ratios > 0) & (sizes == 0)):
+    sizes[np.argmax(sizes)] -= 1
+    sizes[i] = 1
+  return sizes.tolist()
+
+
+def ratio_split(sessions: list[str], ratios, seed: int) -> dict[str, list[str]]:
+  """A seeded random split of `sessions` by (train, validation, test) ratios (`split_sizes`),
+  each split sorted."""
+  sizes = split_sizes(len(sessions), ratios)
   order = np.random.default_rng(seed).permutation(len(sessions))
-  bounds = np.round(np.cumsum(ratios)[:2] * len(sessions)).astype(int)
-  chunks = np.split(order, bounds)
+  chunks = np.split(order, np.cumsum(sizes)[:2])
   return {split: sorted(sessions[i] for i in chunk)
           for split, chunk in zip(SPLITS, chunks, strict=True)}
 
 
-class DialogFolder(conversation.ConversationBuilder):
-  """Your own two-speaker recordings with their VA lists (see data_builders/README.md)."""
+def fingerprint(root: pathlib.Path, audio: dict[str, pathlib.Path], options: dict) -> dict:
+  """What a built dataset depends on: each audio file and the VA/words files beside it, by path
+  in the folder, size and modification time (the way `make` decides), the split lists by content,
+  and the builder's options. Not the folder's own path: the same files reached another way (a
+  moved folder, another mount) are the same dataset. JSON-ready."""
+  files = {}
+  for path in audio.values():
+    neighbours = [path.with_suffix(s) for s in ('.json', '.words.json',
+                                                *va_files.TEXTGRID_SUFFIXES)]
+    for p in [path] + [p for p in neighbours if p.is_file()]:
+      try:
+        stat = p.stat()
+      except OSError:  # a dangling link: loading it fails, naming it
+        stat = None
+      files[conversation.printable(str(p.relative_to(root)))] = (
+          stat and [stat.st_size, stat.st_mtime_ns])
+  for path in _split_list_paths(root).values():
+    if path.is_file():
+      files[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+  return {'options': options, 'files': dict(sorted(files.items()))}
 
-  VERSION = tfds.core.Version('1.0.0')
+
+def _changes(old: dict, new: dict) -> str:
+  """What differs between two fingerprints, briefly."""
+  if old.get('options') != new['options']:
+    return f'its options were {old.get("options")}, now {new["options"]}'
+  before, after = old.get('files', {}), new['files']
+  parts = []
+  for what, names in (('added', after.keys() - before.keys()),
+                      ('removed', before.keys() - after.keys()),
+                      ('changed', {n for n in after.keys() & before.keys()
+                                   if after[n] != before[n]})):
+    if names:
+      shown = sorted(names)
+      parts.append(f'{len(shown)} file{"s" * (len(shown) > 1)} {what} '
+                   f'({", ".join(shown[:3])}{", ..." if len(shown) > 3 else ""})')
+  return 'the folder changed: ' + '; '.join(parts)
+
+
+class DialogFolder(conversation.ConversationBuilder):
+  """Your own two-speaker recordings with their voice activity (see data_builders/README.md).
+
+  `va_tiers`: the TextGrid tiers of speakers A and B (`textgrid.parse_tiers`: 'A_TIER,B_TIER' or
+  a pair of names); None recognises them in each file (`textgrid.choose`).
+  """
+
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+      '1.1.0': 'TextGrids and predict\'s JSON beside the audio; every split gets a session (3 or '
+               'more); empty, NaN and sub-frame audio refused; non-UTF-8 names; a changed folder '
+               'is rebuilt (input fingerprint)',
+      '1.0.0': 'Audio files with VA-list JSON beside them.',
+  }
   BUILDER_CONFIGS = [DialogFolderConfig(name='default')]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   A folder (searched recursively) of audio files, one conversation each (stereo: channel 0 =
-  speaker A, channel 1 = speaker B; mono: a single speaker), each with its VA list beside it:
+  speaker A, channel 1 = speaker B; mono: a single speaker), each with its VA beside it:
     <stem>.wav|.flac|...   any sample rate
     <stem>.json            [[[start, end], ...], [[start, end], ...]] seconds, per channel
+                           (or predict's output JSON: its "vad_list")
+    <stem>.TextGrid        or a Praat TextGrid: one interval tier per speaker (or MFA's tiers)
     <stem>.words.json      optional: [[channel, start, end, word], ...]
   Optional split lists at the top: train.txt, validation.txt, test.txt (one stem a line).
   """
+
+  def __init__(self, *, va_tiers: str | Sequence[str] | None = None, **kwargs):
+    self.va_tiers = textgrid.parse_tiers(va_tiers)
+    super().__init__(**kwargs)
+
+  def _options(self) -> dict:
+    """The builder's options that shape the dataset, as the fingerprint records them."""
+    config = self.builder_config
+    return {'version': str(self.version), 'ratios': list(config.ratios), 'seed': config.seed,
+            'va_tiers': list(self.va_tiers) if self.va_tiers else None}
+
+  def _changed_since_built(self, manual_dir, metadata: dict) -> str | None:
+    if manual_dir is None:
+      logging.warning('%s: no folder given (manual_dir), so the dataset is used as built, '
+                      'unchecked', self.data_dir)
+      return None
+    root = pathlib.Path(manual_dir)
+    if not root.is_dir():
+      raise errors.InputError(f'{root}: no such folder (the dialog_folder dataset at '
+                              f'{self.data_dir} was built from it); give the folder, or no '
+                              'manual_dir to use the dataset as built')
+    old = metadata.get('fingerprint')
+    new = json.loads(json.dumps(fingerprint(root, find_audio(root), self._options())))
+    if old is None:
+      return 'it has no fingerprint of its inputs'
+    if old != new:
+      return _changes(old, new)
+    skipped = sum(len(v) for v in metadata.get('skipped', {}).values())
+    if skipped and not self.skip_bad:
+      return f'it left out {skipped} sessions that failed to load, and skip_bad is off now'
+    return None
 
   def _split_generators(self, dl_manager):
     root = pathlib.Path(dl_manager.manual_dir)
     audio = find_audio(root)
     if not audio:
-      raise ValueError(f'{root}: no audio files ({" ".join(AUDIO_SUFFIXES)}) found')
-    config = self.builder_config
-    splits = read_split_lists(root, audio) or ratio_split(sorted(audio), config.ratios,
-                                                          config.seed)
+      raise errors.InputError(f'{root}: no audio files ({" ".join(AUDIO_SUFFIXES)}) found')
+    self.info.metadata['fingerprint'] = fingerprint(root, audio, self._options())  # before reading
+    splits = read_split_lists(root, audio)
+    if splits is None:
+      try:
+        splits = ratio_split(sorted(audio), self.builder_config.ratios, self.builder_config.seed)
+      except errors.InputError as err:
+        raise errors.InputError(
+            f'{root}: {err}; add sessions, or name each split\'s sessions in train.txt, '
+            'validation.txt, test.txt there (a split without a list is left out)') from err
     for split in [s for s, sessions in splits.items() if not sessions]:
       logging.warning('split %s has no sessions; it is left out', split)
     return {split: self._generate_examples(split, [(s, audio[s]) for s in sessions])
             for split, sessions in splits.items() if sessions}
 
   def _generate_examples(self, split: str, sessions: list[tuple[str, pathlib.Path]]):
-    loaders = ((session, functools.partial(load_session, session, path))
+    loaders = ((session, functools.partial(load_session, session, path, self.va_tiers))
                for session, path in sessions)
     yield from self._conversations(split, loaders)
