@@ -65,15 +65,15 @@ def test_no_va_file_beside_the_audio_names_both_choices(tmp_path):
 
 
 @pytest.mark.parametrize('text, message', [
-    ('[' * 100_000 + ']' * 100_000, 'RecursionError'),  # deeper than the parser's recursion
-    ('[[[0, 1' + '0' * 5000 + ']], []]', 'ValueError: Exceeds the limit'),  # int too long
-    ('[[0, 1', 'JSONDecodeError'),
-    (b'\xff\xfe[', 'UnicodeDecodeError'),
+    ('[' * 100_000 + ']' * 100_000, 'not a usable JSON file: nested too deeply'),
+    ('[[[0, 1' + '0' * 5000 + ']], []]', 'not a usable JSON file: an integer of 5001 digits'),
+    ('[[0, 1', 'not valid JSON'),
+    (b'\xff\xfe[', 'not valid JSON'),
 ])
 def test_json_that_cannot_be_parsed_is_refused_naming_the_file(tmp_path, text, message):
   path = tmp_path / 'va.json'
   path.write_bytes(text if isinstance(text, bytes) else text.encode())
-  with pytest.raises(errors.InputError, match=f'^{path}: not valid JSON \\({message}'):
+  with pytest.raises(errors.InputError, match=f'^{path}: {message}'):
     va_files.read_va_file(path)
 
 

@@ -20,16 +20,22 @@ MAX_INT_DIGITS = 30
 def read_bytes(path, *, max_bytes: int = MAX_BYTES) -> bytes:
   """A regular file's content, refused (InputError naming it) when missing, not a regular file
   (a FIFO or /dev/zero would be read without end) or larger than `max_bytes`."""
+  too_large = errors.InputError(f'{path}: larger than {max_bytes >> 20} MB, the most such an '
+                                'input may hold')
   try:
     if not stat.S_ISREG(os.stat(path).st_mode):
       raise errors.InputError(f'{path}: not a regular file')
     with open(path, 'rb') as f:
-      data = f.read(max_bytes + 1)
+      size = os.fstat(f.fileno()).st_size
+      if size > max_bytes:
+        raise too_large
+      data = f.read(size + 1)  # (a buffer of the read's size is allocated up front)
+  except FileNotFoundError:
+    raise errors.InputError(f'{path}: no such file') from None
   except OSError as err:
     raise errors.InputError(f'{path}: cannot read ({err.strerror})') from err
-  if len(data) > max_bytes:
-    raise errors.InputError(f'{path}: larger than {max_bytes >> 20} MB, the most a JSON input '
-                            'may hold')
+  if len(data) > size:  # it grew while we read it
+    raise errors.InputError(f'{path}: changed while it was read')
   return data
 
 
