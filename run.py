@@ -8,7 +8,8 @@ Modes:
             events, with the VA-only baseline (trained first if needed) and the trivial rules;
             writes workdir/eval/<split>/{metrics.json,table.md,*.png} and prints the tables.
   predict   per-frame curves of a trained model for --audio (a file or a folder; --va for a VA
-            list): JSON, CSV and a PNG per file in --output.
+            list): JSON, CSV, a PNG and an interactive HTML page per file in --output (a folder
+            also gets index.html).
   stream    the trained model live (inference.Streamer, 20 ms hops): --audio=FILE paced in real
             time (--nopace: as fast as possible), --audio=- for raw 16-bit stereo PCM at 16 kHz
             on stdin, --audio=mic for a 2-channel input device (needs sounddevice); prints a
@@ -153,6 +154,7 @@ def predict(config) -> None:
 
   from convssl_jax import evaluate as evaluate_lib
   from convssl_jax import predict as predict_lib
+  from convssl_jax import viewer
 
   if not FLAGS.audio:
     raise app.UsageError('--mode=predict needs --audio=FILE_OR_FOLDER')
@@ -163,13 +165,21 @@ def predict(config) -> None:
   trainer, config, source = _model(config)
   output = pathlib.Path(FLAGS.output or pathlib.Path(FLAGS.workdir) / 'predictions')
   print(f'model: {source}')
+  m = config.model
+  legend = {'model': f'{m.kind} VAP, {m.encoder.name} encoder, {m.vap.head} head, dim {m.dim}, '
+                     f'{m.frame_hz} Hz', 'checkpoint': source}
+  pages = []
   for path in files:
     predict_lib.notice_rate(path)
     result = predict_lib.predict_file(trainer, config, path, va_list)
-    written = predict_lib.write(result, output, path.stem)
+    written = predict_lib.write(result, output, path.stem, audio=path,
+                                legend={'file': path, **legend})
+    pages.append(viewer.index_entry(written[-1], result))
     events = predict_lib.event_list(result['events'], config.model.frame_hz)
     print(f'{path}: {len(result["va"])} frames, {len(events)} events -> '
           + ', '.join(map(str, written)))
+  if pathlib.Path(FLAGS.audio).is_dir():
+    print(f'index: {viewer.write_index(pages, output / "index.html")}')
 
 
 def _model(config):
@@ -265,9 +275,12 @@ def stream(config) -> None:
     outputs = result['outputs']
     frames = len(next(iter(outputs.values())))
     heard = np.zeros((frames, 2), np.float32) if va is None else va[:frames]
-    stem = 'stream' if FLAGS.audio in ('-', 'mic') else pathlib.Path(FLAGS.audio).stem
+    live_input = FLAGS.audio in ('-', 'mic')
+    stem = 'stream' if live_input else pathlib.Path(FLAGS.audio).stem
     written = predict_lib.write({'frame_hz': frame_hz, 'va': heard, 'events': {}, **outputs},
-                                FLAGS.output, stem)
+                                FLAGS.output, stem, audio=None if live_input else FLAGS.audio,
+                                legend={'checkpoint': source, **({} if live_input else
+                                                                 {'file': FLAGS.audio})})
     print('written: ' + ', '.join(map(str, written)), file=sys.stderr)
 
 

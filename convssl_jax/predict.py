@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from convssl_jax import evaluate, plots
+from convssl_jax import evaluate, plots, viewer
 from convssl_jax.data import audio as audio_lib
 from convssl_jax.data import pipeline
 from convssl_jax.data import va as va_lib
@@ -144,9 +144,11 @@ def vad_va_list(vad: np.ndarray, frame_hz: int, fill_s: float = 0.02, omit_s: fl
   return va_list
 
 
-def write(result: dict[str, Any], directory, stem: str) -> list[pathlib.Path]:
-  """`<stem>.json` (curves, events, the model's VAD as a VA list), `<stem>.csv` (a row per frame)
-  and `<stem>.png`."""
+def write(result: dict[str, Any], directory, stem: str, *, audio=None,
+          legend: dict[str, Any] | None = None) -> list[pathlib.Path]:
+  """`<stem>.json` (curves, events, the model's VAD as a VA list), `<stem>.csv` (a row per frame),
+  `<stem>.png` and `<stem>.html` (the interactive page: `viewer.write_html`, playing `audio`,
+  naming `legend`'s file, model and checkpoint)."""
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   hz = result['frame_hz']
@@ -168,4 +170,5 @@ def write(result: dict[str, Any], directory, stem: str) -> list[pathlib.Path]:
   curves = {k: result[k] for k in (*CURVES, 'envelope') if k in result}
   plots.excerpt({**curves, 'va': va.astype(np.float32)}, result['events'], frame_hz=hz,
                 seconds=len(time) / hz, path=paths[2])
+  paths.append(viewer.write_html(result, directory / f'{stem}.html', audio=audio, legend=legend))
   return paths
