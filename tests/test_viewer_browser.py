@@ -166,3 +166,39 @@ def test_an_hour_of_frames_opens_and_zooms(chromium, tmp_path):
       'viewer.plot.draw(); return [viewer.plot.view.span, viewer.plot.draws]')
   assert span == pytest.approx(3600 / 64) and draws >= 2
   assert browser.console_errors(chromium) == []
+
+
+def test_the_drawing_puts_each_frame_where_its_time_and_value_are(chromium, page):
+  """Pixels of the drawn page: speaker A's VA bar is filled exactly where A speaks, and the
+  p_now(A) curve passes through its value at any instant."""
+  path, result = page
+  open_page(chromium, path)
+  chromium.execute_script('viewer.plot.setView(1, 8); viewer.plot.draw()')
+  va, p_now, p_future = result['va'][:, 0], result['p_now'][:, 0], result['p_future'][:, 0]
+  # Instants well inside a run of A's VA (either way) where p_future(A), drawn over p_now(A), is
+  # at least 10 pixels away from it.
+  frames = [f for f in range(60, 440, 7) if va[f - 3:f + 4].min() == va[f - 3:f + 4].max()
+            and abs(p_now[f] - p_future[f]) * 90 > 10]
+  assert len(frames) >= 10
+  samples = chromium.execute_script('''
+      const plot = viewer.plot, ctx = plot.base.getContext('2d'), out = [];
+      const lane = label => {
+        let top = 0;
+        for (const l of plot.lanes) { if (l.label === label) return [top, l]; top += l.height; }
+      };
+      const [vaTop, vaLane] = lane('voice activity'), [curveTop, curveLane] = lane('next speaker');
+      for (const f of arguments[0]) {
+        const x = Math.round(plot.xAt((f + 0.5) / 50));
+        const bar = ctx.getImageData(x, Math.round(vaTop + vaLane.height / 4), 1, 1).data;
+        const column = ctx.getImageData(x, curveTop, 1, curveLane.height).data;
+        out.push([Array.from(bar.slice(0, 4)), Array.from(column)]);
+      }
+      return [out, curveTop, curveLane.height];''', frames)
+  blue = (0x1f, 0x77, 0xb4)  # speaker A, p_now(A)
+  rows, _, height = samples
+  for f, (bar, column) in zip(frames, rows):
+    assert (tuple(bar[:3]) == blue and bar[3] == 255) == bool(va[f]), f
+    pixels = np.array(column).reshape(height, 4)
+    near_blue = np.flatnonzero((np.abs(pixels[:, :3] - blue).sum(1) < 60) & (pixels[:, 3] > 128))
+    expected_y = 3 + (1 - round(p_now[f] * 255) / 255) * (height - 6)
+    assert near_blue.size and np.abs(near_blue - expected_y).min() <= 2, (f, expected_y)

@@ -66,8 +66,10 @@ const ConvsslPlot = (() => {
   const NICE_STEPS = [0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900,
                       1800, 3600, 7200];
 
+  // t seconds as "12.3 s", "4:05.6" or "1:02:03", with the decimals that `step` needs.
   function clock(t, step) {
     const digits = step < 0.1 ? 2 : step < 1 ? 1 : 0;
+    t = Math.round(t * 10 ** digits) / 10 ** digits;
     const h = Math.floor(t / 3600), m = Math.floor((t % 3600) / 60), s = t % 60;
     const sec = s.toFixed(digits).padStart(digits ? digits + 3 : 2, '0');
     if (h) return `${h}:${String(m).padStart(2, '0')}:${sec}`;
@@ -76,9 +78,9 @@ const ConvsslPlot = (() => {
 
   class Plot {
     // container: an empty element; options: {frameHz, lanes, margin, minSpan, onSeek, onHover}.
-    // A lane: {kind, label, height, ...}: 'wave' {series: [a, b], colors}; 'bars' {rows: [{label,
-    // color, series: [..] (split the row's height), tags: [..] (drawn in runs wide enough)}]};
-    // 'curves' {lines: [{series, color, label}], guide (a y value to mark), top, bottom}.
+    // A lane: {kind, label, height, ...}: 'wave' {series: [a, b], colors, top, bottom}; 'bars'
+    // {rows: [{label, color, series: [..] (one above the other in the row)}]}; 'curves' {lines:
+    // [{series, color, label}], guide (a value in [0, 1] to mark), top, bottom (axis labels)}.
     constructor(container, options) {
       this.frameHz = options.frameHz;
       this.lanes = options.lanes;
@@ -98,7 +100,6 @@ const ConvsslPlot = (() => {
       this.base = this._canvas(container);
       this.overlay = this._canvas(container);
       this.overlay.style.cursor = 'crosshair';
-      this.overlay.tabIndex = 0;
       this._listen();
       new ResizeObserver(() => this._resize()).observe(container);
       this._resize();
@@ -221,20 +222,13 @@ const ConvsslPlot = (() => {
         row.series.forEach((series, i) => {
           const y = top + r * rowHeight + 1.5 + i * part;
           const {first, end, max, x} = this._bins(series, level);
-          const tag = row.tags && row.tags[i];
-          const tagWidth = tag ? ctx.measureText(tag).width + 4 : 0;
+          ctx.fillStyle = row.color;
           let runStart = -1;
           for (let b = first; b <= end; b++) {
             const on = b < end && max[b] >= ON;
             if (on && runStart < 0) runStart = b;
             if (!on && runStart >= 0) {
-              const x0 = x(runStart), w = Math.max(x(b) - x0, 1);
-              ctx.fillStyle = row.color;
-              ctx.fillRect(x0, y, w, part - 1);
-              if (tag && w > tagWidth && part >= 9) {
-                ctx.fillStyle = '#fff';
-                ctx.fillText(tag, x0 + 2, y + part / 2);
-              }
+              ctx.fillRect(x(runStart), y, Math.max(x(b) - x(runStart), 1), part - 1);
               runStart = -1;
             }
           }
@@ -252,18 +246,32 @@ const ConvsslPlot = (() => {
         ctx.lineTo(this.left + this.width, y(lane.guide * 255));
         ctx.stroke();
       }
-      ctx.lineWidth = 1.25;
       for (const line of lane.lines) {
         const {first, end, min, max, x, binWidth} = this._bins(line.series, level);
+        const center = b => x(b) + binWidth / 2;
         ctx.beginPath();
-        for (let b = first; b < end; b++) {
-          const xc = x(b) + binWidth / 2;
-          if (b === first) ctx.moveTo(xc, y(max[b]));
-          ctx.lineTo(xc, y(max[b]));
-          if (min[b] !== max[b]) ctx.lineTo(xc, y(min[b]));
+        if (binWidth * this.ratio > 2) {  // frames wider than 2 pixels: a line through them
+          for (let b = first; b < end; b++) ctx.lineTo(center(b), y(max[b]));
+          ctx.lineWidth = 1.25;
+          ctx.strokeStyle = line.color;
+          ctx.stroke();
+          continue;
         }
-        ctx.strokeStyle = line.color;
-        ctx.stroke();
+        // Narrower: one filled polygon of axis-aligned steps over each bin's [min, max], widened
+        // to meet the previous bin's (a jump stays joined). Software rasterization takes several
+        // times longer for a stroked zigzag through the bins, or a polygon of slanted edges.
+        for (let b = first; b < end; b++) {
+          const top = y(b > first ? Math.max(max[b], min[b - 1]) : max[b]) - 0.6;
+          ctx.lineTo(x(b), top);
+          ctx.lineTo(x(b + 1), top);
+        }
+        for (let b = end - 1; b >= first; b--) {
+          const bottom = y(b > first ? Math.min(min[b], max[b - 1]) : min[b]) + 0.6;
+          ctx.lineTo(x(b + 1), bottom);
+          ctx.lineTo(x(b), bottom);
+        }
+        ctx.fillStyle = line.color;
+        ctx.fill();
       }
       // The lines' names, top right.
       let right = this.left + this.width - 4;
@@ -306,7 +314,8 @@ const ConvsslPlot = (() => {
         const x = Math.round(this.xAt(t)) + 0.5;
         ctx.moveTo(x, top);
         ctx.lineTo(x, top + 4);
-        ctx.fillText(clock(t, step), x, top + 13);
+        const label = clock(t, step), half = ctx.measureText(label).width / 2;
+        ctx.fillText(label, Math.min(x, this.base.clientWidth - half - 1), top + 13);
       }
       ctx.stroke();
       ctx.textAlign = 'left';

@@ -48,7 +48,7 @@
     if (meta.events.length) {
       out.push({kind: 'bars', label: 'events', height: 15 * meta.events.length + 4,
                 rows: meta.events.map(name => ({
-                  label: name, color: EVENT_COLORS[name] || '#7f7f7f', tags: ['A', 'B'],
+                  label: name, color: EVENT_COLORS[name] || '#7f7f7f',
                   series: [series[`${name}_A`], series[`${name}_B`]]}))});
     }
     const next = Object.keys(NEXT).filter(k => series[`${k}_A`]);
@@ -126,7 +126,8 @@
     $('zoom-out').addEventListener('click', () => plot.zoom(2));
     $('zoom-all').addEventListener('click', () => plot.setView(0, plot.duration()));
     document.addEventListener('keydown', e => {
-      if (e.target.tagName === 'INPUT' || e.ctrlKey || e.metaKey || e.altKey) return;
+      // Buttons, the checkbox and the audio controls keep their own keys.
+      if (e.target.closest('input, button, audio') || e.ctrlKey || e.metaKey || e.altKey) return;
       const span = plot.view.span;
       const keys = {' ': play, '+': () => plot.zoom(0.5), '=': () => plot.zoom(0.5),
                     '-': () => plot.zoom(2), ArrowLeft: () => plot.scroll(-span / 4),
