@@ -165,6 +165,8 @@ def main(_):
     raise app.UsageError(reason)
   with tempfile.TemporaryDirectory(prefix='viewer-bench-') as tmp:
     if FLAGS.screenshot:
+      if not pathlib.Path(FLAGS.screenshot).is_file():
+        raise app.UsageError(f'--screenshot={FLAGS.screenshot}: no such page')
       screenshot(pathlib.Path(FLAGS.screenshot), pathlib.Path(FLAGS.png), pathlib.Path(tmp))
       return
     results.record('viewer', benchmark(pathlib.Path(tmp)), packages=('selenium', 'numpy'))

@@ -14,7 +14,6 @@ on a recording of hours. The audio is embedded when small and referenced beside 
 import base64
 import gzip
 import html
-import io
 import json
 import os
 import pathlib
@@ -27,15 +26,15 @@ import numpy as np
 import soundfile as sf
 
 from convssl_jax.data import audio as audio_lib
-from convssl_jax.data.pipeline import SAMPLE_RATE
 
 WEB = pathlib.Path(__file__).parent / 'web'
 # Audio up to this size is embedded in the page (a data: URI, 4/3 its size as base64): the page
-# alone is then enough. Larger audio (> ~8 min of 16 kHz stereo WAV) is referenced by its path
-# relative to the page, so the page stays quick to open and the two move together.
+# alone is then enough (4.4 min of 16 kHz stereo 16-bit WAV; longer compressed). Larger audio is
+# referenced by its path relative to the page, so the page stays quick to open; the two move
+# together.
 EMBED_MAX_BYTES = 16 * 2**20
 # What browsers play (Chromium, Firefox, Safari), by soundfile's format and subtype; other audio
-# (SPHERE, AIFF, u-law WAV ...) gets a 16 kHz FLAC copy.
+# (SPHERE, AIFF, u-law WAV ...) gets a FLAC copy.
 BROWSER_AUDIO = {'WAV': ('audio/wav', {'PCM_U8', 'PCM_16', 'PCM_24', 'PCM_32', 'FLOAT'}),
                  'FLAC': ('audio/flac', None), 'OGG': ('audio/ogg', {'VORBIS', 'OPUS'}),
                  'MP3': ('audio/mpeg', None)}
@@ -96,25 +95,37 @@ def _relative_url(target: pathlib.Path, page: pathlib.Path) -> str:
 def audio_source(audio, page, embed_max_bytes: int = EMBED_MAX_BYTES) -> tuple[str, str]:
   """(src, description) of `audio` for the page at `page`: the file's bytes as a data: URI when
   a browser plays its format and it is at most `embed_max_bytes`, else its path relative to the
-  page. Audio browsers do not play (SPHERE, AIFF ...) becomes 16 kHz 16-bit FLAC, embedded by the
-  same rule or written beside the page as `<page stem>.flac`."""
-  audio, page = pathlib.Path(audio), pathlib.Path(page)
-  mime = _browser_mime(audio)
-  if mime:
-    size = audio.stat().st_size
-    if size <= embed_max_bytes:
-      return _data_uri(audio.read_bytes(), mime), f'{audio.name} (embedded)'
-    return (_relative_url(audio, page),
-            f'{audio} (beside the page: {size / 2**20:.0f} MB > {embed_max_bytes / 2**20:g} MB)')
-  buffer = io.BytesIO()
-  sf.write(buffer, audio_lib.read_stereo(audio, sample_rate=SAMPLE_RATE), SAMPLE_RATE,
-           format='FLAC', subtype='PCM_16')
-  data = buffer.getvalue()
-  if len(data) <= embed_max_bytes:
-    return _data_uri(data, 'audio/flac'), f'{audio.name} (embedded as 16 kHz FLAC)'
-  copy = page.with_suffix('.flac')
-  copy.write_bytes(data)
-  return _relative_url(copy, page), f'{audio} as {copy} (16 kHz FLAC beside the page)'
+  page. Audio browsers do not play (SPHERE, AIFF ...) is first copied to 16-bit FLAC at its own
+  rate, `<page stem>.viewer.flac` beside the page, which the same rule embeds (and deletes) or
+  references. Memory stays bounded whatever the recording's length: the copy is made block by
+  block, and only audio up to `embed_max_bytes` is read whole."""
+  source, page = pathlib.Path(audio), pathlib.Path(page)
+  path, mime = source, _browser_mime(source)
+  if mime is None:
+    path, mime = _flac_copy(source, page.with_suffix('.viewer.flac')), 'audio/flac'
+  how = '' if path == source else ' as FLAC'
+  size = path.stat().st_size
+  if size <= embed_max_bytes:
+    data = _data_uri(path.read_bytes(), mime)
+    if path != source:
+      path.unlink()
+    return data, f'{source.name} (embedded{how})'
+  return (_relative_url(path, page),
+          f'{source}{how} (beside the page: {size / 2**20:.0f} MB, over the '
+          f'{embed_max_bytes / 2**20:g} MB embedded at most)')
+
+
+def _flac_copy(source: pathlib.Path, target: pathlib.Path) -> pathlib.Path:
+  """`source` as 16-bit FLAC at `target`, a block at a time."""
+  try:
+    with sf.SoundFile(str(source)) as f, sf.SoundFile(
+        str(target), 'w', f.samplerate, f.channels, 'PCM_16', format='FLAC') as out:
+      for block in f.blocks(blocksize=2**16, dtype='int16'):
+        out.write(block)
+  except (RuntimeError, OSError) as err:  # soundfile's LibsndfileError and friends
+    target.unlink(missing_ok=True)
+    raise audio_lib.AudioError(f'{source}: cannot decode audio ({err})') from err
+  return target
 
 
 def _data_uri(data: bytes, mime: str) -> str:
@@ -127,9 +138,10 @@ def _clock(seconds: float) -> str:
   return f'{hours}:{minutes:02d}:{s:02d}' if hours else f'{minutes}:{s:02d}'
 
 
-def _page(template: str, **values: str) -> str:
-  return string.Template((WEB / template).read_text()).substitute(
-      style=(WEB / 'viewer.css').read_text(), **values)
+def _page(title: str, body: str) -> str:
+  """An HTML page (web/page.html) with the viewer's style, `title` (text) and `body` (HTML)."""
+  return string.Template((WEB / 'page.html').read_text()).substitute(
+      title=html.escape(title), style=(WEB / 'viewer.css').read_text(), body=body)
 
 
 def write_html(result: Mapping[str, Any], path, *, audio=None,
@@ -148,15 +160,14 @@ def write_html(result: Mapping[str, Any], path, *, audio=None,
   legend.update(frames=f'{frames} at {hz} Hz ({_clock(frames / hz)})', audio=described)
   packed = gzip.compress(b''.join(v.tobytes() for v in by_name.values()), 6, mtime=0)
   meta = {'frame_hz': hz, 'frames': frames, 'tracks': list(by_name), **layout}
-  path.write_text(_page(
-      'viewer.html', title=html.escape(title),
+  body = string.Template((WEB / 'viewer.html').read_text()).substitute(
       legend='\n'.join(f'<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>'
                        for k, v in legend.items()),
       audio_src=f' src="{html.escape(src)}"' if src else '',
       meta=json.dumps(meta).replace('</', '<\\/'),
       frames=base64.encodebytes(packed).decode('ascii'),
-      plot_js=(WEB / 'plot.js').read_text(), viewer_js=(WEB / 'viewer.js').read_text()),
-      encoding='utf-8')
+      plot_js=(WEB / 'plot.js').read_text(), viewer_js=(WEB / 'viewer.js').read_text())
+  path.write_text(_page(title, body), encoding='utf-8')
   return path
 
 
@@ -184,9 +195,11 @@ def write_index(entries: Iterable[Mapping[str, Any]], path) -> pathlib.Path:
           + ''.join(f'<td>{e["events"].get(n, "")}</td>' for n in columns) + '</tr>'
           for e in entries]
   header = ''.join(f'<th>{html.escape(n)}</th>' for n in ('file', 'duration', *columns))
+  body = ('<p class="help">Each file\'s page plays it with the model\'s curves; the counts are its '
+          'turn-taking events (with a VA list).</p>\n'
+          f'<table>\n<thead><tr>{header}</tr></thead>\n<tbody>\n' + '\n'.join(rows)
+          + '\n</tbody>\n</table>')
   path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(_page('index.html', title=html.escape(f'{path.parent.name or "predictions"}: '
-                                                         f'{len(entries)} files'),
-                        table=f'<thead><tr>{header}</tr></thead>\n<tbody>\n' + '\n'.join(rows)
-                        + '\n</tbody>'), encoding='utf-8')
+  path.write_text(_page(f'{path.parent.name or "predictions"}: {len(entries)} files', body),
+                  encoding='utf-8')
   return path

@@ -5,6 +5,7 @@ import base64
 import gzip
 import json
 import re
+import textwrap
 import urllib.parse
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from convssl_jax import predict, viewer
-from tests import viewer_results
+from tests import processes, viewer_results
 
 HZ = 50
 
@@ -91,15 +92,43 @@ def test_small_audio_is_embedded_as_it_is_and_large_audio_is_referenced_from_the
 def test_audio_a_browser_cannot_play_becomes_a_flac_copy_of_the_same_samples(dialog, tmp_path):
   result, audio = dialog
   aiff = tmp_path / 'd.aiff'
-  sf.write(aiff, audio, 16000, subtype='PCM_16')
+  sf.write(aiff, audio[::2], 8000, subtype='PCM_16')
   page = viewer.write_html(result, tmp_path / 'd.html', audio=aiff, embed_max_bytes=1000)
-  assert audio_src(page) == 'd.flac'
-  copy, rate = sf.read(tmp_path / 'd.flac', dtype='int16')
+  assert audio_src(page) == 'd.viewer.flac'
+  copy, rate = sf.read(tmp_path / 'd.viewer.flac', dtype='int16')
   original, _ = sf.read(aiff, dtype='int16')
-  assert rate == 16000
+  assert rate == 8000  # its own rate: browsers resample
   np.testing.assert_array_equal(copy, original)
   small = viewer.write_html(result, tmp_path / 'e.html', audio=aiff)
-  assert audio_src(small).startswith('data:audio/flac;base64,')
+  prefix = 'data:audio/flac;base64,'
+  assert audio_src(small).startswith(prefix) and not (tmp_path / 'e.viewer.flac').exists()
+  assert base64.b64decode(audio_src(small)[len(prefix):]) == (tmp_path / 'd.viewer.flac').read_bytes()
+
+
+def test_copying_audio_for_the_page_takes_memory_bounded_whatever_its_length(tmp_path):
+  """A child process under an address-space limit 48 MB above what it holds after its imports
+  copies 10 minutes of AIFF (decoded whole as float32 it would need 77 MB more)."""
+  rng = np.random.default_rng(0)
+  aiff = tmp_path / 'long.aiff'
+  with sf.SoundFile(aiff, 'w', 16000, 2, 'PCM_16', format='AIFF') as f:
+    for _ in range(10):
+      f.write((rng.standard_normal((60 * 16000, 2)) * 3000).astype(np.int16))
+  script = textwrap.dedent(f"""
+      import re, resource, sys
+      from convssl_jax import viewer
+      held = int(re.search(r'VmSize:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1))
+      limit = (held + 48 * 1024) * 1024
+      resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+      src, _ = viewer.audio_source({str(aiff)!r}, {str(tmp_path / 'long.html')!r})
+      print(src)
+      """)
+  done = processes.run('-c', script, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.strip() == 'long.viewer.flac'
+  with sf.SoundFile(aiff) as original, sf.SoundFile(tmp_path / 'long.viewer.flac') as copy:
+    assert copy.frames == original.frames == 10 * 60 * 16000
+    for a, b in zip(original.blocks(2**20, dtype='int16'), copy.blocks(2**20, dtype='int16')):
+      np.testing.assert_array_equal(a, b)
 
 
 def test_the_legend_names_the_file_model_and_checkpoint_escaped(dialog, tmp_path):
