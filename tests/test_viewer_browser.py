@@ -202,3 +202,17 @@ def test_the_drawing_puts_each_frame_where_its_time_and_value_are(chromium, page
     near_blue = np.flatnonzero((np.abs(pixels[:, :3] - blue).sum(1) < 60) & (pixels[:, 3] > 128))
     expected_y = 3 + (1 - round(p_now[f] * 255) / 255) * (height - 6)
     assert near_blue.size and np.abs(near_blue - expected_y).min() <= 2, (f, expected_y)
+
+
+def test_a_page_whose_referenced_audio_is_gone_says_so_and_still_draws(chromium, page, tmp_path):
+  _, result = page
+  wav = tmp_path / 'gone.wav'
+  sf.write(wav, np.zeros((16000, 2), np.int16), 16000)
+  path = viewer.write_html(result, tmp_path / 'gone.html', audio=wav, embed_max_bytes=0)
+  wav.unlink()
+  chromium.get(path.as_uri())
+  wait_for(chromium, 'return window.viewer && window.viewer.ready')
+  notice = wait_for(chromium, 'const n = document.getElementById("notice");'
+                              'return !n.hidden && n.textContent')
+  assert 'gone.wav cannot be played' in notice and 'keep the two together' in notice
+  assert chromium.execute_script('return viewer.plot.draws') >= 1
