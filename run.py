@@ -3,7 +3,8 @@
 Flags and dispatch only; each mode is a library call (README "Layout"):
   train           build the corpus on first use, train in --workdir (resuming), then evaluate
   eval            turn-taking scores with the VA-only baseline and trivial rules (experiment.py)
-  predict         per-frame curves for --audio (a file or folder; --va): JSON/CSV/PNG (predict.py)
+  predict         per-frame curves for --audio (a file or folder; --va): JSON, CSV, PNG and an
+                  interactive HTML page per file, a folder's index.html (predict.py, viewer.py)
   stream          the model live on --audio=FILE|-|mic with a terminal bar (live.py)
   export          jax.export artifacts: the streaming step and the offline forward (export.py)
   summary, data   the model's shapes and parameters; the corpus's splits (built if needed)
@@ -99,7 +100,8 @@ def predict(config) -> None:
   model, config, source = _load(config)
   print(f'model: {source}')
   output = FLAGS.output or pathlib.Path(FLAGS.workdir) / 'predictions'
-  for line in predict_lib.predict_files(model, config, files, va_list, output):
+  for line in predict_lib.predict_files(model, config, files, va_list, output, source=source,
+                                       index=pathlib.Path(FLAGS.audio).is_dir()):
     print(line)
 
 
@@ -113,7 +115,7 @@ def stream(config) -> None:
   model, config, source = _load(config)
   print(f'model: {source}', file=sys.stderr)
   live.stream(model, config, FLAGS.audio, va_list=va_list, context_s=FLAGS.context_s,
-              pace=FLAGS.pace, output=FLAGS.output)
+              pace=FLAGS.pace, output=FLAGS.output, source=source)
 
 
 def export(config) -> None:

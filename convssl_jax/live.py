@@ -144,10 +144,12 @@ def check_va(model_cfg, va_list) -> None:
 
 
 def stream(model, config, audio: str, *, va_list=None, context_s: float | None = None,
-           pace: bool = True, output=None, log: IO[str] = sys.stderr) -> dict[str, Any]:
+           pace: bool = True, output=None, source: str = '',
+           log: IO[str] = sys.stderr) -> dict[str, Any]:
   """A ModelState live on `audio` (a file, '-' for raw 16-bit stereo PCM at 16 kHz on stdin,
   'mic' for a 2-channel input device): the terminal bar on stdout, the latency on `log`, and with
-  `output` the frames written as predict writes them. Returns `run`'s result."""
+  `output` the frames written as predict writes them (their page naming `source`, the model's
+  checkpoint). Returns `run`'s result."""
   check_va(config.model, va_list)
   streamer = inference.streamer_for(model.model(), model.objective, config, context_s)
   frame_hz = config.model.frame_hz
@@ -170,8 +172,10 @@ def stream(model, config, audio: str, *, va_list=None, context_s: float | None =
     outputs = result['outputs']
     frames = len(next(iter(outputs.values())))
     heard = np.zeros((frames, 2), np.float32) if va is None else va[:frames]
-    stem = 'stream' if audio in ('-', 'mic') else pathlib.Path(audio).stem
+    live_input = audio in ('-', 'mic')
+    stem = 'stream' if live_input else pathlib.Path(audio).stem
+    legend = {**({} if live_input else {'file': audio}), **predict.legend_of(config, source)}
     written = predict.write({'frame_hz': frame_hz, 'va': heard, 'events': {}, **outputs},
-                            output, stem)
+                            output, stem, audio=None if live_input else audio, legend=legend)
     print('written: ' + ', '.join(map(str, written)), file=log)
   return result

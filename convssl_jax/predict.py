@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from convssl_jax import errors, evaluate, plots
+from convssl_jax import errors, evaluate, plots, viewer
 from convssl_jax.data import audio as audio_lib
 from convssl_jax.data import pipeline
 from convssl_jax.data import va as va_lib
@@ -143,9 +143,11 @@ def vad_va_list(vad: np.ndarray, frame_hz: int, fill_s: float = 0.02, omit_s: fl
   return va_list
 
 
-def write(result: dict[str, Any], directory, stem: str) -> list[pathlib.Path]:
-  """`<stem>.json` (curves, events, the model's VAD as a VA list), `<stem>.csv` (a row per frame)
-  and `<stem>.png`."""
+def write(result: dict[str, Any], directory, stem: str, *, audio=None,
+          legend: dict[str, Any] | None = None) -> list[pathlib.Path]:
+  """`<stem>.json` (curves, events, the model's VAD as a VA list), `<stem>.csv` (a row per frame),
+  `<stem>.png` and `<stem>.html` (the interactive page: `viewer.write_html`, playing `audio`,
+  naming `legend`'s file, model and checkpoint)."""
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   hz = result['frame_hz']
@@ -167,17 +169,32 @@ def write(result: dict[str, Any], directory, stem: str) -> list[pathlib.Path]:
   curves = {k: result[k] for k in (*CURVES, 'envelope') if k in result}
   plots.excerpt({**curves, 'va': va.astype(np.float32)}, result['events'], frame_hz=hz,
                 seconds=len(time) / hz, path=paths[2])
+  paths.append(viewer.write_html(result, directory / f'{stem}.html', audio=audio, legend=legend))
   return paths
 
 
-def predict_files(model: ModelState, config, files, va_list=None, output='predictions'
-                  ) -> Iterator[str]:
+def legend_of(config, source: str) -> dict[str, str]:
+  """What the plots and pages name as the model and checkpoint."""
+  m = config.model
+  return {'model': f'{m.kind} VAP, {m.encoder.name} encoder, {m.vap.head} head, dim {m.dim}, '
+                   f'{m.frame_hz} Hz', 'checkpoint': source}
+
+
+def predict_files(model: ModelState, config, files, va_list=None, output='predictions', *,
+                  source: str = '', index: bool = False) -> Iterator[str]:
   """Predicts every audio file of `files` with `model` (a VA list applies to a single file) and
-  writes its outputs to `output`; yields one line per file saying what was written."""
+  writes its outputs to `output` (their legends naming `source`, the model's checkpoint; with
+  `index`, an index.html linking every page); yields one line per file saying what was written."""
+  output = pathlib.Path(output)
+  legend, pages = legend_of(config, source), []
   for path in files:
     notice_rate(path)
     result = predict_file(model, config, path, va_list)
-    written = write(result, output, pathlib.Path(path).stem)
+    written = write(result, output, pathlib.Path(path).stem, audio=path,
+                    legend={'file': path, **legend})
+    pages.append(viewer.index_entry(written[-1], result))
     events = event_list(result['events'], config.model.frame_hz)
     yield (f'{path}: {len(result["va"])} frames, {len(events)} events -> '
            + ', '.join(map(str, written)))
+  if index:
+    yield f'index: {viewer.write_index(pages, output / "index.html")}'

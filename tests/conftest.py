@@ -30,3 +30,19 @@ def tiny_run(tmp_path_factory):
   config.eval.events.min_context = 1.0  # the tiny corpus's dialogs last 20 s
   train.train_and_evaluate(config, root / "model")
   return config, root / "model"
+
+
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory):
+  """A headless Chromium driven by selenium (tests/browser.py), with a fresh profile. Where none can
+  start, the test is skipped with the reason and the fix (shown in pytest's summary: -rs)."""
+  from tests import browser
+
+  if reason := browser.unavailable():
+    pytest.skip(f"browser test: {reason}")
+  try:
+    driver = browser.start(tmp_path_factory.mktemp("chromium_profile"))
+  except Exception as err:  # pylint: disable=broad-except  # selenium's or the OS's: say which
+    pytest.skip(f"browser test: chromium does not start here: {str(err).strip().splitlines()[0]}")
+  yield driver
+  driver.quit()

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from convssl_jax.data import audio as audio_lib
 from convssl_jax.data import va as va_lib
 from convssl_jax.events import TurnTakingEvents
 from data_builders.synthetic_dialogs import generator
+from tests import processes
 
 HZ = 50
 
@@ -79,7 +81,8 @@ def test_outputs_are_a_frame_table_json_with_events_and_a_plot(trained, dialog, 
   config, model = trained
   path = _wav(tmp_path / 'd.wav', dialog.audio)
   result = predict.predict_file(model, config, path, dialog.va_list)
-  json_path, csv_path, png_path = predict.write(result, tmp_path / 'out', 'd')
+  json_path, csv_path, png_path, html_path = predict.write(result, tmp_path / 'out', 'd',
+                                                           audio=path, legend={'file': path})
   with open(csv_path) as f:
     rows = list(csv.reader(f))
   assert rows[0][:5] == ['time', 'va_A', 'va_B', 'p_A', 'p_B'] and len(rows) == 1 + 600
@@ -91,6 +94,9 @@ def test_outputs_are_a_frame_table_json_with_events_and_a_plot(trained, dialog, 
   assert len(shifts) == sum(np.diff(np.r_[0, m.astype(int)]).clip(0).sum()
                             for m in result['events']['shift'].T)
   assert png_path.stat().st_size > 0
+  page = html_path.read_text()  # the viewer's page (tests/test_viewer*.py), with the audio in it
+  assert html_path.name == 'd.html' and '<title>d.wav</title>' in page
+  assert 'src="data:audio/wav;base64,' in page
 
 
 def test_without_a_va_list_there_is_no_next_speaker_probability_or_events(trained, dialog,
@@ -99,6 +105,26 @@ def test_without_a_va_list_there_is_no_next_speaker_probability_or_events(traine
   result = predict.predict_file(model, config, _wav(tmp_path / 'd.wav', dialog.audio))
   assert 'p' not in result and not result['events'] and 'p_now' in result
   assert all(p.exists() for p in predict.write(result, tmp_path, 'd'))
+
+
+def test_predict_mode_on_a_folder_writes_a_page_per_file_and_an_index(tiny_run, dialog,
+                                                                     tmp_path):
+  config, workdir = tiny_run
+  folder = tmp_path / 'in'
+  folder.mkdir()
+  for name, start in (('one', 0), ('two', 4)):
+    _wav(folder / f'{name}.wav', dialog.audio[start * 16000:(start + 3) * 16000])
+  out = processes.run('run.py', '--config=configs/vap.py:tiny', f'--workdir={workdir}',
+                      f'--config.data.data_dir={config.data.data_dir}', '--mode=predict',
+                      f'--audio={folder}', f'--output={tmp_path / "out"}')
+  assert out.returncode == 0, out.stderr[-3000:]
+  index = (tmp_path / 'out' / 'index.html').read_text()
+  assert re.findall(r'<a href="([^"]+)">', index) == ['one.html', 'two.html']
+  for name in ('one', 'two'):
+    page = (tmp_path / 'out' / f'{name}.html').read_text()
+    assert f'<dt>file</dt><dd>{folder / name}.wav</dd>' in page
+    assert '<dt>model</dt><dd>stereo VAP, cpc encoder, discrete head, dim 32, 50 Hz</dd>' in page
+    assert f'<dt>checkpoint</dt><dd>{workdir} (best checkpoint, step ' in page
 
 
 def test_a_mono_file_is_speaker_a_and_other_rates_are_resampled(dialog, tmp_path):
