@@ -7,6 +7,7 @@ import collections
 import dataclasses
 import pathlib
 import pickle
+import resource
 import struct
 import zipfile
 
@@ -155,3 +156,29 @@ def write_legacy(path: pathlib.Path, obj, main_pickle: bytes | None = None) -> p
     parts += [struct.pack('<q', len(raw) // itemsizes[key]), raw]
   path.write_bytes(b''.join(parts))
   return path
+
+
+def writable(tree):
+  """`tree` (as torch_file.load returns it) with each array a `Tensor` of its own storage, for
+  `write_zip` / `write_legacy`."""
+  keys = iter(range(1 << 62))
+
+  def convert(node):
+    if isinstance(node, np.ndarray):
+      return tensor(node, str(next(keys)))
+    if isinstance(node, dict):
+      return type(node)((k, convert(v)) for k, v in node.items())
+    if isinstance(node, (list, tuple)):
+      return type(node)(convert(v) for v in node)
+    return node
+
+  return convert(tree)
+
+
+def limit_memory(extra_bytes: int) -> None:
+  """Caps this process's address space at what it maps now plus `extra_bytes`: an allocation past
+  it raises MemoryError (for child processes that check a memory bound)."""
+  with open('/proc/self/status', encoding='ascii') as status:
+    mapped = next(int(line.split()[1]) * 1024 for line in status if line.startswith('VmSize:'))
+  resource.setrlimit(resource.RLIMIT_AS,
+                     (mapped + extra_bytes, resource.getrlimit(resource.RLIMIT_AS)[1]))
