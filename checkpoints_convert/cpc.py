@@ -33,7 +33,7 @@ def encoder_config(config: dict, path: str) -> dict:
   (`path`: the file that holds them), checked and bounded before anything is sized by them."""
   stored.mapping(config, 'config', path)
   for field, (default, supported) in _SUPPORTED.items():
-    if (value := config.get(field, default)) not in supported:
+    if not stored.one_of(value := config.get(field, default), supported):
       raise ConversionError(f'{path}: config {field}={stored.show(value)} is not supported (our '
                             f'CPC encoder reproduces {field} in {list(supported)})')
   width = lambda field: stored.integer(config.get(field, 256), f'config {field}', path, 1,

@@ -6,13 +6,17 @@ import numpy as np
 
 from convssl_jax import errors
 
-from checkpoints_convert import torch_file
+from checkpoints_convert import torch_file, torch_pickle
 
 _LISTED = 20  # problems named in one error; the rest are counted
 
 
 class ConversionError(errors.UserError, ValueError):
-  """The checkpoint does not describe (or does not hold) a model we can reproduce."""
+  """The checkpoint does not describe (or does not hold) a model we can reproduce; the message
+  (one line) starts with the file's path."""
+
+  def __init__(self, message: str):
+    super().__init__(torch_pickle.one_line(message))
 
 
 def listed(items: list[str], separator: str = ', ') -> str:

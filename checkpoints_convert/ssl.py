@@ -236,11 +236,11 @@ def _from_stored_config(model: dict, normalize, family: str, path: str) -> dict:
   if 'w2v_args' in model or 'w2v_path' in model:
     raise ConversionError(f'{path}: a fine-tuned fairseq checkpoint (config w2v_args); convert '
                           'the pre-trained one')
-  if (activation := model.get('activation_fn', 'gelu')) != 'gelu':
+  if not stored.one_of(activation := model.get('activation_fn', 'gelu'), ('gelu',)):
     raise ConversionError(f'{path}: config activation_fn={stored.show(activation)} is not '
                           'supported (gelu)')
   modes = {'default': 'group_norm', 'layer_norm': 'layer_norm'}
-  if (mode := model.get('extractor_mode', 'default')) not in tuple(modes):
+  if not stored.one_of(mode := model.get('extractor_mode', 'default'), tuple(modes)):
     raise ConversionError(f'{path}: config extractor_mode={stored.show(mode)} is not supported '
                           f'(expected one of {list(modes)})')
   layers = model.get('conv_feature_layers')
@@ -406,7 +406,7 @@ def convert(path: str | os.PathLike, family: str, overrides: dict | None = None,
   checkpoint = torch_file.load(path, inert_modules=('fairseq',), max_bytes=max_bytes)
   layout = _layout(checkpoint, path)
   weights = stored.state_dict(checkpoint if layout == 'torchaudio' else checkpoint['model'],
-                              'the weights' if layout == 'torchaudio' else "'model'", path)
+                              'the state dict' if layout == 'torchaudio' else "'model'", path)
   weights, source, ignored = _canonical(weights, layout, path)
   _fold_pos_conv(weights, source, path)
   if layout == 'torchaudio':

@@ -23,7 +23,14 @@ MAX_KERNEL = 4096  # kernels, strides, positional conv taps
 MAX_BUCKETS = 65536  # WavLM relative position buckets and max distance
 MAX_WINDOW_S = 3600.0
 
-show = reprlib.Repr(maxstring=60, maxother=60, maxlevel=2, maxlist=4, maxtuple=4, maxdict=4).repr
+_repr = reprlib.Repr(maxstring=60, maxother=60, maxlevel=2, maxlist=4, maxtuple=4, maxdict=4).repr
+
+
+def show(value) -> str:
+  """A short repr of a stored value for messages (an array by its shape and dtype)."""
+  if isinstance(value, np.ndarray):
+    return f'array of shape {value.shape} ({value.dtype})'
+  return _repr(value)
 
 
 def integer(value, name: str, path: str, low: int, high: int) -> int:
@@ -53,6 +60,12 @@ def text(value, name: str, path: str) -> str | None:
   if value is not None and type(value) is not str:
     raise ConversionError(f'{path}: {name}={show(value)} must be a string')
   return value
+
+
+def one_of(value, choices: tuple) -> bool:
+  """Whether `value` is one of the string (or None) `choices`; never compares anything else (an
+  array would compare elementwise)."""
+  return (value is None or type(value) is str) and value in choices
 
 
 def mapping(value, name: str, path: str) -> dict:

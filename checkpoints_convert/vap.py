@@ -304,7 +304,7 @@ def conv_ssl_architecture(w: dict, source: dict, hyper: dict, path: str) -> dict
   else:
     raise ConversionError(f'{path}: the head count is neither in ALiBi slopes (mha.m) nor in '
                           f'{heads_field}')
-  if ar.get('type', 'gpt') != 'gpt':
+  if not stored.one_of(ar.get('type', 'gpt'), ('gpt',)):
     raise ConversionError(f"{path}: conf ar.type={stored.show(ar['type'])} is not supported (the "
                           "50/20 Hz GPT models are; the 100 Hz 'transformer' ones are not)")
   head = keys.shape(w, 'vap_head.projection_head.weight', path, 2)[0]

@@ -18,7 +18,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from checkpoints_convert import torch_file, torch_pickle
+from checkpoints_convert import torch_file
 from tests import processes
 from tests import torch_files as tf
 
@@ -138,18 +138,6 @@ def test_admitted_builtins_cannot_make_large_objects(tmp_path, outer, inner, cou
   assert out.startswith(f'CheckpointFormatError: {path}: builtins.bytes called with ({count},)')
 
 
-def _reader_state():
-  """Every attribute of the reader's functions and classes that a pickle could try to set."""
-  state = {}
-  for module in (torch_file, torch_pickle):
-    for name, obj in vars(module).items():
-      if callable(obj):
-        state[module.__name__, name] = (id(obj), getattr(obj, '__defaults__', None),
-                                        getattr(obj, '__kwdefaults__', None),
-                                        dict(getattr(obj, '__dict__', {})))
-  return state
-
-
 @pytest.mark.parametrize('target', [
     tf.global_('torch._utils', '_rebuild_tensor_v2'), tf.global_('collections', 'OrderedDict'),
     tf.global_('argparse', 'Namespace'), tf.global_('torch', 'FloatStorage'),
@@ -158,11 +146,11 @@ def _reader_state():
 @pytest.mark.parametrize('state', [{'__defaults__': (1, 2, 3, 4)},
                                    (None, {'__defaults__': (1, 2, 3, 4), 'dtype': 'float64'})])
 def test_build_cannot_change_the_reader_or_its_records(tmp_path, target, state):
-  before = _reader_state()
+  before = tf.reader_state()
   path = tf.write_zip(tmp_path / 'x.pt', tf.Raw(target + tf.opcodes(state) + pickle.BUILD))
   with pytest.raises(torch_file.CheckpointFormatError, match=f'{path}: the pickle sets the state'):
     torch_file.load(path)
-  assert _reader_state() == before
+  assert tf.reader_state() == before
   honest = tf.write_zip(tmp_path / 'honest.pt', {'w': tf.tensor(np.arange(4.0), '0')})
   np.testing.assert_array_equal(torch_file.load(honest)['w'], np.arange(4.0))
 
@@ -236,14 +224,14 @@ def test_shared_references_are_built_once(tmp_path):
 
 
 def test_ext_opcodes_are_refused_even_when_the_process_registered_them(tmp_path):
-  """copyreg's extension cache holds whatever an earlier pickle loaded (here os.system): EXT
-  would reach it without asking find_class."""
+  """The pure-Python unpickler's EXT takes an object from copyreg's extension cache, which an
+  earlier pickle filled (here with os.system), without asking find_class: EXT is refused."""
   path = tf.write_zip(tmp_path / 'ext.pt', tf.Raw(
       pickle.EXT1 + b'\xf0' + tf.opcodes((f'touch {MARKER}',)) + pickle.REDUCE))
   script = f"""
 import copyreg, os, pickle, sys
 from checkpoints_convert import torch_file
-copyreg.add_extension('os', 'system', 240)
+copyreg.add_extension(os.system.__module__, 'system', 240)
 assert pickle.loads(pickle.dumps(os.system, protocol=2)) is os.system  # now in the cache
 try:
   torch_file.load(sys.argv[1])
@@ -254,5 +242,5 @@ except torch_file.TorchFileError as error:
                         env=processes.env(), capture_output=True, text=True, timeout=60,
                         check=False)
   assert done.returncode == 0, done.stderr[-2000:]
-  assert 'opcode torch files never use (EXT' in done.stdout
+  assert f'{path}: the pickle uses an opcode torch files never use (EXT' in done.stdout
   assert not (tmp_path / MARKER).exists()

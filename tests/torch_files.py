@@ -41,7 +41,7 @@ class Tensor:
 
 def tensor(array: np.ndarray, key: str) -> Tensor:
   """A contiguous tensor holding `array`."""
-  array = np.ascontiguousarray(array)
+  array = np.array(array, order="C")  # ascontiguousarray would make a 0-d array 1-d
   strides = tuple(s // array.itemsize for s in array.strides)
   return Tensor(key, array.size, array.shape, strides, 0, array.dtype.name,
                 array.astype(array.dtype.newbyteorder('<')).tobytes())
@@ -182,3 +182,31 @@ def limit_memory(extra_bytes: int) -> None:
     mapped = next(int(line.split()[1]) * 1024 for line in status if line.startswith('VmSize:'))
   resource.setrlimit(resource.RLIMIT_AS,
                      (mapped + extra_bytes, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+
+def reader_state() -> dict:
+  """Every attribute of the reader's functions and classes that a pickle could try to set, to
+  compare before and after loads."""
+  from checkpoints_convert import torch_file, torch_pickle  # pylint: disable=import-outside-toplevel
+  state = {}
+  for module in (torch_file, torch_pickle):
+    for name, obj in vars(module).items():
+      if callable(obj):
+        state[module.__name__, name] = (id(obj), getattr(obj, '__defaults__', None),
+                                        getattr(obj, '__kwdefaults__', None),
+                                        dict(getattr(obj, '__dict__', {})))
+  return state
+
+
+def is_plain(tree, seen: set | None = None) -> bool:
+  """Whether `tree` holds only what the reader promises: containers, arrays and plain values
+  (each shared object checked once)."""
+  seen = set() if seen is None else seen
+  if id(tree) in seen:
+    return True
+  seen.add(id(tree))
+  if isinstance(tree, dict):
+    return all(is_plain(k, seen) and is_plain(v, seen) for k, v in tree.items())
+  if isinstance(tree, (list, tuple, set, frozenset)):
+    return all(is_plain(v, seen) for v in tree)
+  return isinstance(tree, (np.ndarray, str, bytes, int, float, slice, type(None)))
