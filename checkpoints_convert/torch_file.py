@@ -32,7 +32,7 @@ import math
 import os
 import stat
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -51,6 +51,7 @@ _ZIP_MAGIC = b'PK\x03\x04'
 BUDGET_SLACK = 64 << 20  # the default budget beyond 3x the file: pickles, small expanded views
 _ZIP_ENTRY_BYTES = 1024  # what one central-directory entry costs in zipfile, beyond its name
 _CHUNK = 1 << 20  # storages are read in chunks into one buffer: no whole-member temporaries
+MAX_DEPTH = 100  # containers nested deeper are refused (checkpoints nest a few levels)
 
 
 def default_budget(file_size: int) -> int:
@@ -61,13 +62,20 @@ def default_budget(file_size: int) -> int:
 
 
 class _Storages:
-  """Storage bytes, read when a tensor needs them and only as far as the unpickled tensors reach
-  (`extents`: key -> bytes from the start), each read charged to the budget."""
+  """Storage bytes, read when a tensor needs them and only as far as the unpickled `tensors`
+  reach, each read charged to the budget; a storage's bytes are let go once its last tensor is
+  built."""
 
-  def __init__(self, read: Callable[[str, int], bytearray], extents: dict[str, int],
-               budget: Budget):
-    self._read, self._extents, self._budget = read, extents, budget
+  def __init__(self, read: Callable[[str, int], bytearray],
+               tensors: Iterable[torch_pickle.Tensor], budget: Budget):
+    self._read, self._budget = read, budget
     self._data: dict[str, bytearray] = {}
+    self._extents: dict[str, int] = {}  # key -> bytes its tensors reach, from its start
+    self._uses: collections.Counter[str] = collections.Counter()  # key -> tensors not yet built
+    for t in tensors:
+      reach = t.storage.start + min(t.end, t.storage.nbytes)
+      self._extents[t.storage.key] = max(self._extents.get(t.storage.key, 0), reach)
+      self._uses[t.storage.key] += 1
 
   def get(self, key: str, stop: int) -> memoryview:
     data = self._data.get(key)
@@ -76,6 +84,14 @@ class _Storages:
       self._budget.charge(n, f'storage {key}')
       data = self._data[key] = self._read(key, n)
     return memoryview(data)[:stop]
+
+  def built(self, key: str) -> bool:
+    """Counts one of the unpickled tensors of `key` built; True (the bytes let go, so that its
+    array may keep them) once all are."""
+    self._uses[key] -= 1
+    if self._uses[key]:
+      return False
+    return self._data.pop(key, None) is not None
 
 
 class _Builder:
@@ -90,29 +106,32 @@ class _Builder:
     self._budget = budget
     self._memo: dict[int, tuple[Any, Any]] = {}  # id -> (original kept alive, result)
 
-  def plain(self, obj):
+  def plain(self, obj, depth: int = 0):
     hit = self._memo.get(id(obj))
     if hit is not None:
       return hit[1]
+    if depth > MAX_DEPTH:
+      raise CheckpointFormatError(f'{self._path}: containers nested deeper than {MAX_DEPTH}')
     if isinstance(obj, torch_pickle.Tensor):
-      return self._remember(obj, self._array(obj))
+      return self._remember(obj, self._array(obj, unpickled=True))
     if isinstance(obj, torch_pickle.Storage):  # a storage saved on its own: its elements
       count = obj.nbytes // np.dtype(torch_pickle.DTYPES[obj.dtype]).itemsize
       return self._remember(obj, self._array(
-          torch_pickle.Tensor(obj, obj.dtype, 0, (count,), (1,))))
+          torch_pickle.Tensor(obj, obj.dtype, 0, (count,), (1,)), unpickled=False))
     if isinstance(obj, dict):
       result = self._remember(obj, collections.OrderedDict()
                               if isinstance(obj, collections.OrderedDict) else {})
-      result.update((self.plain(k), self.plain(v)) for k, v in obj.items())
+      result.update((self.plain(k, depth + 1), self.plain(v, depth + 1))
+                    for k, v in obj.items())
       return result
     if isinstance(obj, list):
       result = self._remember(obj, [])
-      result.extend(self.plain(v) for v in obj)
+      result.extend(self.plain(v, depth + 1) for v in obj)
       return result
     if isinstance(obj, (tuple, set, frozenset)):
-      return self._remember(obj, type(obj)(self.plain(v) for v in obj))
+      return self._remember(obj, type(obj)(self.plain(v, depth + 1) for v in obj))
     if isinstance(obj, torch_pickle.StandIn):
-      return self._stand_in_value(obj)
+      return self._stand_in_value(obj, depth)
     if isinstance(obj, (torch_pickle.Admitted, torch_pickle.StorageType)):
       return obj.qualname  # a global used as a value (a defaultdict's factory): its name
     if isinstance(obj, (str, bytes, int, float, slice, type(None))):  # bool is an int
@@ -123,7 +142,7 @@ class _Builder:
     self._memo[id(obj)] = (obj, result)
     return result
 
-  def _stand_in_value(self, obj: torch_pickle.StandIn):
+  def _stand_in_value(self, obj: torch_pickle.StandIn, depth: int):
     """Namespace -> its attributes; DictConfig/ListConfig -> their content; nodes -> value."""
     state = obj.state
     if isinstance(state, tuple) and len(state) == 2:  # (__dict__, slots) from a BUILD
@@ -137,20 +156,25 @@ class _Builder:
     module = obj.qualname.rpartition('.')[0]
     if obj.qualname == 'argparse.Namespace':
       result = self._remember(obj, {})
-      result.update((self.plain(k), self.plain(v)) for k, v in state.items())
+      result.update((self.plain(k, depth + 1), self.plain(v, depth + 1))
+                    for k, v in state.items())
       return result
     if module in ('omegaconf.dictconfig', 'omegaconf.listconfig'):
-      return self.plain(state.get('_content'))  # a dict, a list, None or a '${..}'/'???' str
+      # a dict, a list, None or a '${..}'/'???' str
+      return self.plain(state.get('_content'), depth + 1)
     if module == 'omegaconf.nodes':
-      return self.plain(state.get('_val'))
+      return self.plain(state.get('_val'), depth + 1)
     if module == 'omegaconf.base':  # node metadata, only reachable through a node's state
       return None
     result = self._remember(obj, {'__global__': obj.qualname})  # an `inert_modules` object
-    result.update(args=[self.plain(a) for a in obj.args], state=self.plain(obj.state))
+    result.update(args=[self.plain(a, depth + 1) for a in obj.args],
+                  state=self.plain(obj.state, depth + 1))
     return result
 
-  def _array(self, tensor: torch_pickle.Tensor) -> np.ndarray:
-    """The tensor's elements, copied out of its storage; charged before anything is allocated."""
+  def _array(self, tensor: torch_pickle.Tensor, unpickled: bool) -> np.ndarray:
+    """The tensor's elements out of its storage, charged before anything is allocated: a copy,
+    or the storage's own bytes when it is the last of the `unpickled` tensors to need them and
+    views most of them in place (no other array shares them)."""
     storage, bfloat16 = tensor.storage, tensor.dtype == 'bfloat16'
     out = np.dtype(np.float32 if bfloat16 else torch_pickle.DTYPES[tensor.dtype])
     self._budget.charge(math.prod(tensor.shape) * out.itemsize,
@@ -165,6 +189,10 @@ class _Builder:
     flat = np.frombuffer(stored, dtype, count=len(stored) // dtype.itemsize)
     view = np.lib.stride_tricks.as_strided(
         flat[tensor.offset:], tensor.shape, [s * dtype.itemsize for s in tensor.strides])
+    last = unpickled and self._storages.built(storage.key)
+    if (last and view.flags.c_contiguous and dtype.isnative and not bfloat16
+        and 2 * view.nbytes >= len(stored.obj)):
+      return view
     if not bfloat16:
       return np.array(view, dtype.newbyteorder('='))
     array = np.empty(tensor.shape, np.uint32)  # bfloat16 bits are a float32's high half
@@ -224,7 +252,8 @@ def _load_zip(f, path: str, budget: Budget, inert_modules: Sequence[str]):
     unpickler = torch_pickle.Unpickler(io.BytesIO(data), size, path, budget, inert_modules)
     tree = unpickler.load()
     del data
-    storages = _Storages(lambda key, n: read(f'data/{key}', n), unpickler.extents, budget)
+    storages = _Storages(lambda key, n: read(f'data/{key}', n), unpickler.tensors.values(),
+                         budget)
     return _Builder(path, storages, byteorder, budget).plain(tree)
 
 
@@ -269,7 +298,7 @@ def _load_legacy(f, path: str, size: int, budget: Budget, inert_modules: Sequenc
     f.seek(offsets[key])
     return _read_exactly(f, n, path, f'storage {key}')
 
-  storages = _Storages(read, unpickler.extents, budget)
+  storages = _Storages(read, unpickler.tensors.values(), budget)
   return _Builder(path, storages, 'little', budget).plain(tree)
 
 

@@ -307,11 +307,10 @@ def _within(module: str, prefixes: Sequence[str]) -> bool:
 
 
 def _what(obj) -> str:
-  """A record or global by its name, anything else by its type, for messages."""
-  if isinstance(obj, str):
-    return f"'{obj:.100}'"
-  name = getattr(obj, 'qualname', None) if isinstance(obj, (Admitted, StorageType)) else None
-  return f"'{name}'" if name else f'a {type(obj).__name__}'
+  """A global by its name, anything else by its type, for messages."""
+  if isinstance(obj, (Admitted, StorageType)):
+    return f"'{obj.qualname}'"
+  return f'an object of type {type(obj).__name__}'
 
 
 def _ascii(value):
@@ -351,7 +350,7 @@ def _metered(handler, cost: int):
 
 class Unpickler(pickle._Unpickler):  # pylint: disable=protected-access
   """One pickle of a torch file from `file` (at most `size` more bytes), as records and plain
-  containers (see the module doc). `storages` and `extents` say what storage bytes it refers to.
+  containers (see the module doc). `storages` and `tensors` say what storage bytes it refers to.
   """
 
   def __init__(self, file, size: int, path: str, budget: Budget,
@@ -360,7 +359,7 @@ class Unpickler(pickle._Unpickler):  # pylint: disable=protected-access
     self.budget, self._path = budget, path
     self._inert, self._legacy = tuple(inert_modules), legacy
     self.storages: dict[str, Storage] = {}  # key -> the whole storage, as first recorded
-    self.extents: dict[str, int] = {}  # key -> the bytes its tensors reach, from its start
+    self.tensors: dict[int, Tensor] = {}  # every tensor the pickle made, by id
 
   def _refuse(self, what: str):
     raise CheckpointFormatError(f'{self._path}: {what}')
@@ -407,8 +406,8 @@ class Unpickler(pickle._Unpickler):  # pylint: disable=protected-access
   def _call(self, target, args, kwargs=None):
     """What calling `target` (an admitted global) with `args` makes, charged to the budget."""
     if not isinstance(target, Admitted):
-      if isinstance(target, (str, StorageType)):  # a global admitted as a value only
-        raise UnsafeCheckpointError(f'{self._path}: refusing to call {_what(target)}')
+      if isinstance(target, str):  # a global admitted as a value only (or any string)
+        raise UnsafeCheckpointError(f"{self._path}: refusing to call '{target:.100}'")
       self._refuse(f'the pickle calls {_what(target)}')
     if type(args) is not tuple or len(args) > _MAX_ARGS or kwargs:
       self._refuse(f'{target.qualname} called with {_short(args)} {_short(kwargs or "")}')
@@ -417,9 +416,7 @@ class Unpickler(pickle._Unpickler):  # pylint: disable=protected-access
     except TypeError:  # the wrong number of arguments
       self._refuse(f'{target.qualname} called with {_short(args)}')
     if isinstance(made, Tensor):
-      key, storage = made.storage.key, made.storage
-      reach = storage.start + min(made.end, storage.nbytes)
-      self.extents[key] = max(self.extents.get(key, 0), reach)
+      self.tensors[id(made)] = made
     elif isinstance(made, (tuple, set, frozenset, bytes)):
       self.budget.charge(2 * sys.getsizeof(made))  # and its copy in the loaded tree
     return made

@@ -18,6 +18,7 @@ STORAGE_TYPES = {'float32': 'FloatStorage', 'float64': 'DoubleStorage', 'float16
                  'int64': 'LongStorage', 'int32': 'IntStorage', 'uint8': 'ByteStorage',
                  'bool': 'BoolStorage'}
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+MAX_ZEROS = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,11 +123,12 @@ def _tensors(obj):
 
 
 def storages(obj) -> dict[str, bytes]:
-  """Each storage key of `obj`'s tensors -> its bytes (zeros where a tensor gives none)."""
+  """Each storage key of `obj`'s tensors -> its bytes: the tensor's `data`, else zeros of the
+  storage's size, at most MAX_ZEROS (a storage declared larger is written short)."""
   out = {}
   for t in _tensors(obj):
-    out.setdefault(t.key, t.data if t.data is not None
-                   else bytes(t.numel * np.dtype(t.dtype).itemsize))
+    zeros = lambda t=t: bytes(min(t.numel * np.dtype(t.dtype).itemsize, MAX_ZEROS))
+    out.setdefault(t.key, t.data if t.data is not None else zeros())
   return out
 
 
