@@ -42,8 +42,9 @@ def encoder_config(config: dict, path: str) -> dict:
   if hidden_gar != dim:
     raise ConversionError(f'{path}: config hiddenGar={hidden_gar!r} differs from hiddenEncoder='
                           f'{dim!r}; our CPC encoder has one width')
-  return {'dim': dim, 'lstm_layers': stored.integer(config.get('nLevelsGRU', 1), 'config nLevelsGRU',
-                                                    path, 1, stored.MAX_LAYERS)}
+  layers = stored.integer(config.get('nLevelsGRU', 1), 'config nLevelsGRU', path, 1,
+                          stored.MAX_LAYERS)
+  return {'dim': dim, 'lstm_layers': layers}
 
 
 def expected_shapes(dim: int, lstm_layers: int) -> dict[str, tuple[int, ...]]:

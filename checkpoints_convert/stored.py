@@ -9,10 +9,10 @@ width 1280, FFN 5120, 16 heads, 7 conv layers; CPC_audio: width 256, 2 LSTM laye
 """
 
 import math
-import reprlib
 
 import numpy as np
 
+from checkpoints_convert import torch_pickle
 from checkpoints_convert.keys import ConversionError
 
 MAX_LAYERS = 256  # transformer, LSTM and conv-stack depths
@@ -23,14 +23,7 @@ MAX_KERNEL = 4096  # kernels, strides, positional conv taps
 MAX_BUCKETS = 65536  # WavLM relative position buckets and max distance
 MAX_WINDOW_S = 3600.0
 
-_repr = reprlib.Repr(maxstring=60, maxother=60, maxlevel=2, maxlist=4, maxtuple=4, maxdict=4).repr
-
-
-def show(value) -> str:
-  """A short repr of a stored value for messages (an array by its shape and dtype)."""
-  if isinstance(value, np.ndarray):
-    return f'array of shape {value.shape} ({value.dtype})'
-  return _repr(value)
+show = torch_pickle.short  # a stored value in a message
 
 
 def integer(value, name: str, path: str, low: int, high: int) -> int:
@@ -100,5 +93,5 @@ def state_dict(value, name: str, path: str) -> dict[str, np.ndarray]:
 def found(checkpoint) -> str:
   """What a checkpoint of an unexpected layout holds, for messages: its first keys or its type."""
   if isinstance(checkpoint, dict):
-    return repr(sorted(str(key)[:60] for key in checkpoint)[:12])
+    return repr(sorted(k[:60] if isinstance(k, str) else show(k) for k in checkpoint)[:12])
   return type(checkpoint).__name__

@@ -216,12 +216,13 @@ def _read_exactly(f, n: int, path: str, what: str) -> bytearray:
 
 
 def _load_zip(f, path: str, budget: Budget, inert_modules: Sequence[str]):
+  # zipfile holds the whole central directory: bound it before it is read (from the end record,
+  # through zipfile's own reader of it).
   end = zipfile._EndRecData(f)  # pylint: disable=protected-access
   if end is None:
     raise CheckpointFormatError(f'{path}: truncated or corrupt zip archive')
-  # zipfile holds the whole central directory: bound it before it is read.
-  budget.charge(end[zipfile._ECD_ENTRIES_TOTAL] * _ZIP_ENTRY_BYTES  # pylint: disable=protected-access
-                + 2 * end[zipfile._ECD_SIZE], 'the zip directory')  # pylint: disable=protected-access
+  entries, size = zipfile._ECD_ENTRIES_TOTAL, zipfile._ECD_SIZE  # pylint: disable=protected-access
+  budget.charge(end[entries] * _ZIP_ENTRY_BYTES + 2 * end[size], 'the zip directory')
   with zipfile.ZipFile(f) as archive:
     members = {info.filename: info for info in archive.infolist()}
     pickles = [n for n in members if n.endswith('/data.pkl') and n.count('/') == 1]
@@ -247,7 +248,7 @@ def _load_zip(f, path: str, budget: Budget, inert_modules: Sequence[str]):
     if byteorder not in ('little', 'big'):
       raise CheckpointFormatError(f'{path}: unknown byte order {byteorder!r}')
     size = members[pickles[0]].file_size
-    budget.charge(size, 'data.pkl')
+    budget.charge(2 * size, 'data.pkl')  # read, then copied once into bytes
     data = bytes(read('data.pkl', size))
     unpickler = torch_pickle.Unpickler(io.BytesIO(data), size, path, budget, inert_modules)
     tree = unpickler.load()
@@ -272,7 +273,8 @@ def _load_legacy(f, path: str, size: int, budget: Budget, inert_modules: Sequenc
     raise CheckpointFormatError(f'{path}: not a torch file (neither zip nor legacy format)')
   version, _ = load_pickle()
   if version != LEGACY_PROTOCOL:
-    raise CheckpointFormatError(f'{path}: legacy protocol {version!r:.40}, not {LEGACY_PROTOCOL}')
+    raise CheckpointFormatError(f'{path}: legacy protocol {torch_pickle.short(version)}, not '
+                                f'{LEGACY_PROTOCOL}')
   sys_info, _ = load_pickle()
   if not isinstance(sys_info, dict) or not sys_info.get('little_endian', True):
     raise CheckpointFormatError(f'{path}: written on a big-endian machine (not supported)')

@@ -26,6 +26,7 @@ import pickle
 import reprlib
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 import numpy as np
 
@@ -70,7 +71,22 @@ _MAX_DIMS = 64  # numpy's limit
 _MAX_ARGS = 16  # no admitted call takes more
 _HASH_MODULUS = sys.hash_info.modulus  # ints below it hash to themselves: no crafted collisions
 _KEY_TYPES = (str, bytes, float, bool, type(None))
-_short = reprlib.Repr(maxstring=60, maxother=60, maxlevel=3).repr  # bounded work and length
+
+
+class _Short(reprlib.Repr):
+  """Reprs of values from a file for messages, bounded in length and work: containers cut short,
+  an array by its shape, an int too long to print by its size."""
+
+  def repr_int(self, x, level):
+    return super().repr_int(x, level) if x.bit_length() <= 64 else f'<int of {x.bit_length()} bits>'
+
+  def repr_ndarray(self, x, level):
+    del level
+    return f'array of shape {x.shape} ({x.dtype})'
+
+
+short = _Short(maxstring=60, maxother=60, maxlevel=3, maxlist=4, maxtuple=4, maxdict=4,
+               maxset=4, maxfrozenset=4).repr
 
 
 def one_line(message: str) -> str:
@@ -173,7 +189,7 @@ class StandIn:
 def _index_tuple(values, what: str) -> tuple[int, ...]:
   if (not isinstance(values, (tuple, list)) or len(values) > _MAX_DIMS
       or any(type(v) is not int or v < 0 for v in values)):
-    raise ValueError(f'tensor {what} {_short(values)} is not a tuple of at most {_MAX_DIMS} '
+    raise ValueError(f'tensor {what} {short(values)} is not a tuple of at most {_MAX_DIMS} '
                      'non-negative ints')
   return tuple(values)
 
@@ -182,7 +198,7 @@ def _tensor(storage, dtype: str, offset, size, stride) -> Tensor:
   if not isinstance(storage, Storage):
     raise ValueError(f'tensor rebuilt from a {type(storage).__name__}, not a storage')
   if type(offset) is not int or offset < 0:
-    raise ValueError(f'tensor storage offset {_short(offset)} is not a non-negative int')
+    raise ValueError(f'tensor storage offset {short(offset)} is not a non-negative int')
   shape, strides = _index_tuple(size, 'size'), _index_tuple(stride, 'stride')
   if len(shape) != len(strides):
     raise ValueError(f'tensor size {shape} and stride {strides} differ in length')
@@ -205,7 +221,7 @@ def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, bac
   del requires_grad, backward_hooks, ignored
   name = dtype.removeprefix('torch.') if isinstance(dtype, str) else None
   if name not in DTYPES:
-    raise ValueError(f'tensor dtype {_short(dtype)} is not a known torch dtype')
+    raise ValueError(f'tensor dtype {short(dtype)} is not a known torch dtype')
   return _tensor(storage, name, storage_offset, size, stride)
 
 
@@ -224,7 +240,7 @@ def _checked_keys(items, what: str):
   """`items`, if each can key a dict or sit in a set without running long (see the module doc)."""
   for k in items:
     if not (type(k) in _KEY_TYPES or (type(k) is int and -_HASH_MODULUS < k < _HASH_MODULUS)):
-      raise ValueError(f'{what} {_short(k)}: keys and set members must be strings, bytes, '
+      raise ValueError(f'{what} {short(k)}: keys and set members must be strings, bytes, '
                        'floats or ints below 2**61')
   return items
 
@@ -247,21 +263,21 @@ def _empty_dict(*default_factory) -> dict:
 
 def _slice(*args) -> slice:
   if len(args) > 3 or any(a is not None and type(a) is not int for a in args):
-    raise ValueError(f'slice{_short(args)} is not of ints and None')
+    raise ValueError(f'slice{short(args)} is not of ints and None')
   return slice(*args)
 
 
 def _size(dims) -> tuple[int, ...]:
   """Stands in for torch.Size, a tuple subclass pickled as Size((d0, d1, ...))."""
   if type(dims) not in (tuple, list) or len(dims) > _MAX_DIMS:
-    raise ValueError(f'torch.Size of {_short(dims)}')
+    raise ValueError(f'torch.Size of {short(dims)}')
   return tuple(dims)
 
 
 def _latin1_bytes(text, encoding) -> bytes:
   """Stands in for _codecs.encode, which protocol-2 pickles use for bytes: latin-1 only."""
   if not isinstance(text, str) or encoding not in ('latin1', 'latin-1'):
-    raise ValueError(f'_codecs.encode with a {type(text).__name__} as {_short(encoding)}')
+    raise ValueError(f'_codecs.encode with a {type(text).__name__} as {short(encoding)}')
   return text.encode('latin1')
 
 
@@ -361,7 +377,7 @@ class Unpickler(pickle._Unpickler):  # pylint: disable=protected-access
     self.storages: dict[str, Storage] = {}  # key -> the whole storage, as first recorded
     self.tensors: dict[int, Tensor] = {}  # every tensor the pickle made, by id
 
-  def _refuse(self, what: str):
+  def _refuse(self, what: str) -> NoReturn:
     raise CheckpointFormatError(f'{self._path}: {what}')
 
   def find_class(self, module, name):
@@ -387,7 +403,7 @@ class Unpickler(pickle._Unpickler):  # pylint: disable=protected-access
     if (not isinstance(pid, tuple) or len(pid) != (6 if self._legacy else 5)
         or _ascii(pid[0]) != 'storage' or not isinstance(pid[1], StorageType)
         or type(pid[2]) is not str or type(pid[4]) is not int or pid[4] < 0):
-      self._refuse(f'not a storage record: {_short(pid)}')
+      self._refuse(f'not a storage record: {short(pid)}')
     dtype, key, numel = pid[1].dtype, pid[2], pid[4]
     nbytes = numel * np.dtype(DTYPES[dtype]).itemsize
     storage = self.storages.setdefault(key, Storage(key, dtype, 0, nbytes))
@@ -399,7 +415,7 @@ class Unpickler(pickle._Unpickler):  # pylint: disable=protected-access
     # Old torch versions saved views of a storage: (view key, element offset, element count).
     if (not isinstance(view, tuple) or len(view) != 3
         or any(type(v) is not int or v < 0 for v in view[1:]) or sum(view[1:]) > numel):
-      self._refuse(f'bad storage view {_short(view)}')
+      self._refuse(f'bad storage view {short(view)}')
     itemsize = np.dtype(DTYPES[dtype]).itemsize
     return Storage(key, dtype, view[1] * itemsize, view[2] * itemsize)
 
@@ -410,11 +426,11 @@ class Unpickler(pickle._Unpickler):  # pylint: disable=protected-access
         raise UnsafeCheckpointError(f"{self._path}: refusing to call '{target:.100}'")
       self._refuse(f'the pickle calls {_what(target)}')
     if type(args) is not tuple or len(args) > _MAX_ARGS or kwargs:
-      self._refuse(f'{target.qualname} called with {_short(args)} {_short(kwargs or "")}')
+      self._refuse(f'{target.qualname} called with {short(args)} {short(kwargs or "")}')
     try:
       made = target.make(*args)
     except TypeError:  # the wrong number of arguments
-      self._refuse(f'{target.qualname} called with {_short(args)}')
+      self._refuse(f'{target.qualname} called with {short(args)}')
     if isinstance(made, Tensor):
       self.tensors[id(made)] = made
     elif isinstance(made, (tuple, set, frozenset, bytes)):
@@ -494,15 +510,16 @@ class Unpickler(pickle._Unpickler):  # pylint: disable=protected-access
   def _put(self):
     index = int(self.readline()[:-1])
     if not 0 <= index < 1 << 32:  # as LONG_BINPUT's; a crafted big int would collide in the memo
-      self._refuse(f'memo index {_short(index)}')
+      self._refuse(f'memo index {short(index)}')
     self.memo[index] = self.stack[-1]
 
   def _unsupported(self):
     self._refuse('the pickle uses an opcode torch files never use (EXT, out-of-band buffers or '
                  'BYTEARRAY8)')
 
+  _BASE = pickle._Unpickler.dispatch  # pylint: disable=protected-access
   dispatch = {op[0]: _metered(handler, _OPCODE_BYTES.get(op, OPCODE_BYTES)) for op, handler in {
-      **{bytes([k]): v for k, v in pickle._Unpickler.dispatch.items()},  # pylint: disable=protected-access
+      **{bytes([k]): v for k, v in _BASE.items()},
       pickle.REDUCE: _reduce, pickle.NEWOBJ: _newobj, pickle.NEWOBJ_EX: _newobj_ex,
       pickle.BUILD: _build, pickle.SETITEM: _setitem, pickle.SETITEMS: _setitems,
       pickle.DICT: _dict, pickle.APPEND: _append, pickle.APPENDS: _appends,

@@ -39,8 +39,8 @@ TRACED_SLACK = 1 << 20  # what a load allocates outside its budget: zipfile's an
 LIMIT_MB = 384  # beyond what the child maps once Hypothesis has started
 MARKER = 'PWNED_BY_CHECKPOINT'
 
-_ATTACKS = [f'touch {MARKER}', f"open('{MARKER}', 'w')", f"__import__('os').system('touch {MARKER}')",
-            f'import os; os.system("touch {MARKER}")']
+_ATTACKS = [f'touch {MARKER}', f"open('{MARKER}', 'w')",
+            f"__import__('os').system('touch {MARKER}')", f'import os; os.system("touch {MARKER}")']
 _GLOBALS = st.sampled_from([
     ('torch._utils', '_rebuild_tensor_v2'), ('torch._utils', '_rebuild_tensor_v3'),
     ('torch._utils', '_rebuild_parameter'), ('collections', 'OrderedDict'),
@@ -60,7 +60,8 @@ _TENSORS = st.builds(
     numel=st.one_of(st.integers(0, 64), st.sampled_from([1 << 22, 1 << 40])),
     shape=st.lists(_DIMS, max_size=4).map(tuple), stride=st.lists(_DIMS, max_size=4).map(tuple),
     offset=st.one_of(st.integers(0, 8), st.sampled_from([1 << 30])),
-    dtype=st.sampled_from(list(tf.STORAGE_TYPES)), data=st.one_of(st.none(), st.binary(max_size=64)))
+    dtype=st.sampled_from(list(tf.STORAGE_TYPES)),
+    data=st.one_of(st.none(), st.binary(max_size=64)))
 _SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-2 ** 70, 2 ** 70), st.floats(),
                      st.text(max_size=10), st.binary(max_size=10), st.sampled_from(_ATTACKS))
 
@@ -83,8 +84,9 @@ def _hostile(children):
       items.map(lambda i: _raw(pickle.EMPTY_SET, pickle.MARK, *i, pickle.ADDITEMS)),
       items.map(lambda i: _raw(pickle.MARK, *i, pickle.FROZENSET)),
       st.builds(lambda c, n: _raw(c, pickle.TUPLE1 * n), children, st.integers(0, 3000)),
-      st.builds(lambda c, n: _raw(pickle.MARK, c, pickle.BINPUT + b'\1', (pickle.BINGET + b'\1') * n,
-                                  pickle.LIST), children, st.integers(0, 300)),
+      st.builds(lambda c, n: _raw(pickle.MARK, c, pickle.BINPUT + b'\1',
+                                  (pickle.BINGET + b'\1') * n, pickle.LIST),
+                children, st.integers(0, 300)),  # shared references
       st.builds(lambda op, n: tf.Raw(op + struct.pack('<Q', n)),
                 st.sampled_from([pickle.BINBYTES8, pickle.BINUNICODE8, pickle.BYTEARRAY8,
                                  pickle.FRAME]), st.sampled_from([0, 5, 1 << 40])),
@@ -209,8 +211,9 @@ def _same(actual, expected) -> bool:
 def _arrays(tree) -> list[np.ndarray]:
   if isinstance(tree, np.ndarray):
     return [tree]
-  values = tree.values() if isinstance(tree, dict) else tree if isinstance(tree, (list, tuple)) else ()
-  return [a for v in values for a in _arrays(v)]
+  if isinstance(tree, dict):
+    tree = list(tree.values())
+  return [a for v in tree for a in _arrays(v)] if isinstance(tree, (list, tuple)) else []
 
 
 @hypothesis.settings(max_examples=FUZZ_EXAMPLES or 100, deadline=None, database=None)

@@ -156,9 +156,9 @@ def test_build_cannot_change_the_reader_or_its_records(tmp_path, target, state):
 
 
 def test_a_global_used_as_a_value_becomes_its_name(tmp_path):
-  path = tf.write_zip(tmp_path / 'x.pt', [
-      tf.Raw(tf.global_('torch._utils', '_rebuild_tensor_v2')), tf.Raw(tf.global_('builtins', 'list')),
-      tf.Raw(tf.global_('torch', 'HalfStorage'))])
+  globals_ = [('torch._utils', '_rebuild_tensor_v2'), ('builtins', 'list'),
+              ('torch', 'HalfStorage')]
+  path = tf.write_zip(tmp_path / 'x.pt', [tf.Raw(tf.global_(*g)) for g in globals_])
   assert torch_file.load(path) == ['torch._utils._rebuild_tensor_v2', 'builtins.list',
                                    'torch.HalfStorage']
 

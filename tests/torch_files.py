@@ -13,6 +13,8 @@ import zipfile
 
 import numpy as np
 
+from checkpoints_convert import torch_file, torch_pickle
+
 # numpy dtype -> torch storage class name
 STORAGE_TYPES = {'float32': 'FloatStorage', 'float64': 'DoubleStorage', 'float16': 'HalfStorage',
                  'int64': 'LongStorage', 'int32': 'IntStorage', 'uint8': 'ByteStorage',
@@ -189,7 +191,6 @@ def limit_memory(extra_bytes: int) -> None:
 def reader_state() -> dict:
   """Every attribute of the reader's functions and classes that a pickle could try to set, to
   compare before and after loads."""
-  from checkpoints_convert import torch_file, torch_pickle  # pylint: disable=import-outside-toplevel
   state = {}
   for module in (torch_file, torch_pickle):
     for name, obj in vars(module).items():
