@@ -15,7 +15,7 @@ import pathlib
 
 import numpy as np
 
-from checkpoints_convert import keys, torch_file
+from checkpoints_convert import keys, stored, torch_file
 from checkpoints_convert.keys import ConversionError
 from convssl_jax.models import cpc
 
@@ -29,16 +29,22 @@ _SUPPORTED = {
 
 
 def encoder_config(config: dict, path: str) -> dict:
-  """Our encoder's config {'dim', 'lstm_layers'} from CPC_audio's stored argparse options."""
+  """Our encoder's config {'dim', 'lstm_layers'} from CPC_audio's stored argparse options
+  (`path`: the file that holds them), checked and bounded before anything is sized by them."""
+  stored.mapping(config, 'config', path)
   for field, (default, supported) in _SUPPORTED.items():
-    if (value := config.get(field, default)) not in supported:
-      raise ConversionError(f'{path}: config {field}={value!r} is not supported (our CPC encoder '
-                            f'reproduces {field} in {list(supported)})')
-  dim, hidden_gar = config.get('hiddenEncoder', 256), config.get('hiddenGar', 256)
+    if not stored.one_of(value := config.get(field, default), supported):
+      raise ConversionError(f'{path}: config {field}={stored.show(value)} is not supported (our '
+                            f'CPC encoder reproduces {field} in {list(supported)})')
+  width = lambda field: stored.integer(config.get(field, 256), f'config {field}', path, 1,
+                                       stored.MAX_WIDTH)
+  dim, hidden_gar = width('hiddenEncoder'), width('hiddenGar')
   if hidden_gar != dim:
     raise ConversionError(f'{path}: config hiddenGar={hidden_gar!r} differs from hiddenEncoder='
                           f'{dim!r}; our CPC encoder has one width')
-  return {'dim': int(dim), 'lstm_layers': int(config.get('nLevelsGRU', 1))}
+  layers = stored.integer(config.get('nLevelsGRU', 1), 'config nLevelsGRU', path, 1,
+                          stored.MAX_LAYERS)
+  return {'dim': dim, 'lstm_layers': layers}
 
 
 def expected_shapes(dim: int, lstm_layers: int) -> dict[str, tuple[int, ...]]:
@@ -77,31 +83,36 @@ def params_from_weights(w: dict[str, np.ndarray], lstm_layers: int) -> dict:
 
 
 TRAIN_ARGS_FILE = 'checkpoint_args.json'  # cpc/train.py's options, beside its checkpoints
+_MAX_ARGS_BYTES = 1 << 20
 
 
-def _read(path: str) -> tuple[dict, dict]:
-  """(argparse options, state dict) of a hub file or of a cpc/train.py checkpoint."""
-  checkpoint = torch_file.load(path)
+def _read(path: str, max_bytes: int | None) -> tuple[dict, str, dict]:
+  """(argparse options, the file holding them, state dict) of a hub file or of a cpc/train.py
+  checkpoint."""
+  checkpoint = torch_file.load(path, max_bytes=max_bytes)
   if isinstance(checkpoint, dict) and {'config', 'weights'} <= checkpoint.keys():
-    return checkpoint['config'], checkpoint['weights']
+    return checkpoint['config'], path, stored.state_dict(checkpoint['weights'], "'weights'", path)
   if isinstance(checkpoint, dict) and 'gEncoder' in checkpoint:
+    weights = stored.state_dict(checkpoint['gEncoder'], "'gEncoder'", path)
     args = pathlib.Path(path).parent / TRAIN_ARGS_FILE
     try:
-      return json.loads(args.read_text()), checkpoint['gEncoder']
-    except (OSError, json.JSONDecodeError) as err:
+      if not args.is_file() or args.stat().st_size > _MAX_ARGS_BYTES:
+        raise OSError(f'not a file of at most {_MAX_ARGS_BYTES} bytes')
+      return json.loads(args.read_text()), str(args), weights
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: not JSON, not UTF-8
       raise ConversionError(f"{path}: a cpc/train.py checkpoint ('gEncoder') needs its options "
                             f'in {args}: {err}') from err
-  found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
   raise ConversionError(f"{path}: not a CPC_audio checkpoint (a hub file has 'config' and "
-                        f"'weights', a cpc/train.py one 'gEncoder'; found {found})")
+                        f"'weights', a cpc/train.py one 'gEncoder'; found "
+                        f'{stored.found(checkpoint)})')
 
 
-def convert(path: str | os.PathLike) -> tuple[dict, dict]:
+def convert(path: str | os.PathLike, *, max_bytes: int | None = None) -> tuple[dict, dict]:
   """(our encoder config {'dim', 'lstm_layers', 'padding'}, params pure dict) from a CPC_audio
-  hub file or cpc/train.py checkpoint."""
+  hub file or cpc/train.py checkpoint; `max_bytes`: the reader's budget (torch_file.load)."""
   path = os.fspath(path)
-  options, state = _read(path)
-  config = encoder_config(options, path)
+  options, options_path, state = _read(path, max_bytes)
+  config = encoder_config(options, options_path)
   weights = keys.checked(keys.strip_module_prefix(state, path),
                          expected_shapes(**config), path, 'configured CPC')
   # The padding its weights were trained with, for models that load it (see build_model).

@@ -6,11 +6,23 @@ import numpy as np
 
 from convssl_jax import errors
 
-from checkpoints_convert import torch_file
+from checkpoints_convert import torch_file, torch_pickle
+
+_LISTED = 20  # problems named in one error; the rest are counted
 
 
 class ConversionError(errors.UserError, ValueError):
-  """The checkpoint does not describe (or does not hold) a model we can reproduce."""
+  """The checkpoint does not describe (or does not hold) a model we can reproduce; the message
+  (one line) starts with the file's path."""
+
+  def __init__(self, message: str):
+    super().__init__(torch_pickle.one_line(message))
+
+
+def listed(items: list[str], separator: str = ', ') -> str:
+  """The first items joined, the rest counted: one error names what is wrong, not all of it."""
+  more = [f'and {len(items) - _LISTED} more'] if len(items) > _LISTED else []
+  return separator.join(items[:_LISTED] + more)
 
 
 def strip_module_prefix(weights: dict, path: str) -> dict:
@@ -24,11 +36,16 @@ def strip_module_prefix(weights: dict, path: str) -> dict:
   return stripped
 
 
-def shape(weights: dict, key: str, path: str) -> tuple[int, ...]:
-  """The shape of `weights[key]`, a tensor the architecture is read from (so it must be there)."""
+def shape(weights: dict, key: str, path: str, ndim: int) -> tuple[int, ...]:
+  """The shape of `weights[key]`, a tensor the architecture is read from (so it must be there,
+  with `ndim` dimensions, none empty)."""
   if key not in weights:
     raise ConversionError(f'{path}: missing {key}, needed to read the architecture')
-  return np.shape(weights[key])
+  found = np.shape(weights[key])
+  if len(found) != ndim or not all(found):
+    raise ConversionError(f'{path}: {key} has shape {found}, expected {ndim} non-empty '
+                          'dimensions')
+  return found
 
 
 def count(weights: dict, pattern: str) -> int:
@@ -52,5 +69,5 @@ def checked(weights: dict, shapes: dict[str, tuple[int, ...]], path: str, what: 
   problems += [f'{name(k)} has shape {tuple(np.shape(v))}, expected {shapes[k]}'
                for k, v in weights.items() if k in shapes and np.shape(v) != shapes[k]]
   if problems:
-    raise ConversionError(f'{path}: weights do not match the {what}: ' + '; '.join(problems))
+    raise ConversionError(f'{path}: weights do not match the {what}: {listed(problems, "; ")}')
   return torch_file.as_float32(dict(weights))

@@ -25,7 +25,7 @@ import re
 
 import numpy as np
 
-from checkpoints_convert import keys, torch_file
+from checkpoints_convert import keys, stored, torch_file
 from checkpoints_convert.keys import ConversionError
 from convssl_jax.models.ssl_encoders import BASE_CONV_LAYERS, NAMES, SSLConfig
 
@@ -79,9 +79,9 @@ def _layout(checkpoint, path: str) -> str:
       return 'unilm'
     if isinstance(checkpoint.get('args'), dict):
       return 'fairseq'
-  found = sorted(checkpoint)[:12] if isinstance(checkpoint, dict) else type(checkpoint).__name__
   raise ConversionError(f'{path}: not a torchaudio state dict, a fairseq checkpoint ({{cfg or args,'
-                        f' model}}) or a unilm WavLM checkpoint ({{cfg, model}}); found {found}')
+                        f' model}}) or a unilm WavLM checkpoint ({{cfg, model}}); found '
+                        f'{stored.found(checkpoint)}')
 
 
 def _canonical_name(key: str, layout: str) -> str | None:
@@ -109,13 +109,16 @@ def _canonical(weights: dict, layout: str, path: str) -> tuple[dict, dict, list[
       unknown.append(key)
       continue
     if match := re.fullmatch(_LAYER + r'attention\.attention\.in_proj_(weight|bias)', name):
+      if value.ndim not in (1, 2) or value.shape[0] % 3:
+        raise ConversionError(f'{path}: {key} has shape {value.shape}, not 3 equal parts '
+                              '(q; k; v)')
       for proj, part in zip('qkv', np.split(value, 3)):  # nn.MultiheadAttention rows: q; k; v
         split = f'encoder.transformer.layers.{match[1]}.attention.{proj}_proj.{match[2]}'
         out[split], source[split] = part, key
       continue
     out[name], source[name] = value, key
   if unknown:
-    raise ConversionError(f'{path}: unknown keys for a {layout} checkpoint: ' + ', '.join(unknown))
+    raise ConversionError(f'{path}: unknown keys for a {layout} checkpoint: {keys.listed(unknown)}')
   return out, source, ignored
 
 
@@ -132,6 +135,9 @@ def _fold_pos_conv(weights: dict, source: dict, path: str) -> None:
     raise ConversionError(f'{path}: the positional conv has {source[parts[0]]} but not its '
                           'weight-norm partner (weight_g and weight_v go together)')
   g, v = weights.pop(_POS + 'weight_g'), weights.pop(_POS + 'weight_v')
+  if v.ndim != 3:
+    raise ConversionError(f'{path}: {source[_POS + "weight_v"]} has shape {v.shape}, expected '
+                          '(channels, channels / groups, kernel)')
   if g.shape != (1, 1, v.shape[-1]):
     raise ConversionError(f'{path}: {source[_POS + "weight_g"]} has shape {g.shape}, expected '
                           f'(1, 1, {v.shape[-1]}) (weight norm over dims 0, 1)')
@@ -139,9 +145,40 @@ def _fold_pos_conv(weights: dict, source: dict, path: str) -> None:
   source[_POS + 'weight'] = source[_POS + 'weight_v']
 
 
-def conv_layers_from_string(text: str, path: str) -> tuple[tuple[int, int, int], ...]:
+# SSLConfig's sizes -> (fairseq config field, fairseq's default, low, high); WavLM's last two.
+_SIZES = {
+    'dim': ('encoder_embed_dim', 768, 1, stored.MAX_WIDTH),
+    'num_layers': ('encoder_layers', 12, 1, stored.MAX_LAYERS),
+    'num_heads': ('encoder_attention_heads', 12, 1, stored.MAX_HEADS),
+    'ffn_dim': ('encoder_ffn_embed_dim', 3072, 1, stored.MAX_WIDTH),
+    'pos_conv_kernel': ('conv_pos', 128, 1, stored.MAX_KERNEL),
+    'pos_conv_groups': ('conv_pos_groups', 16, 1, stored.MAX_WIDTH),
+    'num_buckets': ('num_buckets', 320, 0, stored.MAX_BUCKETS),
+    'max_distance': ('max_distance', WAVLM_MAX_DISTANCE, 0, stored.MAX_BUCKETS),
+}
+_FLAGS = ('conv_bias', 'layer_norm_first', 'normalize_waveform')
+_WAVLM_SIZES = ('num_buckets', 'max_distance')
+_MAX_EXPRESSION = 4096  # characters of a conv_feature_layers expression (released ones: ~50)
+
+
+def _conv_layers(layers, name: str, path: str) -> tuple[tuple[int, int, int], ...]:
+  """`layers` if it is a list of at most MAX_CONV_LAYERS (channels, kernel, stride) int triples
+  within the bounds."""
+  bounds = (stored.MAX_WIDTH, stored.MAX_KERNEL, stored.MAX_KERNEL)
+  if (not isinstance(layers, (list, tuple)) or not 0 < len(layers) <= stored.MAX_CONV_LAYERS
+      or any(not isinstance(l, (list, tuple)) or len(l) != 3
+             or any(type(v) is not int or not 1 <= v <= high for v, high in zip(l, bounds))
+             for l in layers)):
+    raise ConversionError(f'{path}: {name}={stored.show(layers)} is not a list of 1 to '
+                          f'{stored.MAX_CONV_LAYERS} (channels, kernel, stride) ints, each at most '
+                          f'{bounds}')
+  return tuple(tuple(l) for l in layers)
+
+
+def conv_layers_from_string(text, path: str) -> tuple[tuple[int, int, int], ...]:
   """fairseq's `conv_feature_layers` expression ('[(512,10,5)] + [(512,3,2)] * 4 + ...'),
-  evaluated without `eval`: only int tuples, lists, + and * are allowed."""
+  evaluated without `eval`: only int tuples, lists, + and *, no result longer than
+  MAX_CONV_LAYERS (a repeat is checked before it is made)."""
 
   def value(node):
     if isinstance(node, ast.Constant) and type(node.value) is int:
@@ -151,52 +188,80 @@ def conv_layers_from_string(text: str, path: str) -> tuple[tuple[int, int, int],
       return tuple(items) if isinstance(node, ast.Tuple) else items
     if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
       left, right = value(node.left), value(node.right)
-      return left + right if isinstance(node.op, ast.Add) else left * right
-    raise ValueError(ast.dump(node))
+      if isinstance(node.op, ast.Add):
+        result = left + right
+      else:
+        sequence, times = (left, right) if isinstance(left, (list, tuple)) else (right, left)
+        if isinstance(sequence, (list, tuple)) and len(sequence) * max(times, 0) > limit:
+          raise ValueError(f'a list of {len(sequence)} * {times} layers')
+        result = left * right
+      if isinstance(result, (list, tuple)) and len(result) > limit:
+        raise ValueError(f'a list of {len(result)} layers')
+      return result
+    raise ValueError(ast.dump(node)[:100])
 
+  name, limit = 'config conv_feature_layers', stored.MAX_CONV_LAYERS
+  if not isinstance(text, str) or len(text) > _MAX_EXPRESSION:
+    raise ConversionError(f'{path}: {name}={stored.show(text)} is not an expression of at most '
+                          f'{_MAX_EXPRESSION} characters')
   try:
     layers = value(ast.parse(text, mode='eval').body)
-    return tuple((int(c), int(k), int(s)) for c, k, s in layers)
-  except (SyntaxError, ValueError, TypeError) as error:
-    raise ConversionError(f'{path}: config conv_feature_layers={text!r} is not a list of '
-                          f'(channels, kernel, stride) ints ({error})') from None
+  except (SyntaxError, ValueError, TypeError, RecursionError, MemoryError) as error:
+    raise ConversionError(f'{path}: {name}={stored.show(text)} is not a list of (channels, '
+                          f'kernel, stride) ints ({type(error).__name__}: {error})') from None
+  return _conv_layers(layers, name, path)
+
+
+def _checked_fields(fields: dict, path: str, name: str) -> dict:
+  """`fields` (SSLConfig fields, e.g. overrides) if each has the type and bounds SSLConfig needs;
+  `name` formats a field's name for the message ('--set {}')."""
+  for field, value in fields.items():
+    if field in _SIZES:
+      stored.integer(value, name.format(field), path, *_SIZES[field][2:])
+    elif field in _FLAGS:
+      stored.flag(value, name.format(field), path)
+    elif field == 'conv_layers':
+      _conv_layers(value, name.format(field), path)
+    elif field == 'extractor_mode':
+      stored.text(value, name.format(field), path)
+  return fields
 
 
 def _from_stored_config(model: dict, normalize, family: str, path: str) -> dict:
   """SSLConfig fields from fairseq/unilm model config fields (fairseq's defaults if absent)."""
   for field, value in model.items():
     if isinstance(value, str) and value.startswith('${'):
-      raise ConversionError(f'{path}: config {field}={value!r} is an unresolved interpolation')
+      raise ConversionError(f'{path}: config {field}={stored.show(value)} is an unresolved '
+                            'interpolation')
   if 'w2v_args' in model or 'w2v_path' in model:
     raise ConversionError(f'{path}: a fine-tuned fairseq checkpoint (config w2v_args); convert '
                           'the pre-trained one')
-  if (activation := model.get('activation_fn', 'gelu')) != 'gelu':
-    raise ConversionError(f'{path}: config activation_fn={activation!r} is not supported (gelu)')
+  if not stored.one_of(activation := model.get('activation_fn', 'gelu'), ('gelu',)):
+    raise ConversionError(f'{path}: config activation_fn={stored.show(activation)} is not '
+                          'supported (gelu)')
   modes = {'default': 'group_norm', 'layer_norm': 'layer_norm'}
-  if (mode := model.get('extractor_mode', 'default')) not in modes:
-    raise ConversionError(f'{path}: config extractor_mode={mode!r} is not supported '
+  if not stored.one_of(mode := model.get('extractor_mode', 'default'), tuple(modes)):
+    raise ConversionError(f'{path}: config extractor_mode={stored.show(mode)} is not supported '
                           f'(expected one of {list(modes)})')
   layers = model.get('conv_feature_layers')
+  flag = lambda field: stored.flag(model.get(field, False), f'config {field}', path)
+  size = lambda name: stored.integer(model.get(_SIZES[name][0], _SIZES[name][1]),
+                                     f'config {_SIZES[name][0]}', path, 1, _SIZES[name][3])
   fields = dict(
       conv_layers=BASE_CONV_LAYERS if layers is None else conv_layers_from_string(layers, path),
-      extractor_mode=modes[mode], conv_bias=bool(model.get('conv_bias', False)),
-      dim=int(model.get('encoder_embed_dim', 768)), num_layers=int(model.get('encoder_layers', 12)),
-      num_heads=int(model.get('encoder_attention_heads', 12)),
-      ffn_dim=int(model.get('encoder_ffn_embed_dim', 3072)),
-      layer_norm_first=bool(model.get('layer_norm_first', False)),
-      pos_conv_kernel=int(model.get('conv_pos', 128)),
-      pos_conv_groups=int(model.get('conv_pos_groups', 16)),
-      normalize_waveform=bool(normalize))
-  relative = bool(model.get('relative_position_embedding', False))
+      extractor_mode=modes[mode], conv_bias=flag('conv_bias'),
+      layer_norm_first=flag('layer_norm_first'),
+      normalize_waveform=stored.flag(normalize, 'config normalize', path),
+      **{name: size(name) for name in _SIZES if name not in _WAVLM_SIZES})
+  relative = flag('relative_position_embedding')
   if relative != (family == 'wavlm'):
     raise ConversionError(f'{path}: config relative_position_embedding={relative} does not fit '
                           f'format {family!r} (WavLM has it, HuBERT and wav2vec2 do not)')
   if relative:
-    if not model.get('gru_rel_pos', True):
+    if not stored.flag(model.get('gru_rel_pos', True), 'config gru_rel_pos', path):
       raise ConversionError(f'{path}: config gru_rel_pos=False is not supported (WavLM gates its '
                             'position bias)')
-    fields.update(num_buckets=int(model.get('num_buckets', 320)),
-                  max_distance=int(model.get('max_distance', WAVLM_MAX_DISTANCE)))
+    fields.update({name: size(name) for name in _WAVLM_SIZES})
   return fields
 
 
@@ -205,16 +270,16 @@ def _from_shapes(w: dict, path: str) -> dict:
   conv = 'feature_extractor.conv_layers.{}.'
   conv_layers = []
   for i in range(keys.count(w, r'feature_extractor\.conv_layers\.(\d+)\.conv\.weight\Z')):
-    channels, _, kernel = keys.shape(w, conv.format(i) + 'conv.weight', path)
+    channels, _, kernel = keys.shape(w, conv.format(i) + 'conv.weight', path, 3)
     if kernel not in _STRIDES:
       raise ConversionError(f'{path}: conv layer {i} has kernel {kernel}, whose stride a '
                             f'torchaudio file does not say (known: {_STRIDES}); give '
                             'conv_layers as an override')
     conv_layers.append((channels, kernel, _STRIDES[kernel]))
   mode = 'layer_norm' if conv.format(1) + 'layer_norm.weight' in w else 'group_norm'
-  dim = keys.shape(w, 'encoder.feature_projection.projection.weight', path)[0]
-  pos = keys.shape(w, _POS + 'weight', path)
-  ffn = keys.shape(w, f'{_FIRST_LAYER}feed_forward.intermediate_dense.weight', path)[0]
+  dim = keys.shape(w, 'encoder.feature_projection.projection.weight', path, 2)[0]
+  pos = keys.shape(w, _POS + 'weight', path, 3)
+  ffn = keys.shape(w, f'{_FIRST_LAYER}feed_forward.intermediate_dense.weight', path, 2)[0]
   fields = dict(conv_layers=tuple(conv_layers), extractor_mode=mode,
                 conv_bias=conv.format(0) + 'conv.bias' in w, dim=dim,
                 num_layers=keys.count(w, _LAYER + r'final_layer_norm\.weight\Z'), ffn_dim=ffn,
@@ -222,11 +287,11 @@ def _from_shapes(w: dict, path: str) -> dict:
                 pos_conv_kernel=pos[2], pos_conv_groups=dim // pos[1])
   embed = f'{_FIRST_LAYER}attention.rel_attn_embed.weight'
   if embed in w:
-    buckets, heads = keys.shape(w, embed, path)
+    buckets, heads = keys.shape(w, embed, path, 2)
     fields.update(num_heads=heads, num_buckets=buckets, max_distance=WAVLM_MAX_DISTANCE)
   elif dim in _HEADS:
     fields['num_heads'] = _HEADS[dim]
-  return fields
+  return _checked_fields(fields, path, '{} (read from the weights)')
 
 
 def expected_shapes(c: SSLConfig) -> dict[str, tuple[int, ...]]:
@@ -316,27 +381,32 @@ def _stored_config(checkpoint: dict, layout: str, family: str, path: str) -> dic
                                family, path)
   cfg = checkpoint.get('cfg')
   if isinstance(cfg, dict) and isinstance(cfg.get('model'), dict):
-    model, normalize = cfg['model'], (cfg.get('task') or {}).get('normalize', False)
-    name = model.get('_name')
+    model = cfg['model']
+    normalize = stored.section(cfg, ('task',), "'cfg'", path).get('normalize', False)
+    name = stored.text(model.get('_name'), 'config _name', path)
   else:  # 2020: one Namespace with the model and task options
     model = checkpoint['args']
-    normalize, name = model.get('normalize', False), model.get('arch')
-  if family == 'wavlm' or (name and not str(name).startswith(family)):
+    normalize, name = model.get('normalize', False), stored.text(model.get('arch'), 'args arch',
+                                                                 path)
+  if family == 'wavlm' or (name and not name.startswith(family)):
     raise ConversionError(f'{path}: a fairseq {name or "wav2vec2/HuBERT"} checkpoint; convert it '
                           f'as {name if name in NAMES else "hubert or wav2vec2"}, not {family}')
   return _from_stored_config(model, normalize, family, path)
 
 
-def convert(path: str | os.PathLike, family: str, overrides: dict | None = None
-            ) -> tuple[dict, dict]:
+def convert(path: str | os.PathLike, family: str, overrides: dict | None = None, *,
+            max_bytes: int | None = None) -> tuple[dict, dict]:
   """({'format', 'architecture', 'ignored_keys'}, params pure dict) from a `family` checkpoint
-  ('hubert', 'wav2vec2' or 'wavlm'). `overrides` set SSLConfig fields the file does not say."""
+  ('hubert', 'wav2vec2' or 'wavlm'). `overrides` set SSLConfig fields the file does not say
+  (checked before the file is read); `max_bytes`: the reader's budget (torch_file.load)."""
   path = os.fspath(path)
   if family not in NAMES:
     raise ValueError(f'family must be one of {list(NAMES)}, got {family!r}')
-  checkpoint = torch_file.load(path, inert_modules=('fairseq',))
+  overrides = _checked_fields(dict(overrides or {}), path, '--set {}')
+  checkpoint = torch_file.load(path, inert_modules=('fairseq',), max_bytes=max_bytes)
   layout = _layout(checkpoint, path)
-  weights = checkpoint if layout == 'torchaudio' else checkpoint['model']
+  weights = stored.state_dict(checkpoint if layout == 'torchaudio' else checkpoint['model'],
+                              'the state dict' if layout == 'torchaudio' else "'model'", path)
   weights, source, ignored = _canonical(weights, layout, path)
   _fold_pos_conv(weights, source, path)
   if layout == 'torchaudio':
@@ -347,7 +417,7 @@ def convert(path: str | os.PathLike, family: str, overrides: dict | None = None
                             f'which does not fit format {family!r}')
   else:
     fields = _stored_config(checkpoint, layout, family, path)
-  fields.update(overrides or {})
+  fields.update(overrides)
   if 'num_heads' not in fields:
     raise ConversionError(f'{path}: the head count of a {fields["dim"]}-wide model is not stored '
                           'in a torchaudio file; give num_heads as an override')

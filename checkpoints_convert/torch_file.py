@@ -8,7 +8,7 @@ Both serializations are read:
   of the magic number, the protocol version (1001) and a sys-info dict, the main pickle, a pickle of
   the storage keys, then per key an int64 element count and the storage's little-endian bytes.
 
-Pickles go through `_Unpickler`, whose `find_class` admits only what rebuilds tensors and plain
+Pickles go through `torch_pickle.Unpickler`, which admits only what rebuilds tensors and plain
 containers. Config objects found in CPC and fairseq files (`argparse.Namespace`, omegaconf
 `DictConfig`/`ListConfig` and their nodes) are never imported: inert stand-ins keep their pickled
 state, which becomes plain dicts and lists. Any other global raises `UnsafeCheckpointError` naming
@@ -18,310 +18,136 @@ Tensors and parameters become numpy arrays with the stored dtype, shape, strides
 offset (each a copy: views of one storage become independent arrays); their `requires_grad`, hooks
 and Python attributes are dropped. bfloat16, which numpy lacks, becomes float32 exactly (its bits
 are the high half of a float32); `as_float32` casts the other floating dtypes on request.
+
+A load holds a memory budget (`max_bytes`, by default `default_budget(file size)`): the pickle's
+opcodes and objects, the storage bytes read and every array made are charged to it before they are
+allocated, so a small file cannot make the reader allocate much (a stride-0 view is charged what it
+would materialise; a storage is read only as far as its tensors reach, so a zip member that
+inflates to a gigabyte is inflated no further than needed). Only regular files are read.
 """
 
-import _compat_pickle
 import collections
-import dataclasses
 import io
 import math
 import os
-import pickle
+import stat
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-from convssl_jax import errors
+from checkpoints_convert import torch_pickle
+from checkpoints_convert.torch_pickle import (Budget, CheckpointFormatError,
+                                              CheckpointTooLargeError, TorchFileError,
+                                              UnsafeCheckpointError)
+
+__all__ = ['load', 'as_float32', 'default_budget', 'TorchFileError', 'CheckpointFormatError',
+           'CheckpointTooLargeError', 'UnsafeCheckpointError', 'LEGACY_MAGIC', 'LEGACY_PROTOCOL']
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 _ZIP_MAGIC = b'PK\x03\x04'
-
-# torch dtype name -> numpy dtype of its stored bytes (bfloat16 read as its raw 16 bits).
-_DTYPES = {
-    'float64': '<f8', 'float32': '<f4', 'float16': '<f2', 'bfloat16': '<u2',
-    'complex128': '<c16', 'complex64': '<c8', 'int64': '<i8', 'int32': '<i4', 'int16': '<i2',
-    'int8': 'i1', 'uint8': 'u1', 'uint16': '<u2', 'uint32': '<u4', 'uint64': '<u8', 'bool': '?',
-}
-# Storage classes named in persistent ids -> their dtype. UntypedStorage holds bytes that
-# `_rebuild_tensor_v3` views as a newer dtype (torch.uint16 ...).
-_STORAGES = {
-    'DoubleStorage': 'float64', 'FloatStorage': 'float32', 'HalfStorage': 'float16',
-    'BFloat16Storage': 'bfloat16', 'ComplexDoubleStorage': 'complex128',
-    'ComplexFloatStorage': 'complex64', 'LongStorage': 'int64', 'IntStorage': 'int32',
-    'ShortStorage': 'int16', 'CharStorage': 'int8', 'ByteStorage': 'uint8',
-    'BoolStorage': 'bool', 'UntypedStorage': 'uint8',
-}
-# Config classes replaced by inert stand-ins (see `_Builder._stand_in_value`).
-_CONFIG_CLASSES = ('argparse.Namespace',)
-_CONFIG_MODULES = ('omegaconf.dictconfig', 'omegaconf.listconfig', 'omegaconf.nodes',
-                   'omegaconf.base')
-# Lightning's `hyper_parameters` container, a dict subclass: read as a plain dict.
-_DICT_CLASSES = ('pytorch_lightning.utilities.parsing.AttributeDict',
-                 'lightning_fabric.utilities.data.AttributeDict',
-                 'lightning.fabric.utilities.data.AttributeDict')
+BUDGET_SLACK = 64 << 20  # the default budget beyond 3x the file: pickles, small expanded views
+_ZIP_ENTRY_BYTES = 1024  # what one central-directory entry costs in zipfile, beyond its name
+_CHUNK = 1 << 20  # storages are read in chunks into one buffer: no whole-member temporaries
+MAX_DEPTH = 100  # containers nested deeper are refused (checkpoints nest a few levels)
 
 
-class TorchFileError(errors.UserError):
-  """A file that `load` cannot read; the message starts with the file's path."""
+def default_budget(file_size: int) -> int:
+  """Bytes a load may allocate unless `max_bytes` says otherwise: the storage bytes (at most the
+  file's size), the arrays made from them (the same again, twice for bfloat16 made float32) and
+  `BUDGET_SLACK` for the pickle and small expanded views."""
+  return 3 * file_size + BUDGET_SLACK
 
 
-class CheckpointFormatError(TorchFileError):
-  """Not a torch file, truncated or corrupt, or holding data this reader cannot rebuild."""
+class _Storages:
+  """Storage bytes, read when a tensor needs them and only as far as the unpickled `tensors`
+  reach, each read charged to the budget; a storage's bytes are let go once its last tensor is
+  built."""
 
+  def __init__(self, read: Callable[[str, int], bytearray],
+               tensors: Iterable[torch_pickle.Tensor], budget: Budget):
+    self._read, self._budget = read, budget
+    self._data: dict[str, bytearray] = {}
+    self._extents: dict[str, int] = {}  # key -> bytes its tensors reach, from its start
+    self._uses: collections.Counter[str] = collections.Counter()  # key -> tensors not yet built
+    for t in tensors:
+      reach = t.storage.start + min(t.end, t.storage.nbytes)
+      self._extents[t.storage.key] = max(self._extents.get(t.storage.key, 0), reach)
+      self._uses[t.storage.key] += 1
 
-class UnsafeCheckpointError(TorchFileError):
-  """The file's pickle asks for a global outside the allow-list."""
+  def get(self, key: str, stop: int) -> memoryview:
+    data = self._data.get(key)
+    if data is None or len(data) < stop:
+      n = max(stop, self._extents.get(key, 0))
+      self._budget.charge(n, f'storage {key}')
+      data = self._data[key] = self._read(key, n)
+    return memoryview(data)[:stop]
 
-
-class _Record:
-  """Base of the reader's own records: a pickle BUILD opcode must not rewrite their fields."""
-
-  def __setstate__(self, state):
-    raise ValueError(f'the pickle sets the state of a {type(self).__name__}')
-
-
-@dataclasses.dataclass(frozen=True)
-class _StorageType(_Record):
-  """What a pickled `torch.<X>Storage` global resolves to: only its dtype."""
-  dtype: str
-
-
-@dataclasses.dataclass(frozen=True)
-class _Storage(_Record):
-  """Bytes [start, start + nbytes) of the file's storage `key`, holding `dtype` elements."""
-  key: str
-  dtype: str
-  start: int
-  nbytes: int
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class _Tensor(_Record):
-  """A tensor to build once the storages are read: a strided view of `storage` as `dtype`."""
-  storage: _Storage
-  dtype: str
-  offset: int
-  shape: tuple[int, ...]
-  strides: tuple[int, ...]
-
-
-def _index_tuple(values, what: str) -> tuple[int, ...]:
-  if not isinstance(values, (tuple, list)) or any(type(v) is not int or v < 0 for v in values):
-    raise ValueError(f'tensor {what} {values!r} is not a tuple of non-negative ints')
-  return tuple(values)
-
-
-def _tensor(storage, dtype: str, offset, size, stride) -> _Tensor:
-  if not isinstance(storage, _Storage):
-    raise ValueError(f'tensor rebuilt from a {type(storage).__name__}, not a storage')
-  if type(offset) is not int or offset < 0:
-    raise ValueError(f'tensor storage offset {offset!r} is not a non-negative int')
-  shape, strides = _index_tuple(size, 'size'), _index_tuple(stride, 'stride')
-  if len(shape) != len(strides):
-    raise ValueError(f'tensor size {shape} and stride {strides} differ in length')
-  return _Tensor(storage, dtype, offset, shape, strides)
-
-
-# The stand-ins below take no defaults: the BUILD opcode can set a function's attributes, and
-# `__defaults__` set by one file must not reach the next load.
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, *ignored) -> _Tensor:
-  """Stands in for torch._utils._rebuild_tensor_v2: a view of a typed storage.
-
-  `ignored`: requires_grad, backward hooks and (since torch 1.13) metadata.
-  """
-  del ignored
-  dtype = storage.dtype if isinstance(storage, _Storage) else ''
-  return _tensor(storage, dtype, storage_offset, size, stride)
-
-
-def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks,
-                       dtype, *ignored) -> _Tensor:
-  """Stands in for torch._utils._rebuild_tensor_v3: bytes of an untyped storage as `dtype`."""
-  del requires_grad, backward_hooks, ignored
-  name = dtype.removeprefix('torch.') if isinstance(dtype, str) else None
-  if name not in _DTYPES:
-    raise ValueError(f'tensor dtype {dtype!r} is not a known torch dtype')
-  return _tensor(storage, name, storage_offset, size, stride)
-
-
-def _rebuild_parameter(data, *ignored) -> _Tensor:
-  """Stands in for torch._utils._rebuild_parameter(_with_state): the parameter's tensor.
-
-  `ignored`: requires_grad, backward hooks and, with state, the Python attributes.
-  """
-  del ignored
-  if not isinstance(data, _Tensor):
-    raise ValueError(f'parameter rebuilt from a {type(data).__name__}, not a tensor')
-  return data
-
-
-def _empty_dict(*default_factory) -> dict:
-  """Stands in for collections.defaultdict (omegaconf metadata caches): a plain dict."""
-  del default_factory
-  return {}
-
-
-def _latin1_bytes(text, encoding) -> bytes:
-  """Stands in for _codecs.encode, which protocol-2 pickles use for bytes: latin-1 only."""
-  if not isinstance(text, str) or encoding not in ('latin1', 'latin-1'):
-    raise ValueError(f'_codecs.encode with a {type(text).__name__} as {encoding!r}')
-  return text.encode('latin1')
-
-
-_ADMITTED = {
-    '_codecs.encode': _latin1_bytes,
-    'collections.OrderedDict': collections.OrderedDict,
-    'collections.defaultdict': _empty_dict,
-    'torch._utils._rebuild_tensor_v2': _rebuild_tensor_v2,
-    'torch._utils._rebuild_tensor_v3': _rebuild_tensor_v3,
-    'torch._utils._rebuild_parameter': _rebuild_parameter,
-    'torch._utils._rebuild_parameter_with_state': _rebuild_parameter,
-    'torch.Size': tuple,  # a tuple subclass, pickled as Size((d0, d1, ...))
-    'builtins.set': set,
-    'builtins.frozenset': frozenset,
-    'builtins.slice': slice,
-    # Types that omegaconf records in node metadata (ref_type, object_type, key_type); the
-    # metadata is dropped. typing.Any becomes its name: BUILD could set a class's attributes.
-    'builtins.dict': dict,
-    'builtins.list': list,
-    'builtins.tuple': tuple,
-    'builtins.int': int,
-    'builtins.float': float,
-    'builtins.str': str,
-    'builtins.bool': bool,
-    'builtins.bytes': bytes,
-    'typing.Any': 'typing.Any',
-}
-
-
-class _DictStandIn(dict):
-  """Stands in for a dict subclass (`_DICT_CLASSES`): its items, nothing else."""
-
-  def __setstate__(self, state):
-    del state  # an AttributeDict keeps its items as items, not in its __dict__
-
-
-class _StandIn:
-  """Inert stand-in for a config class: keeps the pickled arguments and state, runs nothing."""
-  qualname = ''
-
-  def __new__(cls, *args, **kwargs):
-    del kwargs
-    obj = super().__new__(cls)
-    obj.args, obj.state = args, None
-    return obj
-
-  def __setstate__(self, state):
-    self.state = state
-
-
-def _py3_name(module: str, name: str) -> tuple[str, str]:
-  """Python 2 names of protocol-2 pickles (`__builtin__.long`) -> Python 3 ones, as pickle does."""
-  if (module, name) in _compat_pickle.NAME_MAPPING:
-    return _compat_pickle.NAME_MAPPING[(module, name)]
-  return _compat_pickle.IMPORT_MAPPING.get(module, module), name
-
-
-def _within(module: str, prefixes: Sequence[str]) -> bool:
-  return any(module == p or module.startswith(p + '.') for p in prefixes)
-
-
-def _ascii(value):
-  return value.decode('ascii') if isinstance(value, bytes) else value
-
-
-class _Unpickler(pickle.Unpickler):
-  """Admits `_ADMITTED`, storage types, dtypes and config stand-ins; refuses every other global."""
-
-  def __init__(self, file, path: str, inert_modules: Sequence[str] = (), legacy: bool = False):
-    super().__init__(file, encoding='utf-8')
-    self._path, self._inert, self._legacy = path, tuple(inert_modules), legacy
-    self.storages: dict[str, _Storage] = {}  # key -> the whole storage, as first recorded
-    self._stand_ins: dict[str, type] = {}
-
-  def find_class(self, module, name):
-    module, name = _py3_name(module, name)
-    qualname = f'{module}.{name}'
-    if module in ('torch', 'torch.storage') and name.endswith('Storage'):
-      if name not in _STORAGES:
-        raise CheckpointFormatError(f"{self._path}: unknown storage type '{qualname}'")
-      return _StorageType(_STORAGES[name])
-    if module == 'torch' and name in _DTYPES:
-      return qualname  # a dtype (`torch.float16`) stays its name
-    if qualname in _ADMITTED:
-      return _ADMITTED[qualname]
-    if qualname in _DICT_CLASSES:
-      return _DictStandIn
-    if (qualname in _CONFIG_CLASSES or module in _CONFIG_MODULES
-        or _within(module, self._inert)):
-      if qualname not in self._stand_ins:
-        self._stand_ins[qualname] = type(name, (_StandIn,), {'qualname': qualname})
-      return self._stand_ins[qualname]
-    raise UnsafeCheckpointError(f"{self._path}: refusing to load global '{qualname}'")
-
-  def persistent_load(self, pid):
-    """Storage records: ('storage', type, key, location, numel), + view metadata in legacy."""
-    if (not isinstance(pid, tuple) or len(pid) != (6 if self._legacy else 5)
-        or _ascii(pid[0]) != 'storage' or not isinstance(pid[1], _StorageType)
-        or not isinstance(pid[2], str) or type(pid[4]) is not int or pid[4] < 0):
-      raise CheckpointFormatError(f'{self._path}: not a storage record: {pid!r:.100}')
-    dtype, key, numel = pid[1].dtype, pid[2], pid[4]
-    itemsize = np.dtype(_DTYPES[dtype]).itemsize
-    storage = self.storages.setdefault(key, _Storage(key, dtype, 0, numel * itemsize))
-    if storage != _Storage(key, dtype, 0, numel * itemsize):
-      raise CheckpointFormatError(f'{self._path}: storage {key} recorded twice, differently')
-    view = pid[5] if self._legacy else None
-    if view is None:
-      return storage
-    # Old torch versions saved views of a storage: (view key, element offset, element count).
-    if (not isinstance(view, tuple) or len(view) != 3
-        or any(type(v) is not int or v < 0 for v in view[1:]) or sum(view[1:]) > numel):
-      raise CheckpointFormatError(f'{self._path}: bad storage view {view!r:.100}')
-    return _Storage(key, dtype, view[1] * itemsize, view[2] * itemsize)
+  def built(self, key: str) -> bool:
+    """Counts one of the unpickled tensors of `key` built; True (the bytes let go, so that its
+    array may keep them) once all are."""
+    self._uses[key] -= 1
+    if self._uses[key]:
+      return False
+    return self._data.pop(key, None) is not None
 
 
 class _Builder:
-  """Turns the unpickled tree into plain containers: tensors to arrays, stand-ins to values."""
+  """Turns the unpickled tree into plain containers: tensors to arrays, stand-ins to values.
 
-  def __init__(self, path: str, data: dict[str, bytes], byteorder: str):
-    self._path, self._data, self._byteorder = path, data, byteorder
+  Every object is converted once (shared references stay shared), so the tree is no larger than
+  what the pickle built.
+  """
+
+  def __init__(self, path: str, storages: _Storages, byteorder: str, budget: Budget):
+    self._path, self._storages, self._byteorder = path, storages, byteorder
+    self._budget = budget
     self._memo: dict[int, tuple[Any, Any]] = {}  # id -> (original kept alive, result)
 
-  def plain(self, obj):
+  def plain(self, obj, depth: int = 0):
     hit = self._memo.get(id(obj))
     if hit is not None:
       return hit[1]
-    if isinstance(obj, _Tensor):
-      return self._remember(obj, self._array(obj))
-    if isinstance(obj, _Storage):  # a storage saved on its own: its elements
-      count = obj.nbytes // np.dtype(_DTYPES[obj.dtype]).itemsize
-      return self._remember(obj, self._array(_Tensor(obj, obj.dtype, 0, (count,), (1,))))
+    if depth > MAX_DEPTH:
+      raise CheckpointFormatError(f'{self._path}: containers nested deeper than {MAX_DEPTH}')
+    if isinstance(obj, torch_pickle.Tensor):
+      return self._remember(obj, self._array(obj, unpickled=True))
+    if isinstance(obj, torch_pickle.Storage):  # a storage saved on its own: its elements
+      count = obj.nbytes // np.dtype(torch_pickle.DTYPES[obj.dtype]).itemsize
+      return self._remember(obj, self._array(
+          torch_pickle.Tensor(obj, obj.dtype, 0, (count,), (1,)), unpickled=False))
     if isinstance(obj, dict):
       result = self._remember(obj, collections.OrderedDict()
                               if isinstance(obj, collections.OrderedDict) else {})
-      result.update((self.plain(k), self.plain(v)) for k, v in obj.items())
+      result.update((self.plain(k, depth + 1), self.plain(v, depth + 1))
+                    for k, v in obj.items())
       return result
     if isinstance(obj, list):
       result = self._remember(obj, [])
-      result.extend(self.plain(v) for v in obj)
+      result.extend(self.plain(v, depth + 1) for v in obj)
       return result
     if isinstance(obj, (tuple, set, frozenset)):
-      return type(obj)(self.plain(v) for v in obj)
-    if isinstance(obj, _StandIn):
-      return self._stand_in_value(obj)
-    return obj
+      return self._remember(obj, type(obj)(self.plain(v, depth + 1) for v in obj))
+    if isinstance(obj, torch_pickle.StandIn):
+      return self._stand_in_value(obj, depth)
+    if isinstance(obj, (torch_pickle.Admitted, torch_pickle.StorageType)):
+      return obj.qualname  # a global used as a value (a defaultdict's factory): its name
+    if isinstance(obj, (str, bytes, int, float, slice, type(None))):  # bool is an int
+      return obj
+    raise CheckpointFormatError(f'{self._path}: the pickle holds a {type(obj).__name__}')
 
   def _remember(self, obj, result):
     self._memo[id(obj)] = (obj, result)
     return result
 
-  def _stand_in_value(self, obj: _StandIn):
+  def _stand_in_value(self, obj: torch_pickle.StandIn, depth: int):
     """Namespace -> its attributes; DictConfig/ListConfig -> their content; nodes -> value."""
     state = obj.state
     if isinstance(state, tuple) and len(state) == 2:  # (__dict__, slots) from a BUILD
+      if not all(isinstance(s, (dict, type(None))) for s in state):
+        raise CheckpointFormatError(f'{self._path}: {obj.qualname} pickled with a bad state')
       state = {**(state[0] or {}), **(state[1] or {})}
     if not isinstance(state, (dict, type(None))):
       raise CheckpointFormatError(
@@ -329,102 +155,169 @@ class _Builder:
     state = state or {}
     module = obj.qualname.rpartition('.')[0]
     if obj.qualname == 'argparse.Namespace':
-      return self._remember(obj, {k: self.plain(v) for k, v in state.items()})
+      result = self._remember(obj, {})
+      result.update((self.plain(k, depth + 1), self.plain(v, depth + 1))
+                    for k, v in state.items())
+      return result
     if module in ('omegaconf.dictconfig', 'omegaconf.listconfig'):
-      return self.plain(state.get('_content'))  # a dict, a list, None or a '${..}'/'???' str
+      # a dict, a list, None or a '${..}'/'???' str
+      return self.plain(state.get('_content'), depth + 1)
     if module == 'omegaconf.nodes':
-      return self.plain(state.get('_val'))
+      return self.plain(state.get('_val'), depth + 1)
     if module == 'omegaconf.base':  # node metadata, only reachable through a node's state
       return None
     result = self._remember(obj, {'__global__': obj.qualname})  # an `inert_modules` object
-    result.update(args=[self.plain(a) for a in obj.args], state=self.plain(obj.state))
+    result.update(args=[self.plain(a, depth + 1) for a in obj.args],
+                  state=self.plain(obj.state, depth + 1))
     return result
 
-  def _array(self, tensor: _Tensor) -> np.ndarray:
-    storage = tensor.storage
-    raw = self._data.get(storage.key)
-    if raw is None:
-      raise CheckpointFormatError(f'{self._path}: storage {storage.key} has no data')
-    stored = memoryview(raw)[storage.start:storage.start + storage.nbytes]
-    if len(stored) < storage.nbytes:
-      raise CheckpointFormatError(f'{self._path}: storage {storage.key} is truncated')
-    dtype = np.dtype(_DTYPES[tensor.dtype])
+  def _array(self, tensor: torch_pickle.Tensor, unpickled: bool) -> np.ndarray:
+    """The tensor's elements out of its storage, charged before anything is allocated: a copy,
+    or the storage's own bytes when it is the last of the `unpickled` tensors to need them and
+    views most of them in place (no other array shares them)."""
+    storage, bfloat16 = tensor.storage, tensor.dtype == 'bfloat16'
+    out = np.dtype(np.float32 if bfloat16 else torch_pickle.DTYPES[tensor.dtype])
+    self._budget.charge(math.prod(tensor.shape) * out.itemsize,
+                        f'tensor of shape {tensor.shape} (storage {storage.key})')
+    if tensor.end > storage.nbytes:  # as_strided would read past the storage
+      raise CheckpointFormatError(f'{self._path}: tensor view {tensor.shape} stride '
+                                  f'{tensor.strides} + {tensor.offset} outside its storage')
+    stored = self._storages.get(storage.key, storage.start + tensor.end)[storage.start:]
+    dtype = np.dtype(torch_pickle.DTYPES[tensor.dtype])
     if self._byteorder == 'big':
       dtype = dtype.newbyteorder('>')
     flat = np.frombuffer(stored, dtype, count=len(stored) // dtype.itemsize)
-    last = tensor.offset + sum((n - 1) * s for n, s in zip(tensor.shape, tensor.strides))
-    if math.prod(tensor.shape) and last >= flat.size:  # as_strided would read past the buffer
-      raise CheckpointFormatError(f'{self._path}: tensor view {tensor.shape} stride '
-                                  f'{tensor.strides} + {tensor.offset} outside its storage')
     view = np.lib.stride_tricks.as_strided(
         flat[tensor.offset:], tensor.shape, [s * dtype.itemsize for s in tensor.strides])
-    array = np.array(view, dtype.newbyteorder('='))
-    if tensor.dtype == 'bfloat16':
-      array = (array.astype(np.uint32) << 16).view(np.float32)
-    return array
+    last = unpickled and self._storages.built(storage.key)
+    if (last and view.flags.c_contiguous and dtype.isnative and not bfloat16
+        and 2 * view.nbytes >= len(stored.obj)):
+      return view
+    if not bfloat16:
+      return np.array(view, dtype.newbyteorder('='))
+    array = np.empty(tensor.shape, np.uint32)  # bfloat16 bits are a float32's high half
+    array[...] = view
+    array <<= 16
+    return array.view(np.float32)
 
 
-def _read(f, size: int, path: str) -> bytes:
-  data = f.read(size)
-  if len(data) < size:
-    raise CheckpointFormatError(f'{path}: truncated (storage data ends early)')
-  return data
+def _read_exactly(f, n: int, path: str, what: str) -> bytearray:
+  """`n` bytes from `f` into one buffer, read in chunks (a zip member's `read(n)` would hold
+  another whole copy)."""
+  buffer = bytearray(n)
+  view, done = memoryview(buffer), 0
+  while done < n:
+    chunk = f.read(min(n - done, _CHUNK))
+    if not chunk:
+      raise CheckpointFormatError(f'{path}: truncated ({what} ends early)')
+    view[done:done + len(chunk)] = chunk
+    done += len(chunk)
+  return buffer
 
 
-def _load_zip(f, path: str, inert_modules: Sequence[str]):
+def _load_zip(f, path: str, budget: Budget, inert_modules: Sequence[str]):
+  # zipfile holds the whole central directory: bound it before it is read (from the end record,
+  # through zipfile's own reader of it).
+  end = zipfile._EndRecData(f)  # pylint: disable=protected-access
+  if end is None:
+    raise CheckpointFormatError(f'{path}: truncated or corrupt zip archive')
+  entries, size = zipfile._ECD_ENTRIES_TOTAL, zipfile._ECD_SIZE  # pylint: disable=protected-access
+  budget.charge(end[entries] * _ZIP_ENTRY_BYTES + 2 * end[size], 'the zip directory')
   with zipfile.ZipFile(f) as archive:
-    names = set(archive.namelist())
-    pickles = [n for n in names if n.endswith('/data.pkl') and n.count('/') == 1]
-    if len(pickles) != 1 or any(n.endswith('/constants.pkl') for n in names):
+    members = {info.filename: info for info in archive.infolist()}
+    pickles = [n for n in members if n.endswith('/data.pkl') and n.count('/') == 1]
+    if len(pickles) != 1 or any(n.endswith('/constants.pkl') for n in members):
       raise CheckpointFormatError(
           f'{path}: a zip archive but not a torch.save file (TorchScript or other zip)')
     prefix = pickles[0].removesuffix('data.pkl')
+
+    def read(name: str, n: int) -> bytearray:
+      info = members.get(prefix + name)
+      if info is None:
+        raise CheckpointFormatError(f'{path}: {name} missing from the archive')
+      if info.file_size < n:
+        raise CheckpointFormatError(f'{path}: truncated ({name} holds {info.file_size} bytes, '
+                                    f'its tensors reach {n})')
+      with archive.open(info) as member:
+        return _read_exactly(member, n, path, name)
+
     byteorder = 'little'
-    if prefix + 'byteorder' in names:
-      byteorder = archive.read(prefix + 'byteorder').decode('ascii', 'replace')
+    if prefix + 'byteorder' in members:
+      byteorder = bytes(read('byteorder', min(members[prefix + 'byteorder'].file_size, 8)))
+      byteorder = byteorder.decode('ascii', 'replace')
     if byteorder not in ('little', 'big'):
       raise CheckpointFormatError(f'{path}: unknown byte order {byteorder!r}')
-    unpickler = _Unpickler(io.BytesIO(archive.read(pickles[0])), path, inert_modules)
+    size = members[pickles[0]].file_size
+    budget.charge(2 * size, 'data.pkl')  # read, then copied once into bytes
+    data = bytes(read('data.pkl', size))
+    unpickler = torch_pickle.Unpickler(io.BytesIO(data), size, path, budget, inert_modules)
     tree = unpickler.load()
-    data = {}
-    for key in unpickler.storages:
-      if f'{prefix}data/{key}' not in names:
-        raise CheckpointFormatError(f'{path}: storage {key} missing from the archive')
-      data[key] = archive.read(f'{prefix}data/{key}')
-  return _Builder(path, data, byteorder).plain(tree)
+    del data
+    storages = _Storages(lambda key, n: read(f'data/{key}', n), unpickler.tensors.values(),
+                         budget)
+    return _Builder(path, storages, byteorder, budget).plain(tree)
 
 
-def _load_legacy(f, path: str, inert_modules: Sequence[str]):
+def _load_legacy(f, path: str, size: int, budget: Budget, inert_modules: Sequence[str]):
+  def load_pickle(**kwargs):
+    unpickler = torch_pickle.Unpickler(f, size - f.tell(), path, budget, **kwargs)
+    return unpickler.load(), unpickler
+
   try:
-    magic = _Unpickler(f, path).load()
+    magic, _ = load_pickle()
   except TorchFileError:
     raise
   except Exception:  # pylint: disable=broad-exception-caught
     magic = None  # any unreadable start: not this format
   if magic != LEGACY_MAGIC:
     raise CheckpointFormatError(f'{path}: not a torch file (neither zip nor legacy format)')
-  version = _Unpickler(f, path).load()
+  version, _ = load_pickle()
   if version != LEGACY_PROTOCOL:
-    raise CheckpointFormatError(f'{path}: legacy protocol {version!r}, not {LEGACY_PROTOCOL}')
-  sys_info = _Unpickler(f, path).load()
+    raise CheckpointFormatError(f'{path}: legacy protocol {torch_pickle.short(version)}, not '
+                                f'{LEGACY_PROTOCOL}')
+  sys_info, _ = load_pickle()
   if not isinstance(sys_info, dict) or not sys_info.get('little_endian', True):
     raise CheckpointFormatError(f'{path}: written on a big-endian machine (not supported)')
-  unpickler = _Unpickler(f, path, inert_modules, legacy=True)
-  tree = unpickler.load()
-  keys = _Unpickler(f, path).load()
-  if not isinstance(keys, list) or any(k not in unpickler.storages for k in keys):
+  tree, unpickler = load_pickle(inert_modules=inert_modules, legacy=True)
+  keys, _ = load_pickle()
+  if (not isinstance(keys, list)
+      or any(type(k) is not str or k not in unpickler.storages for k in keys)):
     raise CheckpointFormatError(f'{path}: storage key list does not match the pickle')
-  data = {}
+  offsets = {}  # key -> where its bytes start in the file
   for key in keys:
     storage = unpickler.storages[key]
-    count = int.from_bytes(_read(f, 8, path), 'little')
-    if count * np.dtype(_DTYPES[storage.dtype]).itemsize != storage.nbytes:
-      raise CheckpointFormatError(f'{path}: storage {key} has {count} elements, not as recorded')
-    data[key] = _read(f, storage.nbytes, path)
-  return _Builder(path, data, 'little').plain(tree)
+    count = int.from_bytes(_read_exactly(f, 8, path, f'storage {key}'), 'little')
+    itemsize = np.dtype(torch_pickle.DTYPES[storage.dtype]).itemsize
+    if count * itemsize != storage.nbytes or storage.nbytes > size - f.tell():
+      raise CheckpointFormatError(f'{path}: storage {key} has {count} elements, not as recorded, '
+                                  'or is truncated')
+    offsets[key] = f.tell()
+    f.seek(storage.nbytes, os.SEEK_CUR)
+
+  def read(key: str, n: int) -> bytearray:
+    if key not in offsets:
+      raise CheckpointFormatError(f'{path}: storage {key} has no data')
+    f.seek(offsets[key])
+    return _read_exactly(f, n, path, f'storage {key}')
+
+  storages = _Storages(read, unpickler.tensors.values(), budget)
+  return _Builder(path, storages, 'little', budget).plain(tree)
 
 
-def load(path: str | os.PathLike, *, inert_modules: Sequence[str] = ()) -> Any:
+def _open_regular(path: str):
+  """`path` opened for reading, if it is a regular file (a device or FIFO never ends)."""
+  try:  # O_NONBLOCK: opening a FIFO must not wait for a writer
+    fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0))
+  except OSError as error:
+    raise TorchFileError(f'{path}: cannot open ({error.strerror})') from None
+  if not stat.S_ISREG(os.fstat(fd).st_mode):
+    os.close(fd)
+    raise CheckpointFormatError(f'{path}: not a regular file (a device, FIFO or directory)')
+  return os.fdopen(fd, 'rb')
+
+
+def load(path: str | os.PathLike, *, inert_modules: Sequence[str] = (),
+         max_bytes: int | None = None) -> Any:
   """Reads a `torch.save` file into dicts, lists, tuples, plain values and numpy arrays.
 
   Args:
@@ -432,27 +325,36 @@ def load(path: str | os.PathLike, *, inert_modules: Sequence[str] = ()) -> Any:
     inert_modules: module prefixes (e.g. 'fairseq') whose pickled objects become inert
       {'__global__': 'module.Class', 'args': [...], 'state': ...} dicts instead of being
       refused, for files that keep bookkeeping objects beside the weights. Nothing of them runs.
+    max_bytes: the memory the load may allocate (see the module doc); default
+      `default_budget(the file's size)`.
 
   Raises:
-    UnsafeCheckpointError: the file asks for any other global.
-    CheckpointFormatError: not a torch file, truncated, corrupt, or an unknown storage type.
+    UnsafeCheckpointError: the file asks for any other global, or calls one it may not.
+    CheckpointTooLargeError: reading it would allocate more than the budget.
+    CheckpointFormatError: not a regular file, not a torch file, truncated, corrupt, or an
+      unknown storage type.
   """
   path = os.fspath(path)
-  with open(path, 'rb') as f:
+  if max_bytes is not None and (type(max_bytes) is not int or max_bytes <= 0):
+    raise ValueError(f'max_bytes must be a positive int, got {max_bytes!r}')
+  with _open_regular(path) as f:
+    size = os.fstat(f.fileno()).st_size
+    hint = '' if max_bytes else f" (3x the file's size + {BUDGET_SLACK >> 20} MiB)"
+    budget = Budget(path, max_bytes or default_budget(size), hint)
     try:
       if zipfile.is_zipfile(f):
-        return _load_zip(f, path, inert_modules)
+        return _load_zip(f, path, budget, inert_modules)
       f.seek(0)
       if f.read(4) == _ZIP_MAGIC:
         raise CheckpointFormatError(f'{path}: truncated or corrupt zip archive')
       f.seek(0)
-      return _load_legacy(f, path, inert_modules)
-    except TorchFileError:
+      return _load_legacy(f, path, size, budget, inert_modules)
+    except (TorchFileError, MemoryError):  # a MemoryError would be a budget the reader broke
       raise
     except Exception as e:  # pylint: disable=broad-exception-caught
       # Untrusted bytes fail in many ways (pickle, zip, struct, type errors): name the file.
       raise CheckpointFormatError(
-          f'{path}: truncated or corrupt ({type(e).__name__}: {e})') from e
+          f'{path}: truncated or corrupt ({type(e).__name__}: {str(e):.200})') from e
 
 
 def as_float32(tree: Any) -> Any:

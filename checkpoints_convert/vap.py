@@ -31,7 +31,7 @@ import re
 import numpy as np
 
 from checkpoints_convert import cpc as convert_cpc
-from checkpoints_convert import keys, torch_file
+from checkpoints_convert import keys, stored, torch_file
 from checkpoints_convert.keys import ConversionError
 from convssl_jax import recipes
 from convssl_jax.models import downsample, transformer
@@ -61,7 +61,7 @@ def _canonical(weights: dict, path: str) -> tuple[dict, dict]:
 def _encoder_architecture(w: dict, path: str) -> dict:
   """{'lstm_layers', 'frame_hz'} from the CPC encoder and downsampler keys both models share."""
   down = 'encoder.downsample.1.weight'
-  kernel = np.shape(w[down])[-1] if down in w else None
+  kernel = keys.shape(w, down, path, 3)[-1] if down in w else None
   if kernel is not None and kernel not in _FRAME_HZ:
     raise ConversionError(f'{path}: downsampler kernel {kernel} is none of the released ones '
                           f'{_FRAME_HZ} (kernel -> Hz)')
@@ -74,12 +74,29 @@ def architecture(w: dict, path: str) -> dict:
   if any(k.startswith('feature_projection.') for k in w):
     raise ConversionError(f'{path}: a feature_projection (encoder width != model width) is not '
                           'supported: our stereo model uses the CPC width')
-  dim = keys.shape(w, 'ar_channel.layers.0.ln_self_attn.weight', path)[0]
+  dim = keys.shape(w, 'ar_channel.layers.0.ln_self_attn.weight', path, 1)[0]
   encoder = _encoder_architecture(w, path)
-  return {'dim': dim, 'num_heads': int(np.size(w.get('ar_channel.layers.0.mha.m', ()))),
-          'ffn_mult': keys.shape(w, 'ar_channel.layers.0.ffnetwork.0.weight', path)[0] // dim,
-          'self_layers': keys.count(w, r'ar_channel\.layers\.(\d+)\.'),
-          'cross_layers': keys.count(w, r'ar\.layers\.(\d+)\.'), **encoder}
+  return _bounded({
+      'dim': dim, 'num_heads': int(np.size(w.get('ar_channel.layers.0.mha.m', ()))),
+      'ffn_mult': keys.shape(w, 'ar_channel.layers.0.ffnetwork.0.weight', path, 2)[0] // dim,
+      'self_layers': keys.count(w, r'ar_channel\.layers\.(\d+)\.'),
+      'cross_layers': keys.count(w, r'ar\.layers\.(\d+)\.'), **encoder}, path)
+
+
+# Architecture sizes -> the most each may be: layer counts come from key names, as many as a file
+# has keys, and every layer adds expected keys before any is checked.
+_MOST = {'dim': stored.MAX_WIDTH, 'num_heads': stored.MAX_HEADS, 'ffn_mult': stored.MAX_WIDTH,
+         'self_layers': stored.MAX_LAYERS, 'cross_layers': stored.MAX_LAYERS,
+         'num_layers': stored.MAX_LAYERS, 'lstm_layers': stored.MAX_LAYERS,
+         'history_bins': stored.MAX_WIDTH}
+
+
+def _bounded(a: dict, path: str) -> dict:
+  """The architecture `a`, if its sizes are within `_MOST`."""
+  for field, most in _MOST.items():
+    if field in a:
+      stored.integer(a[field], f'{field} (read from the weights)', path, 0, most)
+  return a
 
 
 def _layer_shapes(prefix: str, dim: int, heads: int, ffn: int, cross: bool) -> dict:
@@ -170,13 +187,16 @@ def recipe_data(kind: str) -> dict:
   return {'window_s': d.window_s, 'normalize': d.normalize}
 
 
-def conv_ssl_data(hyper: dict, frame_hz: int) -> dict:
+def conv_ssl_data(hyper: dict, frame_hz: int, path: str) -> dict:
   """The windows and normalisation a conv_ssl checkpoint was trained with: its stored
   `conf['data']` (audio_duration, audio_normalize) where present, else the paper-B scripts' (20-s
   chunks at 20/50 Hz, 10 s at 100 Hz; normalised)."""
-  stored = (hyper.get('conf') or {}).get('data') or {}
-  return {'window_s': float(stored.get('audio_duration', 20.0 if frame_hz < 100 else 10.0)),
-          'normalize': bool(stored.get('audio_normalize', True))}
+  data = stored.section(hyper, ('conf', 'data'), 'hyper_parameters', path)
+  name = "hyper_parameters['conf']['data']"
+  return {'window_s': stored.seconds(data.get('audio_duration', 20.0 if frame_hz < 100 else 10.0),
+                                     f"{name}['audio_duration']", path),
+          'normalize': stored.flag(data.get('audio_normalize', True),
+                                   f"{name}['audio_normalize']", path)}
 
 
 def _model_config(kind: str, a: dict):
@@ -195,17 +215,19 @@ def model_config(a: dict):
   return cfg
 
 
-def _load(path: str) -> tuple[dict, dict, str]:
+def _load(path: str, max_bytes: int | None) -> tuple[dict, dict, str]:
   """(weights, Lightning hyper_parameters or {}, the format: 'lightning' or 'state_dict')."""
   checkpoint = torch_file.load(path, inert_modules=('vap', 'conv_ssl', 'pytorch_lightning',
-                                                    'lightning', 'lightning_fabric'))
+                                                    'lightning', 'lightning_fabric'),
+                               max_bytes=max_bytes)
   lightning = isinstance(checkpoint, dict) and isinstance(checkpoint.get('state_dict'), dict)
   weights = checkpoint['state_dict'] if lightning else checkpoint
   if not isinstance(weights, dict) or not all(isinstance(v, np.ndarray) for v in weights.values()):
-    found = sorted(weights)[:12] if isinstance(weights, dict) else type(weights).__name__
-    raise ConversionError(f'{path}: not a VAP state dict or Lightning checkpoint; found {found}')
+    raise ConversionError(f'{path}: not a VAP state dict or Lightning checkpoint; found '
+                          f'{stored.found(weights)}')
+  stored.state_dict(weights, "'state_dict'" if lightning else 'the state dict', path)
   hyper = checkpoint.get('hyper_parameters') if lightning else None
-  return (weights, hyper if isinstance(hyper, dict) else {},
+  return (weights, {} if hyper is None else stored.mapping(hyper, 'hyper_parameters', path),
           'lightning' if lightning else 'state_dict')
 
 
@@ -222,11 +244,11 @@ def _without_ignored(weights: dict, source: dict, pattern: str) -> tuple[dict, l
   return {k: v for k, v in weights.items() if not re.match(pattern, k)}, ignored
 
 
-def convert(path: str | os.PathLike) -> tuple[dict, dict]:
+def convert(path: str | os.PathLike, *, max_bytes: int | None = None) -> tuple[dict, dict]:
   """({'format', 'architecture', 'model' (our config.model as a dict), 'data' (windows and
-  normalisation), 'ignored_keys'}, params)."""
+  normalisation), 'ignored_keys'}, params); `max_bytes`: the reader's budget (torch_file.load)."""
   path = os.fspath(path)
-  weights, _, file_format = _load(path)
+  weights, _, file_format = _load(path, max_bytes)
   weights, source = _canonical(weights, path)
   weights, ignored = _without_ignored(weights, source, IGNORED)
   a = architecture(weights, path)
@@ -272,27 +294,31 @@ def _double_residual(source: dict, path: str) -> bool:
 def conv_ssl_architecture(w: dict, source: dict, hyper: dict, path: str) -> dict:
   """{'dim', 'num_heads', 'ffn_mult', 'num_layers', 'history_bins', 'double_residual',
   'lstm_layers', 'frame_hz'} of canonical weights `w` (`source`: their names in the file)."""
-  stored = ((hyper.get('conf') or {}).get('model') or {}).get('ar') or {}
-  dim = keys.shape(w, 'gpt.layers.0.ln_self_attn.weight', path)[0]
-  heads = int(np.size(w['gpt.layers.0.mha.m'])) if 'gpt.layers.0.mha.m' in w else stored.get(
-      'num_heads')
-  if not heads:
+  ar = stored.section(hyper, ('conf', 'model', 'ar'), 'hyper_parameters', path)
+  dim = keys.shape(w, 'gpt.layers.0.ln_self_attn.weight', path, 1)[0]
+  heads_field = "hyper_parameters['conf']['model']['ar']['num_heads']"
+  if 'gpt.layers.0.mha.m' in w:
+    heads = int(np.size(w['gpt.layers.0.mha.m']))
+  elif ar.get('num_heads') is not None:
+    heads = stored.integer(ar['num_heads'], heads_field, path, 1, stored.MAX_HEADS)
+  else:
     raise ConversionError(f'{path}: the head count is neither in ALiBi slopes (mha.m) nor in '
-                          "hyper_parameters['conf']['model']['ar']['num_heads']")
-  if stored.get('type', 'gpt') != 'gpt':
-    raise ConversionError(f"{path}: conf ar.type={stored['type']!r} is not supported (the 50/20 Hz "
-                          "GPT models are; the 100 Hz 'transformer' ones are not)")
-  head = keys.shape(w, 'vap_head.projection_head.weight', path)[0]
+                          f'{heads_field}')
+  if not stored.one_of(ar.get('type', 'gpt'), ('gpt',)):
+    raise ConversionError(f"{path}: conf ar.type={stored.show(ar['type'])} is not supported (the "
+                          "50/20 Hz GPT models are; the 100 Hz 'transformer' ones are not)")
+  head = keys.shape(w, 'vap_head.projection_head.weight', path, 2)[0]
   if head != 256:
     raise ConversionError(f'{path}: a VAP head of {head} outputs; only the discrete 256-class '
                           'head is converted')
   encoder = _encoder_architecture(w, path)
   history = ('vad_condition.va_history.weight' in w
-             and keys.shape(w, 'vad_condition.va_history.weight', path)[1])
-  return {'dim': dim, 'num_heads': int(heads),
-          'ffn_mult': keys.shape(w, 'gpt.layers.0.ffnetwork.0.weight', path)[0] // dim,
-          'num_layers': keys.count(w, r'gpt\.layers\.(\d+)\.'), 'history_bins': int(history or 0),
-          'double_residual': _double_residual(source, path), **encoder}
+             and keys.shape(w, 'vad_condition.va_history.weight', path, 2)[1])
+  return _bounded({
+      'dim': dim, 'num_heads': heads,
+      'ffn_mult': keys.shape(w, 'gpt.layers.0.ffnetwork.0.weight', path, 2)[0] // dim,
+      'num_layers': keys.count(w, r'gpt\.layers\.(\d+)\.'), 'history_bins': int(history or 0),
+      'double_residual': _double_residual(source, path), **encoder}, path)
 
 
 def conv_ssl_expected_shapes(a: dict, with_slopes: bool) -> dict[str, tuple[int, ...]]:
@@ -334,11 +360,12 @@ def conv_ssl_model_config(a: dict):
   return cfg
 
 
-def convert_conv_ssl(path: str | os.PathLike) -> tuple[dict, dict]:
+def convert_conv_ssl(path: str | os.PathLike, *, max_bytes: int | None = None
+                     ) -> tuple[dict, dict]:
   """conv_ssl's mono Lightning checkpoint -> ({'format', 'architecture', 'model', 'data',
-  'ignored_keys'}, MonoVAP params)."""
+  'ignored_keys'}, MonoVAP params); `max_bytes`: the reader's budget (torch_file.load)."""
   path = os.fspath(path)
-  weights, hyper, file_format = _load(path)
+  weights, hyper, file_format = _load(path, max_bytes)
   weights, source = _conv_ssl_canonical(weights, path)
   weights, ignored = _without_ignored(weights, source, r'VAP\.codebook\.')
   a = conv_ssl_architecture(weights, source, hyper, path)
@@ -347,6 +374,7 @@ def convert_conv_ssl(path: str | os.PathLike) -> tuple[dict, dict]:
                          f'conv_ssl architecture {a}', source)
   _check_slopes(weights, a['num_heads'], source, path)
   return ({'format': file_format, 'architecture': a,
-           'model': conv_ssl_model_config(a).to_dict(), 'data': conv_ssl_data(hyper, a['frame_hz']),
+           'model': conv_ssl_model_config(a).to_dict(),
+           'data': conv_ssl_data(hyper, a['frame_hz'], path),
            'ignored_keys': ignored},
           conv_ssl_params(weights, a))

@@ -180,7 +180,7 @@ def _checkpoint(**changes) -> dict:
 
 
 def _convert(monkeypatch, checkpoint):
-  monkeypatch.setattr(torch_file, 'load', lambda path: checkpoint)
+  monkeypatch.setattr(torch_file, 'load', lambda path, **kwargs: checkpoint)
   return convert_cpc.convert('cpc.pt')
 
 
@@ -230,7 +230,7 @@ def test_a_cpc_train_checkpoint_with_its_options_file_converts_like_the_hub_file
   hub = _checkpoint()
   trained = {'gEncoder': hub['weights'], 'cpcCriterion': {'wPrediction.0.weight': np.zeros(3)},
              'optimizer': {'state': {}}, 'best': None}  # cpc/train.py's save_checkpoint
-  monkeypatch.setattr(torch_file, 'load', lambda path: trained)
+  monkeypatch.setattr(torch_file, 'load', lambda path, **kwargs: trained)
   with pytest.raises(convert_cpc.ConversionError, match='checkpoint_args.json'):
     convert_cpc.convert(tmp_path / 'checkpoint_4.pt')
   (tmp_path / 'checkpoint_args.json').write_text(json.dumps(dict(hub['config'])))
