@@ -8,6 +8,7 @@ $TFDS_DATA_DIR). A build that fails leaves only an `incomplete.*` directory and 
 import tensorflow_datasets as tfds
 from absl import app, flags
 
+from convssl_jax.data import f0 as f0_lib
 from data_builders import CORPORA, builder_class
 
 FLAGS = flags.FLAGS
@@ -15,6 +16,8 @@ flags.DEFINE_string('data_dir', None, 'Where datasets are written (TFDS default 
 flags.DEFINE_string('manual_dir', None, 'The corpus as shipped (LDC tree, or your folder).')
 flags.DEFINE_string('config', None, 'Builder config name (e.g. fold_3); the default if unset.')
 flags.DEFINE_integer('num_workers', None, 'Processes loading conversations (default: all cores).')
+flags.DEFINE_enum('f0_tracker', f0_lib.DEFAULT_TRACKER, f0_lib.TRACKERS,
+                  "F0 tracker: pyin (this project's, fast) or librosa_pyin (librosa.pyin).")
 flags.DEFINE_bool('skip_bad', False, 'Leave out conversations that fail to load and list them '
                   "in the dataset's metadata instead of stopping.")
 
@@ -23,7 +26,8 @@ def main(argv):
   if len(argv) != 2:
     raise app.UsageError(f'usage: python -m data_builders {{{",".join(CORPORA)}}} [flags]')
   builder = builder_class(argv[1])(data_dir=FLAGS.data_dir, config=FLAGS.config,
-                                   skip_bad=FLAGS.skip_bad, num_workers=FLAGS.num_workers)
+                                   skip_bad=FLAGS.skip_bad, num_workers=FLAGS.num_workers,
+                                   f0_tracker=FLAGS.f0_tracker)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=FLAGS.manual_dir, try_download_gcs=False))
   print(f'{builder.name}: {builder.data_dir}')

@@ -28,6 +28,9 @@ SAMPLE_RATE = 16_000
 TELEPHONE_RATE = 8_000  # Switchboard, Fisher: F0 is computed at this rate, before resampling
 F0_HZ = f0_lib.F0_HZ
 _RAW = tfds.features.Encoding.BYTES
+F0_RELEASE_NOTE = ('F0 by the project\'s pYIN (convssl_jax.data.f0.fast_pyin_f0: librosa.pyin\'s '
+                   'track, ~20x faster); f0_tracker=librosa_pyin keeps librosa\'s own. The '
+                   'tracker is recorded in metadata["f0_tracker"].')
 
 
 def features() -> tfds.features.FeaturesDict:
@@ -64,16 +67,18 @@ def read_telephone_audio(path: pathlib.Path) -> np.ndarray:
 
 
 def conversation(*, session: str, dataset: str, audio: np.ndarray, sample_rate: int, va,
-                 source: str, f0: np.ndarray | None = None, words: Iterable = ()) -> dict:
+                 source: str, f0: np.ndarray | None = None, words: Iterable = (),
+                 f0_tracker: str = f0_lib.DEFAULT_TRACKER) -> dict:
   """One stored example. `audio` [S, C] (C = 1 gets a silent partner channel), any rate;
-  `va` a VA list; `f0` [T, 2] at F0_HZ, or None to run pYIN on the audio at its own rate."""
+  `va` a VA list; `f0` [T, 2] at F0_HZ, or None to track it (`f0_tracker`, one of
+  f0.TRACKERS) on the audio at its own rate."""
   audio = np.asarray(audio, np.float32)
   if audio.ndim != 2 or audio.shape[1] not in (1, 2):
     raise ValueError(f'{source}: expected mono or stereo audio, got shape {audio.shape}')
   if audio.shape[1] == 1:
     audio = np.concatenate([audio, np.zeros_like(audio)], axis=1)
   if f0 is None:
-    f0 = f0_lib.pyin_f0(audio, sample_rate)
+    f0 = f0_lib.track_f0(audio, sample_rate, f0_tracker)
   duration = audio.shape[0] / sample_rate
   segments = va_lib.va_segments(va, source=source)
   if len(segments) and segments[:, 2].max() > duration + 0.05:
@@ -102,13 +107,19 @@ def _load(load: Callable[[], dict]) -> tuple[dict | None, str | None]:
 class ConversationBuilder(tfds.core.GeneratorBasedBuilder):
   """Base of the corpus builders: the shared schema, generation order, metadata, `skip_bad`.
 
-  Conversations load in `num_workers` processes (default: every core; pYIN dominates the
-  build), in order. Loaders must be picklable (module-level functions or partials of them).
+  Conversations load in `num_workers` processes (default: every core), in order. Loaders must
+  be picklable (module-level functions or partials of them). F0 is tracked by `f0_tracker` (one
+  of f0.TRACKERS), recorded in the metadata.
   """
 
-  def __init__(self, *, skip_bad: bool = False, num_workers: int | None = None, **kwargs):
+  def __init__(self, *, skip_bad: bool = False, num_workers: int | None = None,
+               f0_tracker: str = f0_lib.DEFAULT_TRACKER, **kwargs):
+    if f0_tracker not in f0_lib.TRACKERS:
+      raise ValueError(f'unknown F0 tracker {f0_tracker!r}; expected one of '
+                       f'{", ".join(f0_lib.TRACKERS)}')
     self.skip_bad = skip_bad
     self.num_workers = num_workers or multiprocessing.cpu_count()
+    self.f0_tracker = f0_tracker
     kwargs.setdefault('file_format', 'array_record')  # TFRecord would need TensorFlow
     super().__init__(**kwargs)
 
@@ -139,6 +150,7 @@ class ConversationBuilder(tfds.core.GeneratorBasedBuilder):
     pairs = list(loaders)
     sessions, loads = [s for s, _ in pairs], [load for _, load in pairs]
     meta = self.info.metadata
+    meta['f0_tracker'] = self.f0_tracker
     index = meta.setdefault('splits', {})[split] = {'sessions': [], 'durations': []}
     skipped = meta.setdefault('skipped', {})[split] = []
     with contextlib.ExitStack() as stack:

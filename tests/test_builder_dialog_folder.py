@@ -9,15 +9,9 @@ import pytest
 import soxr
 
 from convssl_jax.data import audio as audio_lib
-from convssl_jax.data import f0 as f0_lib
 from data_builders.dialog_folder import DialogFolder, DialogFolderConfig
 from data_builders.dialog_folder import dialog_folder_dataset_builder as dialog_folder
 from tests import corpus_fixtures as fx
-
-
-@pytest.fixture(autouse=True)
-def cheap_f0(monkeypatch):
-  monkeypatch.setattr(f0_lib, 'pyin_f0', fx.zero_f0)
 
 
 @pytest.fixture
@@ -27,7 +21,7 @@ def folder(tmp_path):
 
 
 def _dataset_dir(data_dir, config='default'):
-  return data_dir / 'dialog_folder' / config / '1.0.0'
+  return data_dir / 'dialog_folder' / config / '1.1.0'
 
 
 

@@ -8,7 +8,7 @@ partner channel, as the reference does for monologues. Beside each `<stem>.<ext>
 
 Splits: the session lists `train.txt`, `validation.txt`, `test.txt` at the folder's top (one stem
 a line) where any exists, else a seeded random split by the config's ratios. Audio is read at
-16 kHz, so F0 (pYIN) runs at 16 kHz whatever the file's rate.
+16 kHz, so F0 (pYIN) is tracked at 16 kHz whatever the file's rate.
 """
 
 import dataclasses
@@ -22,6 +22,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from convssl_jax.data import audio as audio_lib
+from convssl_jax.data import f0 as f0_lib
 from data_builders import conversation
 
 SPLITS = ('train', 'validation', 'test')
@@ -71,7 +72,8 @@ def read_words(path: pathlib.Path) -> list:
   return entries
 
 
-def load_session(session: str, audio_path: pathlib.Path) -> dict:
+def load_session(session: str, audio_path: pathlib.Path,
+                 f0_tracker: str = f0_lib.DEFAULT_TRACKER) -> dict:
   """One recording with its VA list (and words) -> a stored example; ValueError if any is bad."""
   va_path = audio_path.with_suffix('.json')
   if not va_path.is_file():
@@ -83,7 +85,7 @@ def load_session(session: str, audio_path: pathlib.Path) -> dict:
     raise ValueError(f'{audio_path}: {audio.shape[1]} channels; expected mono or stereo')
   return conversation.conversation(
       session=session, dataset='dialog_folder', audio=audio, sample_rate=conversation.SAMPLE_RATE,
-      va=va, source=str(va_path), words=words)
+      va=va, source=str(va_path), words=words, f0_tracker=f0_tracker)
 
 
 def find_audio(root: pathlib.Path) -> dict[str, pathlib.Path]:
@@ -144,7 +146,11 @@ def ratio_split(sessions: list[str], ratios, seed: int) -> dict[str, list[str]]:
 class DialogFolder(conversation.ConversationBuilder):
   """Your own two-speaker recordings with their VA lists (see data_builders/README.md)."""
 
-  VERSION = tfds.core.Version('1.0.0')
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+      '1.1.0': conversation.F0_RELEASE_NOTE,
+      '1.0.0': 'Initial release.',
+  }
   BUILDER_CONFIGS = [DialogFolderConfig(name='default')]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   A folder (searched recursively) of audio files, one conversation each (stereo: channel 0 =
@@ -169,6 +175,6 @@ class DialogFolder(conversation.ConversationBuilder):
             for split, sessions in splits.items() if sessions}
 
   def _generate_examples(self, split: str, sessions: list[tuple[str, pathlib.Path]]):
-    loaders = ((session, functools.partial(load_session, session, path))
+    loaders = ((session, functools.partial(load_session, session, path, self.f0_tracker))
                for session, path in sessions)
     yield from self._conversations(split, loaders)
