@@ -7,6 +7,7 @@ itself is not needed here.
 import hashlib
 import pathlib
 import re
+import textwrap
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from convssl_jax.data import sphere
 from convssl_jax.data.sphere import (ShortenError, SphereError, decode_shorten, read_sphere,
                                      read_sphere_header)
 from convssl_jax.data.sphere_write import encode_shorten, write_sphere
+from tests import processes
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures' / 'sphere'
 HEADER_SIZE = 1024
@@ -284,3 +286,116 @@ def test_decode_shorten_without_quit():
   data = encode_shorten(_signal('speechlike', n=300), sphere.TYPE_S16LH)
   with pytest.raises(ShortenError, match='stream ends early'):
     decode_shorten(data[:-4])
+
+
+# Hand-made streams: each code a (value, n) pair, written as uvar(n) (shorten's bit format).
+
+
+def _stream(codes, version: int = 2) -> bytes:
+  """sphere.MAGIC, the version and the `uvar` codes [(value, n), ...], packed MSB first."""
+  bits = ''.join('0' * (v >> n) + '1' + (format(v & ((1 << n) - 1), f'0{n}b') if n else '')
+                 for v, n in codes)
+  bits += '0' * (-len(bits) % 8)
+  return sphere.MAGIC + bytes([version]) + int(bits or '0', 2).to_bytes(len(bits) // 8, 'big')
+
+
+def _ulong(value: int):
+  n = value.bit_length()
+  return [(n, 2), (value, n)]
+
+
+def _head(file_type=sphere.TYPE_S16LH, channels=2, block_size=4, max_lpc=0, n_mean=0, skip=()):
+  codes = sum((_ulong(v) for v in (file_type, channels, block_size, max_lpc, n_mean, len(skip))),
+              [])
+  return codes + [(b, sphere.XBYTESIZE) for b in skip]
+
+
+def _cmd(fn, *codes):
+  return [(fn, sphere.FNSIZE), *codes]
+
+
+def _diff0(*residuals, resn=3):
+  """FN_DIFF0 with `residuals` (var(resn) codes: sign in the lowest bit)."""
+  return _cmd(sphere.FN_DIFF0, (resn, sphere.ENERGYSIZE),
+              *[((r << 1) if r >= 0 else ((~r << 1) | 1), resn + 1) for r in residuals])
+
+
+def test_hand_made_stream_by_hand():
+  """Skip bytes, a verbatim chunk, DIFF0 / ZERO blocks of 2 channels, a last shorter round; the
+  expected samples worked out from the format, not from the encoder."""
+  data = _stream(_head(block_size=3, skip=(200, 5))
+                 + _cmd(sphere.FN_VERBATIM, (2, sphere.VERBATIM_CKSIZE_SIZE),
+                        (255, sphere.VERBATIM_BYTE_SIZE), (0, sphere.VERBATIM_BYTE_SIZE))
+                 + _diff0(1, -2, 3) + _cmd(sphere.FN_ZERO)
+                 + _cmd(sphere.FN_BITSHIFT, (2, sphere.BITSHIFTSIZE))
+                 + _cmd(sphere.FN_BLOCKSIZE, *_ulong(2)) + _diff0(-1, 0) + _diff0(5, 6)
+                 + _cmd(sphere.FN_QUIT))
+  np.testing.assert_array_equal(decode_shorten(data),
+                                [[1, 0], [-2, 0], [3, 0], [-4, 20], [0, 24]])
+
+
+@pytest.mark.parametrize('codes,message', [
+    (_head() + [(10, sphere.FNSIZE)], 'unknown command 10'),
+    (_head() + _cmd(sphere.FN_BLOCKSIZE, *_ulong(70000)), 'block size 70000 is out of range'),
+    (_head() + _cmd(sphere.FN_BITSHIFT, (33, sphere.BITSHIFTSIZE)), 'bit shift 33'),
+    (_head(max_lpc=2) + _cmd(sphere.FN_QLPC, (3, sphere.ENERGYSIZE), (3, sphere.LPCQSIZE)),
+     'LPC order 3 exceeds the header maximum 2'),
+    (_head() + _cmd(sphere.FN_DIFF0, (40, sphere.ENERGYSIZE)), 'residual width 41 bits'),
+    (_head() + _diff0(30000, 40000, 0, 0, resn=16), 'sample 40000 .* out of range for file type 5'),
+    (_head(file_type=sphere.TYPE_S8) + _diff0(-129, 0, 0, 0, resn=8), 'sample -129'),
+    (_head(block_size=2) + _diff0(1, 1) + _cmd(sphere.FN_BLOCKSIZE, *_ulong(3)) + _diff0(1, 1, 1)
+     + _cmd(sphere.FN_QUIT), 'channel 0 ends at another sample'),
+    (_head(file_type=sphere.TYPE_AU2) + _cmd(sphere.FN_BITSHIFT, (13, sphere.BITSHIFTSIZE))
+     + _cmd(sphere.FN_ZERO), 'u-law bit shift 13'),
+    (_head(file_type=9), 'unsupported file type 9'),
+    (_head(channels=0), 'implausible header: 0 channels'),
+])
+def test_decode_shorten_refuses_bad_streams(codes, message):
+  with pytest.raises(ShortenError, match=message):
+    decode_shorten(_stream(codes))
+
+
+def _zero_blocks(n_blocks: int) -> bytes:
+  """Stereo FN_ZERO blocks of the largest size: ~210,000 samples per byte of stream."""
+  return _stream(_head(block_size=sphere.MAX_BLOCK_SIZE)
+                 + _cmd(sphere.FN_ZERO) * (2 * n_blocks) + _cmd(sphere.FN_QUIT))
+
+
+def test_decoding_is_bounded_by_the_stream_and_the_header(tmp_path):
+  """A 12.5 kB stream of zero blocks would decode to 2 x 6.6e8 samples (10 GB as the old
+  decoder's int64): refused past MAX_SAMPLES_PER_BYTE (~100 MB of int32 decoded by then), or
+  stopped at the header's sample_count, in a process allowed 300 MB more than it holds after
+  importing."""
+  stream = _zero_blocks(10_000)
+  assert len(stream) < 13_000
+  path = _sphere_file(tmp_path, ['sample_count -i 100000', 'channel_count -i 2',
+                                 'sample_rate -i 8000', 'sample_n_bytes -i 2',
+                                 'sample_byte_format -s2 01',
+                                 'sample_coding -s26 pcm,embedded-shorten-v2.00', 'end_head'],
+                      stream)
+  script = textwrap.dedent(f"""
+      import re, resource
+      from convssl_jax.data import sphere
+      sphere.read_sphere({str(FIXTURES / 'pcm_shorten.sph')!r})  # load the compiled decoder
+      held = int(re.search(r'VmSize:\\s+(\\d+)', open('/proc/self/status').read())[1]) * 1024
+      resource.setrlimit(resource.RLIMIT_AS, (held + 300 * 2**20, resource.RLIM_INFINITY))
+      samples, rate = sphere.read_sphere({str(path)!r})
+      print(samples.shape, samples.any())
+      try:
+        sphere.decode_shorten(open({str(path)!r}, 'rb').read()[1024:])
+      except sphere.ShortenError as error:
+        print(error)
+  """)
+  run = processes.run('-c', script, timeout=300)
+  assert run.returncode == 0, run.stderr[-2000:]
+  limit = sphere.MAX_SAMPLES_PER_BYTE * len(stream)
+  assert run.stdout.splitlines() == [
+      '(100000, 2) False',
+      f'decodes to more than {limit} samples per channel ({sphere.MAX_SAMPLES_PER_BYTE} per byte '
+      'of stream): not a plausible recording']
+
+
+def test_bad_sample_count(tmp_path):
+  path = _sphere_file(tmp_path, ['sample_count -i -5', 'sample_rate -i 8000', 'end_head'])
+  with _raises_naming(path, "bad sample_count -5"):
+    read_sphere(path)
