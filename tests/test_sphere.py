@@ -1,7 +1,7 @@
 """SPHERE reading and Shorten decoding: ffmpeg-decoded fixtures, round trips, tables, errors.
 
-The fixtures and their ffmpeg decodings come from tests/fixtures/make_sphere_fixtures.py; ffmpeg
-itself is not needed here.
+The fixtures and their ffmpeg decodings come from tests/fixtures/make_sphere_fixtures.py and
+make_alaw_fixture.py; ffmpeg itself is not needed here.
 """
 
 import hashlib
@@ -48,8 +48,8 @@ def _sphere_file(tmp_path, lines, body=b'', size=HEADER_SIZE, name='x.sph') -> p
 # Fixtures against ffmpeg.
 
 
-@pytest.mark.parametrize('name', ['pcm_le', 'pcm_be', 'ulaw', 'pcm_shorten', 'pcm_shorten_diff0',
-                                  'pcm_shorten_lpc', 'pcm_shorten_v1'])
+@pytest.mark.parametrize('name', ['pcm_le', 'pcm_be', 'ulaw', 'alaw', 'pcm_shorten',
+                                  'pcm_shorten_diff0', 'pcm_shorten_lpc', 'pcm_shorten_v1'])
 def test_fixture_matches_ffmpeg(name):
   samples, rate = read_sphere(FIXTURES / f'{name}.sph')
   assert rate == 8000 and samples.dtype == np.int16 and samples.shape == (1200, 2)
@@ -75,6 +75,27 @@ def test_ulaw_table_is_g711():
     segment, step = (inverted >> 4) & 7, inverted & 0xF
     magnitude = 4 * (((2 * step + 33) << segment) - 33)  # G.711 Table 2, scaled to 16 bits
     assert sphere.ULAW_TO_LINEAR[code] == (-magnitude if inverted & 0x80 else magnitude)
+
+
+def test_alaw_table_is_g711():
+  for code in range(256):
+    inverted = code ^ 0x55  # A-law inverts the even bits
+    segment, step = (inverted >> 4) & 7, inverted & 0xF
+    # G.711 Table 1: decoder outputs in 12-bit units, scaled to 16 bits (x 8).
+    magnitude = 8 * (2 * step + 1 if segment == 0 else (2 * step + 33) << (segment - 1))
+    assert sphere.ALAW_TO_LINEAR[code] == (magnitude if inverted & 0x80 else -magnitude)
+
+
+def test_alaw_table_is_pythons_audioop():
+  audioop = pytest.importorskip('audioop', reason='audioop left Python in 3.13')
+  expected = np.frombuffer(audioop.alaw2lin(bytes(range(256)), 2), np.int16)
+  np.testing.assert_array_equal(sphere.ALAW_TO_LINEAR, expected)
+
+
+def test_alaw_fixture_holds_every_code():
+  samples, _ = read_sphere(FIXTURES / 'alaw.sph')
+  np.testing.assert_array_equal(samples[:256, 0], sphere.ALAW_TO_LINEAR)
+  np.testing.assert_array_equal(samples[:256, 1], sphere.ALAW_TO_LINEAR[::-1])
 
 
 def test_linear_to_ulaw_inverts_the_table_and_is_monotonic():
@@ -225,15 +246,19 @@ def test_malformed_header_line(tmp_path):
     read_sphere(path)
 
 
-@pytest.mark.parametrize('coding', ['alaw', 'pcm,shortpack-v0', 'ulaw,embedded-wavpack'])
-def test_unknown_sample_coding(tmp_path, coding):
+@pytest.mark.parametrize('coding,message', [
+    ('g722', 'unknown sample_coding'), ('pcm,shortpack-v0', 'unknown sample_coding'),
+    ('ulaw,embedded-wavpack', 'unknown sample_coding'),
+    ('alaw,embedded-shorten-v2.00', 'Shorten-compressed A-law is not supported'),
+])
+def test_unknown_sample_coding(tmp_path, coding, message):
   path = _sphere_file(tmp_path, ['sample_rate -i 8000', f'sample_coding -s{len(coding)} {coding}',
                                  'end_head'], bytes(16))
-  with _raises_naming(path, 'unknown sample_coding'):
+  with _raises_naming(path, message):
     read_sphere(path)
 
 
-@pytest.mark.parametrize('name', ['pcm_le', 'ulaw'])
+@pytest.mark.parametrize('name', ['pcm_le', 'ulaw', 'alaw'])
 def test_truncated_samples(tmp_path, name):
   path = tmp_path / f'{name}.sph'
   path.write_bytes((FIXTURES / f'{name}.sph').read_bytes()[:-10])

@@ -1,8 +1,8 @@
 """NIST SPHERE audio (LDC's Switchboard, Fisher, CALLHOME) with embedded Shorten, in numpy/numba.
 
 A SPHERE file is an ASCII header ("NIST_1A", its byte size, `key -type value` lines, "end_head")
-followed by interleaved samples: 16-bit pcm in either byte order, 8-bit G.711 mu-law, or either of
-those compressed with Shorten (`sample_coding` "...,embedded-shorten-vX.XX"). Shorten is Tony
+followed by interleaved samples: 16-bit pcm in either byte order, 8-bit G.711 mu-law or A-law, or
+pcm or mu-law compressed with Shorten (`sample_coding` "...,embedded-shorten-vX.XX"). Shorten is Tony
 Robinson's lossless coder; this module decodes its format versions 1 and 2 (shorten 2.x, NIST's
 SPHERE library, LDC's sph2pipe) so that no C tool has to be built.
 
@@ -85,6 +85,19 @@ def linear_to_ulaw(x) -> np.ndarray:
   segment = np.searchsorted(_ULAW_SEGMENT_ENDS, biased)
   mantissa = (biased >> (segment + 3)) & 0xF
   return (((segment << 4) | mantissa) ^ np.where(x < 0, 0x7F, 0xFF)).astype(np.uint8)
+
+
+def _alaw_to_linear_table() -> np.ndarray:
+  """G.711 A-law expansion of each byte to 16-bit linear (even bits inverted, then sign,
+  3-bit segment, 4-bit step: the table ffmpeg and sph2pipe use)."""
+  code = np.arange(256) ^ 0x55
+  segment, step = (code >> 4) & 7, code & 0xF
+  magnitude = np.where(segment == 0, (step << 4) + 8, ((step << 4) + 0x108) << np.maximum(
+      segment - 1, 0))
+  return np.where(code & 0x80, magnitude, -magnitude).astype(np.int16)
+
+
+ALAW_TO_LINEAR = _alaw_to_linear_table()
 
 
 def _ulaw_shift_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -493,18 +506,23 @@ def read_sphere_header(path) -> dict[str, int | float | str]:
 
 
 def _coding(fields: dict, path) -> tuple[str, bool]:
-  """('pcm' | 'ulaw', whether Shorten-compressed) from `sample_coding`."""
+  """('pcm' | 'ulaw' | 'alaw', whether Shorten-compressed) from `sample_coding`."""
   coding = str(fields.get('sample_coding', 'pcm')).strip().lower()
   base, _, compression = coding.partition(',')
-  base = {'pcm': 'pcm', 'ulaw': 'ulaw', 'mu-law': 'ulaw'}.get(base)
+  base = {'pcm': 'pcm', 'ulaw': 'ulaw', 'mu-law': 'ulaw', 'alaw': 'alaw', 'a-law': 'alaw'}.get(
+      base)
   if base is None or (compression and not compression.startswith('embedded-shorten')):
-    raise SphereError(f'{path}: unknown sample_coding {coding!r} (pcm, ulaw or mu-law, '
-                      'optionally ,embedded-shorten-vX.XX)')
+    raise SphereError(f'{path}: unknown sample_coding {coding!r} (pcm, ulaw, mu-law, alaw or '
+                      'a-law; pcm and u-law optionally ,embedded-shorten-vX.XX)')
+  if base == 'alaw' and compression:  # Shorten 2 has no A-law file types
+    raise SphereError(f'{path}: sample_coding {coding!r}: Shorten-compressed A-law is not '
+                      'supported; convert the file first (sph2pipe -f wav)')
   return base, bool(compression)
 
 
 def read_sphere(path) -> tuple[np.ndarray, int]:
-  """A SPHERE file -> (samples [S, C] int16, sample rate); u-law is expanded to 16-bit linear."""
+  """A SPHERE file -> (samples [S, C] int16, sample rate); u-law and A-law are expanded to
+  16-bit linear (G.711)."""
   path = os.fspath(path)
   with open(path, 'rb') as f:
     data = f.read()
@@ -550,4 +568,5 @@ def read_sphere(path) -> tuple[np.ndarray, int]:
     samples = np.frombuffer(body, dtype, count * channels).reshape(count, channels)
   else:
     samples = np.frombuffer(body, np.uint8, count * channels).reshape(count, channels)
-  return (ULAW_TO_LINEAR[samples] if base == 'ulaw' else samples.astype(np.int16)), rate
+  expand = {'ulaw': ULAW_TO_LINEAR, 'alaw': ALAW_TO_LINEAR}.get(base)
+  return (samples.astype(np.int16) if expand is None else expand[samples]), rate
