@@ -1,6 +1,9 @@
 """TFDS builders of the conversation corpora (array_record, no TensorFlow)."""
 
 import importlib
+import shlex
+
+from convssl_jax import errors
 
 CORPORA = ('synthetic_dialogs', 'switchboard', 'fisher', 'dialog_folder')
 
@@ -15,6 +18,21 @@ def builder_class(name: str) -> type:
   return next(v for v in vars(module).values()
               if isinstance(v, type) and issubclass(v, ConversationBuilder)
               and v is not ConversationBuilder)
+
+
+def beam_download_config(runner: str | None, options: str | None) -> dict:
+  """DownloadConfig's `beam_runner` and `beam_options` for a build through Apache Beam, none when
+  both are unset: `runner` a Beam runner's name (DirectRunner, DataflowRunner, FlinkRunner,
+  SparkRunner, ...), `options` Beam's pipeline flags as one string."""
+  if not runner and not options:
+    return {}
+  try:
+    import apache_beam as beam  # optional: only Beam builds need it
+  except ImportError:
+    raise errors.ConfigError('--beam_runner/--beam_options need Apache Beam: pip install '
+                             'apache-beam (see data_builders/README.md, "Beam builds")') from None
+  return {'beam_runner': runner or None,
+          'beam_options': beam.options.pipeline_options.PipelineOptions(shlex.split(options or ''))}
 
 
 def corpus_names(data) -> list[str]:

@@ -171,10 +171,6 @@ class DialogFolder(conversation.ConversationBuilder):
                                                           config.seed)
     for split in [s for s, sessions in splits.items() if not sessions]:
       logging.warning('split %s has no sessions; it is left out', split)
-    return {split: self._generate_examples(split, [(s, audio[s]) for s in sessions])
+    return {split: self._generate_examples(split, [
+        (s, functools.partial(load_session, s, audio[s], self.f0_tracker)) for s in sessions])
             for split, sessions in splits.items() if sessions}
-
-  def _generate_examples(self, split: str, sessions: list[tuple[str, pathlib.Path]]):
-    loaders = ((session, functools.partial(load_session, session, path, self.f0_tracker))
-               for session, path in sessions)
-    yield from self._conversations(split, loaders)

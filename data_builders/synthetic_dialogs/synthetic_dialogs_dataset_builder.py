@@ -56,10 +56,6 @@ class SyntheticDialogs(conversation.ConversationBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download
-    return {split: self._generate_examples(split) for split in SPLIT_SEEDS}
-
-  def _generate_examples(self, split: str):
-    n = getattr(self.builder_config, split)
-    yield from self._conversations(split, [
+    return {split: self._generate_examples(split, [
         (_session(split, i), functools.partial(_example, split, i, self.builder_config))
-        for i in range(n)])
+        for i in range(getattr(self.builder_config, split))]) for split in SPLIT_SEEDS}
