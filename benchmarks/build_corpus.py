@@ -11,8 +11,8 @@ data_builders switchboard` (decode, VA, F0, resampling, writing array_record; th
 start-up included), with a process pool of each of `workers` processes (`--runners=pool`) and,
 with `--runners=pool,beam`, through Apache Beam's DirectRunner in multi-processing mode, each
 into an empty data directory. Figures: conversation-seconds per wall-second, and per CPU-second
-of the build's processes (per core); the CPU seconds of each stage of one conversation, in this
-process. Prints one JSON line per case and appends rows to benchmarks/RESULTS.md.
+of the build's processes (per core), the largest resident set among them; the CPU seconds of
+each stage of one conversation, in this process. Prints one JSON line per case and appends rows to benchmarks/RESULTS.md.
 """
 
 import json
@@ -42,7 +42,8 @@ from tests import corpus_fixtures as fx  # noqa: E402
 flags.DEFINE_integer('conversations', 8, 'Conversations in the tree.')
 flags.DEFINE_float('minutes', 5.0, 'Length of each conversation (Switchboard: ~5 min).')
 flags.DEFINE_list('workers', ['1', '2'], 'Process-pool sizes to build with.')
-flags.DEFINE_list('runners', ['pool'], 'pool and/or beam (DirectRunner, multi_processing).')
+flags.DEFINE_list('runners', ['pool'], 'pool and/or beam (DirectRunner, multi_processing); '
+                  'none (--runners=) for the stages only.')
 flags.DEFINE_string('tree_dir', '/tmp/convssl_bench_swb', 'Where the tree is made (and kept).')
 FLAGS = flags.FLAGS
 
@@ -88,6 +89,23 @@ def _children_cpu_s() -> float:
   return usage.ru_utime + usage.ru_stime
 
 
+def compile_cpu_s() -> float:
+  """CPU seconds of a fresh process that loads one conversation's kernels with an empty numba
+  cache (what each process pays where the compiled cache is not there or not writable), less
+  the same with the cache it left."""
+  script = ('import numpy as np; from convssl_jax.data import f0, sphere; '
+            'f0.fast_pyin_f0(np.zeros((8000, 2), np.float32), 8000); '
+            "sphere.read_sphere('tests/fixtures/sphere/ulaw_shorten.sph')")
+  with tempfile.TemporaryDirectory(prefix='convssl_bench_numba_') as cache:
+    costs = []
+    for _ in range(2):  # compiling, then loading the cache
+      start = _children_cpu_s()
+      subprocess.run([sys.executable, '-c', script], cwd=REPO, check=True,
+                     env={**os.environ, 'NUMBA_CACHE_DIR': cache})
+      costs.append(_children_cpu_s() - start)
+  return round(costs[0] - costs[1], 2)
+
+
 def stages(root: pathlib.Path, session: str) -> dict[str, float]:
   """CPU seconds of each stage of loading one conversation, as `load_session` runs them."""
   audio_path = root / 'swb1_d1' / 'data' / f'sw0{session}.sph'
@@ -112,26 +130,36 @@ def stages(root: pathlib.Path, session: str) -> dict[str, float]:
   return times
 
 
+# Runs the command in its argv and prints the largest resident set (kB) of it and its processes.
+_MEASURED = ('import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; '
+             'print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); '
+             'sys.exit(code)')
+
+
 def build(root: pathlib.Path, runner: str, workers: int) -> dict:
   """`python -m data_builders switchboard` on the tree, as a user runs it, into an empty data
-  directory: its wall time and the CPU time of it and its worker processes."""
+  directory: its wall time, the CPU time of it and its worker processes, the largest resident
+  set among them and the dataset's size."""
   with tempfile.TemporaryDirectory(prefix='convssl_bench_build_') as data_dir:
     flags_ = ([f'--num_workers={workers}'] if runner == 'pool' else [
         '--beam_runner=DirectRunner',
         f'--beam_options=--direct_running_mode=multi_processing --direct_num_workers={workers}'])
     cpu, wall = _children_cpu_s(), time.perf_counter()
-    run = subprocess.run([sys.executable, '-m', 'data_builders', 'switchboard',
-                          f'--manual_dir={root}', f'--data_dir={data_dir}', *flags_],
-                         cwd=REPO, capture_output=True, text=True, check=False)
+    run = subprocess.run([sys.executable, '-c', _MEASURED, sys.executable, '-m', 'data_builders',
+                          'switchboard', f'--manual_dir={root}', f'--data_dir={data_dir}',
+                          *flags_], cwd=REPO, capture_output=True, text=True, check=False)
     cpu, wall = _children_cpu_s() - cpu, time.perf_counter() - wall
     if run.returncode:
       raise RuntimeError(f'the build failed:\n{run.stderr[-3000:]}')
+    max_rss_mb = int(run.stderr.strip().splitlines()[-1]) / 1024
     dataset = next(pathlib.Path(data_dir).glob('switchboard/original/*/metadata.json'))
     index = json.loads(dataset.read_text())['splits']
+    dataset_mb = sum(p.stat().st_size for p in dataset.parent.iterdir()) / 1e6
   seconds = sum(sum(split['durations']) for split in index.values())
   return {'conversation_s': round(seconds, 1), 'wall_s': round(wall, 2), 'cpu_s': round(cpu, 2),
           'conversation_s_per_wall_s': round(seconds / wall, 1),
-          'conversation_s_per_cpu_s': round(seconds / cpu, 1)}
+          'conversation_s_per_cpu_s': round(seconds / cpu, 1),
+          'max_rss_mb': round(max_rss_mb), 'dataset_mb': round(dataset_mb)}
 
 
 def main(_):
@@ -141,7 +169,7 @@ def main(_):
             'minutes': FLAGS.minutes, 'cpus': os.cpu_count(),
             'load_average_1min': round(os.getloadavg()[0], 2)}
   results.record('build_corpus', {**common, 'case': 'stages (one conversation, CPU s)',
-                                  **stages(root, sessions[0])},
+                                  **stages(root, sessions[0]), 'numba_compile_s': compile_cpu_s()},
                  ('numpy', 'numba', 'soxr', 'tensorflow-datasets'))
   for runner in FLAGS.runners:
     single = None
