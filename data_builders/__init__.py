@@ -59,7 +59,8 @@ def _per_corpus(data, field: str, names: list[str]) -> list[str]:
 def prepare(data) -> list:
   """The builders of the corpora configured in `data` (a config's `data` block), each built
   first if it is not there yet: the synthetic corpus builds itself on first use; LDC corpora need
-  their `data.manual_dir` (comma-separated, one per corpus, when `data.name` joins several)."""
+  their `data.manual_dir` (comma-separated, one per corpus, when `data.name` joins several).
+  `data.f0_tracker` tracks F0; `data.beam_runner` / `data.beam_options` build through Beam."""
   import tensorflow_datasets as tfds
 
   names = corpus_names(data)
@@ -67,7 +68,8 @@ def prepare(data) -> list:
   for name, manual_dir, builder_config in zip(names, _per_corpus(data, 'manual_dir', names),
                                               _per_corpus(data, 'builder_config', names)):
     cls = builder_class(name)
-    kwargs = dict(data_dir=data.data_dir or None, skip_bad=data.skip_bad)
+    kwargs = dict(data_dir=data.data_dir or None, skip_bad=data.skip_bad,
+                  f0_tracker=data.f0_tracker)
     if name == 'synthetic_dialogs':
       from data_builders.synthetic_dialogs import SyntheticDialogsConfig
 
@@ -80,6 +82,7 @@ def prepare(data) -> list:
       kwargs['config'] = builder_config
     builder = cls(**kwargs)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=manual_dir or None, try_download_gcs=False))
+        manual_dir=manual_dir or None, try_download_gcs=False,
+        **beam_download_config(data.beam_runner, data.beam_options)))
     builders.append(builder)
   return builders

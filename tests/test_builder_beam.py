@@ -7,6 +7,7 @@ checking that asking for Beam without it is refused in one line.
 import dataclasses
 import importlib.util
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -100,3 +101,35 @@ def test_cli_refuses_beam_without_apache_beam(tmp_path):
       'error: --beam_runner/--beam_options need Apache Beam: pip install apache-beam (see '
       'data_builders/README.md, "Beam builds")')
   assert 'Traceback' not in run.stderr
+
+
+def _data(tmp_path, **fields):
+  from configs import vap
+
+  data = vap.get_config('tiny').data
+  data.update(name='switchboard', manual_dir=str(tmp_path / 'swb'), data_dir=str(tmp_path / 'd'),
+              **fields)
+  return data
+
+
+def test_prepare_refuses_beam_without_apache_beam(tmp_path, monkeypatch):
+  import data_builders
+  from convssl_jax import errors
+
+  monkeypatch.setitem(sys.modules, 'apache_beam', None)
+  with pytest.raises(errors.ConfigError, match='need Apache Beam: pip install apache-beam'):
+    data_builders.prepare(_data(tmp_path, beam_runner='DirectRunner'))
+
+
+@needs_beam
+def test_prepare_builds_through_the_configured_runner(tmp_path):
+  """data.beam_runner reaches Beam (which refuses an unknown runner); data.f0_tracker the
+  builder."""
+  import data_builders
+
+  fx.write_switchboard(tmp_path / 'swb', sessions={'2005': fx.SWB_SESSIONS['2005']})
+  with pytest.raises(ValueError, match='NoSuchRunner'):
+    data_builders.prepare(_data(tmp_path, beam_runner='NoSuchRunner'))
+  builder, = data_builders.prepare(_data(tmp_path, beam_runner='DirectRunner',
+                                         f0_tracker='librosa_pyin'))
+  assert builder.info.metadata['f0_tracker'] == 'librosa_pyin'
