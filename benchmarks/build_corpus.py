@@ -12,7 +12,8 @@ start-up included), with a process pool of each of `workers` processes (`--runne
 with `--runners=pool,beam`, through Apache Beam's DirectRunner in multi-processing mode, each
 into an empty data directory. Figures: conversation-seconds per wall-second, and per CPU-second
 of the build's processes (per core), the largest resident set among them; the CPU seconds of
-each stage of one conversation, in this process. Prints one JSON line per case and appends rows to benchmarks/RESULTS.md.
+each stage of one conversation, in this process, and numba's compilation. Prints one JSON line
+per case and appends rows to benchmarks/RESULTS.md.
 """
 
 import json
@@ -174,7 +175,8 @@ def main(_):
   for runner in FLAGS.runners:
     single = None
     for workers in map(int, FLAGS.workers):
-      result = {**common, 'case': f'{runner}, {workers} process(es)', **build(root, runner, workers)}
+      result = {**common, 'case': f'{runner}, {workers} process(es)',
+                **build(root, runner, workers)}
       if workers == 1:
         single = result
       elif single is not None:

@@ -139,8 +139,10 @@ class ConversationBuilder(tfds.core.GeneratorBasedBuilder):
   Beam pipeline (`beam.Create` of the sessions, reshuffled over the workers, keyed by their
   index so the writer keeps the order): the same records and metadata either way. Loaders must
   be picklable (module-level functions or partials of them). F0 is tracked by `f0_tracker` (one
-  of f0.TRACKERS), recorded in the metadata.
+  of f0.TRACKERS), recorded in the metadata, in builders that track it (`tracks_f0`).
   """
+
+  tracks_f0 = True
 
   def __init__(self, *, skip_bad: bool = False, num_workers: int | None = None,
                f0_tracker: str = f0_lib.DEFAULT_TRACKER, **kwargs):
@@ -164,7 +166,8 @@ class ConversationBuilder(tfds.core.GeneratorBasedBuilder):
     splits' index (sessions, durations, failures) comes back from the pipeline afterwards."""
     beam = download_config.beam_runner is not None or download_config.beam_options is not None
     self._beam_splits = [] if beam else None
-    self.info.metadata['f0_tracker'] = self.f0_tracker
+    if self.tracks_f0:
+      self.info.metadata['f0_tracker'] = self.f0_tracker
     with contextlib.ExitStack() as stack:
       if not beam and self.num_workers > 1:
         # 'spawn': forking a process that has started JAX can deadlock.

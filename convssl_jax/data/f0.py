@@ -359,7 +359,8 @@ def _forward(yin, value, thresholds, cum_beta, sample_rate, min_period, fmin, bi
         k = live[i]
         lo, hi = max(0, k - h), min(n_bins, k + h + 1)
         r = lo - k + h
-        _relax_from(best_v[lo:hi], code_v[lo:hi], voiced_v[k], stay_from[k, r:r + hi - lo], 2 * h - r)
+        _relax_from(best_v[lo:hi], code_v[lo:hi], voiced_v[k], stay_from[k, r:r + hi - lo],
+                    2 * h - r)
         _relax_from(best_u[lo:hi], code_u[lo:hi], voiced_v[k], switch_from[k, r:r + hi - lo],
                     2 * h - r)
       for j in range(n_bins):  # unvoiced sources of the voiced candidates, in increasing bin

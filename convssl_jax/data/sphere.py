@@ -1,10 +1,10 @@
 """NIST SPHERE audio (LDC's Switchboard, Fisher, CALLHOME) with embedded Shorten, in numpy/numba.
 
 A SPHERE file is an ASCII header ("NIST_1A", its byte size, `key -type value` lines, "end_head")
-followed by interleaved samples: 16-bit pcm in either byte order, 8-bit G.711 mu-law or A-law, or
-pcm or mu-law compressed with Shorten (`sample_coding` "...,embedded-shorten-vX.XX"). Shorten is Tony
-Robinson's lossless coder; this module decodes its format versions 1 and 2 (shorten 2.x, NIST's
-SPHERE library, LDC's sph2pipe) so that no C tool has to be built.
+followed by interleaved samples: 16-bit pcm in either byte order, 8-bit G.711 mu-law or A-law,
+or pcm or mu-law compressed with Shorten (`sample_coding` "...,embedded-shorten-vX.XX"). Shorten
+is Tony Robinson's lossless coder; this module decodes its format versions 1 and 2 (shorten 2.x,
+NIST's SPHERE library, LDC's sph2pipe) so that no C tool has to be built.
 
 Shorten in brief: after the magic "ajkg" and a version byte, everything is a big-endian bit stream
 of Rice-like codes: `uvar(n)` is a unary high part (zeros closed by a one) then n low bits,

@@ -132,7 +132,8 @@ def load_session(session: str, audio_path: pathlib.Path, word_dir: pathlib.Path,
   audio = conversation.read_telephone_audio(audio_path)
   return conversation.conversation(
       session=session, dataset='switchboard', audio=audio, sample_rate=RATE, va=va,
-      source=f'{audio_path} with {word_dir}', f0=f0_lib.track_f0(audio, RATE, f0_tracker), words=words)
+      source=f'{audio_path} with {word_dir}', f0=f0_lib.track_f0(audio, RATE, f0_tracker),
+      words=words)
 
 
 def find_audio(root: pathlib.Path) -> dict[str, pathlib.Path]:

@@ -52,6 +52,7 @@ class SyntheticDialogs(conversation.ConversationBuilder):
   """Procedural two-speaker dialogs with prosodic turn-end cues (see README.md beside this file)."""
 
   VERSION = tfds.core.Version('1.0.0')
+  tracks_f0 = False  # F0 is the one the audio was synthesised at
   BUILDER_CONFIGS = [SyntheticDialogsConfig.sized(96, 16, 16, 60.0)]
 
   def _split_generators(self, dl_manager):
