@@ -64,6 +64,9 @@ def data_config(kind: str = STEREO) -> ml_collections.ConfigDict:
   d.builder_config = ''  # e.g. 'fold_3' for switchboard; '' = the builder's default
   d.skip_bad = False  # leave out (and list) conversations that fail to load
   d.va_tiers = ''  # dialog_folder TextGrids: 'A_TIER,B_TIER'; '' = recognised in each file
+  d.f0_tracker = 'pyin'  # or 'librosa_pyin' (librosa.pyin itself; data_builders/README.md)
+  d.beam_runner = ''  # build through Apache Beam with this runner, e.g. 'DirectRunner'
+  d.beam_options = ''  # Beam's pipeline flags as one string (data_builders/README.md)
   d.synthetic = ml_collections.ConfigDict(dict(  # size of the built-in corpus
       train=96, validation=16, test=16, duration_s=60.0, cue_reliability=0.9))
   d.window_s = 20.0 if kind == STEREO else 10.0

@@ -1,6 +1,9 @@
 """TFDS builders of the conversation corpora (array_record, no TensorFlow)."""
 
 import importlib
+import shlex
+
+from convssl_jax import errors
 
 CORPORA = ('synthetic_dialogs', 'switchboard', 'fisher', 'dialog_folder')
 
@@ -15,6 +18,21 @@ def builder_class(name: str) -> type:
   return next(v for v in vars(module).values()
               if isinstance(v, type) and issubclass(v, ConversationBuilder)
               and v is not ConversationBuilder)
+
+
+def beam_download_config(runner: str | None, options: str | None) -> dict:
+  """DownloadConfig's `beam_runner` and `beam_options` for a build through Apache Beam, none when
+  both are unset: `runner` a Beam runner's name (DirectRunner, DataflowRunner, FlinkRunner,
+  SparkRunner, ...), `options` Beam's pipeline flags as one string."""
+  if not runner and not options:
+    return {}
+  try:
+    import apache_beam as beam  # optional: only Beam builds need it
+  except ImportError:
+    raise errors.ConfigError('--beam_runner/--beam_options need Apache Beam: pip install '
+                             'apache-beam (see data_builders/README.md, "Beam builds")') from None
+  return {'beam_runner': runner or None,
+          'beam_options': beam.options.pipeline_options.PipelineOptions(shlex.split(options or ''))}
 
 
 def corpus_names(data) -> list[str]:
@@ -43,7 +61,8 @@ def prepare(data) -> list:
   first if it is not there yet: the synthetic corpus builds itself on first use; LDC corpora need
   their `data.manual_dir` (comma-separated, one per corpus, when `data.name` joins several).
   A dialog_folder dataset whose folder changed since it was built is rebuilt (its builder checks
-  a fingerprint of its inputs before TFDS would reuse it)."""
+  a fingerprint of its inputs before TFDS would reuse it). `data.f0_tracker` tracks F0;
+  `data.beam_runner` / `data.beam_options` build through Beam."""
   import tensorflow_datasets as tfds
 
   names = corpus_names(data)
@@ -51,7 +70,8 @@ def prepare(data) -> list:
   for name, manual_dir, builder_config in zip(names, _per_corpus(data, 'manual_dir', names),
                                               _per_corpus(data, 'builder_config', names)):
     cls = builder_class(name)
-    kwargs = dict(data_dir=data.data_dir or None, skip_bad=data.skip_bad)
+    kwargs = dict(data_dir=data.data_dir or None, skip_bad=data.skip_bad,
+                  f0_tracker=data.f0_tracker)
     if name == 'synthetic_dialogs':
       from data_builders.synthetic_dialogs import SyntheticDialogsConfig
 
@@ -66,6 +86,7 @@ def prepare(data) -> list:
       kwargs['va_tiers'] = data.va_tiers
     builder = cls(**kwargs)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=manual_dir or None, try_download_gcs=False))
+        manual_dir=manual_dir or None, try_download_gcs=False,
+        **beam_download_config(data.beam_runner, data.beam_options)))
     builders.append(builder)
   return builders

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
+from etils import epath
 
 from convssl_jax import errors
 from convssl_jax.data import audio as audio_lib
@@ -37,6 +38,9 @@ SAMPLE_RATE = 16_000
 TELEPHONE_RATE = 8_000  # Switchboard, Fisher: F0 is computed at this rate, before resampling
 F0_HZ = f0_lib.F0_HZ
 _RAW = tfds.features.Encoding.BYTES
+F0_RELEASE_NOTE = ('F0 by the project\'s pYIN (convssl_jax.data.f0.fast_pyin_f0: librosa.pyin\'s '
+                   'track, ~20x faster); f0_tracker=librosa_pyin keeps librosa\'s own. The '
+                   'tracker is recorded in metadata["f0_tracker"].')
 
 
 def features() -> tfds.features.FeaturesDict:
@@ -73,16 +77,18 @@ def read_telephone_audio(path: pathlib.Path) -> np.ndarray:
 
 
 def conversation(*, session: str, dataset: str, audio: np.ndarray, sample_rate: int, va,
-                 source: str, f0: np.ndarray | None = None, words: Iterable = ()) -> dict:
+                 source: str, f0: np.ndarray | None = None, words: Iterable = (),
+                 f0_tracker: str = f0_lib.DEFAULT_TRACKER) -> dict:
   """One stored example. `audio` [S, C] (C = 1 gets a silent partner channel), any rate;
-  `va` a VA list; `f0` [T, 2] at F0_HZ, or None to run pYIN on the audio at its own rate."""
+  `va` a VA list; `f0` [T, 2] at F0_HZ, or None to track it (`f0_tracker`, one of
+  f0.TRACKERS) on the audio at its own rate."""
   audio = np.asarray(audio, np.float32)
   if audio.ndim != 2 or audio.shape[1] not in (1, 2):
     raise errors.InputError(f'{source}: expected mono or stereo audio, got shape {audio.shape}')
   if audio.shape[1] == 1:
     audio = np.concatenate([audio, np.zeros_like(audio)], axis=1)
   if f0 is None:
-    f0 = f0_lib.pyin_f0(audio, sample_rate)
+    f0 = f0_lib.track_f0(audio, sample_rate, f0_tracker)
   duration = audio.shape[0] / sample_rate
   segments = va_lib.va_segments(va, source=source, duration_s=duration)
   if sample_rate != SAMPLE_RATE:
@@ -115,16 +121,54 @@ def _load(load: Callable[[], dict]) -> tuple[dict | None, str | None]:
     raise
 
 
+def _load_indexed(item: tuple[int, tuple[str, Callable[[], dict]]]):
+  """(index, session, example or None, error or None) of one (index, (session, load)): Beam's
+  loading step."""
+  index, (session, load) = item
+  return (index, session, *_load(load))
+
+
+def _index_entry(loaded) -> tuple[int, str, float | None, str | None]:
+  """(index, session, duration or None, error or None) of a loaded conversation."""
+  index, session, example, error = loaded
+  return index, session, None if example is None else len(example['audio']) / SAMPLE_RATE, error
+
+
+def _keyed_example(loaded) -> Iterator[tuple[int, dict]]:
+  """The (index, example) of a conversation that loaded: indices keep the generation order."""
+  index, _, example, _ = loaded
+  if example is not None:
+    yield index, example
+
+
+def _write_index(entries: list, path: str):
+  """A split's index entries (sorted) as JSON at `path`, for the builder to read back."""
+  epath.Path(path).write_text(json.dumps(sorted(entries)))
+
+
 class ConversationBuilder(tfds.core.GeneratorBasedBuilder):
   """Base of the corpus builders: the shared schema, generation order, metadata, `skip_bad`.
 
-  Conversations load in `num_workers` processes (default: every core; pYIN dominates the
-  build), in order. Loaders must be picklable (module-level functions or partials of them).
+  Conversations load in order in `num_workers` processes (default: every core; one pool for the
+  whole build), or, when the download config names a Beam runner or Beam options, in an Apache
+  Beam pipeline (`beam.Create` of the sessions, reshuffled over the workers, keyed by their
+  index so the writer keeps the order): the same records and metadata either way. Loaders must
+  be picklable (module-level functions or partials of them). F0 is tracked by `f0_tracker` (one
+  of f0.TRACKERS), recorded in the metadata, in builders that track it (`tracks_f0`).
   """
 
-  def __init__(self, *, skip_bad: bool = False, num_workers: int | None = None, **kwargs):
+  tracks_f0 = True
+
+  def __init__(self, *, skip_bad: bool = False, num_workers: int | None = None,
+               f0_tracker: str = f0_lib.DEFAULT_TRACKER, **kwargs):
+    if f0_tracker not in f0_lib.TRACKERS:
+      raise ValueError(f'unknown F0 tracker {f0_tracker!r}; expected one of '
+                       f'{", ".join(f0_lib.TRACKERS)}')
     self.skip_bad = skip_bad
     self.num_workers = num_workers or multiprocessing.cpu_count()
+    self.f0_tracker = f0_tracker
+    self._pool = None  # the build's worker processes (not with Beam)
+    self._beam_splits = None  # the splits Beam builds (None: no Beam)
     kwargs.setdefault('file_format', 'array_record')  # TFRecord would need TensorFlow
     super().__init__(**kwargs)
 
@@ -189,8 +233,33 @@ class ConversationBuilder(tfds.core.GeneratorBasedBuilder):
     return tfds.core.DatasetInfo(builder=self, description=self.__doc__, features=features(),
                                  metadata=tfds.core.MetadataDict(), disable_shuffling=True)
 
+  def _download_and_prepare(self, dl_manager, download_config):
+    """Builds every split, in this build's process pool or Beam pipeline; with Beam, the
+    splits' index (sessions, durations, failures) comes back from the pipeline afterwards."""
+    beam = download_config.beam_runner is not None or download_config.beam_options is not None
+    self._beam_splits = [] if beam else None
+    if self.tracks_f0:
+      self.info.metadata['f0_tracker'] = self.f0_tracker
+    with contextlib.ExitStack() as stack:
+      if not beam and self.num_workers > 1:
+        # 'spawn': forking a process that has started JAX can deadlock.
+        self._pool = stack.enter_context(
+            multiprocessing.get_context('spawn').Pool(self.num_workers))
+        stack.callback(setattr, self, '_pool', None)
+      super()._download_and_prepare(dl_manager, download_config)
+    for split in self._beam_splits or ():
+      path = self._index_path(split)
+      entries = json.loads(path.read_text())
+      path.unlink()
+      for _ in self._account(split, ((session, duration, error, None)
+                                     for _, session, duration, error in entries)):
+        pass
+
+  def _index_path(self, split: str) -> epath.Path:
+    return epath.Path(self.data_dir) / f'{split}.conversations.json'
+
   def _splits(self, splits: dict[str, list[str]], sessions: Iterable[str],
-              loader: Callable[[str], Callable[[], dict]]) -> dict[str, Iterator]:
+              loader: Callable[[str], Callable[[], dict]]) -> dict:
     """The split generators: every non-empty split's sessions, loaded by `loader(session)`;
     sessions that fall in no split are logged as left out."""
     if outside := sorted(set(sessions) - {s for members in splits.values() for s in members}):
@@ -198,40 +267,65 @@ class ConversationBuilder(tfds.core.GeneratorBasedBuilder):
     return {split: self._generate_examples(split, [(s, loader(s)) for s in members])
             for split, members in splits.items() if members}
 
-  def _generate_examples(self, split: str, loaders):
-    """TFDS's hook; builders that plan their splits with `_splits` need nothing else."""
-    yield from self._conversations(split, loaders)
+  def _generate_examples(self, split: str, loaders: Iterable[tuple[str, Callable[[], dict]]]):
+    """TFDS's hook: the examples of (session, load) pairs, in order, as a generator or, with
+    Beam, a PTransform."""
+    pairs = list(loaders)
+    if self._beam_splits is None:
+      return self._conversations(split, pairs)
+    self._beam_splits.append(split)
+    return self._beam_conversations(pairs, os.fspath(self._index_path(split)))
 
   def _conversations(self, split: str,
-                     loaders: Iterable[tuple[str, Callable[[], dict]]]) -> Iterator[tuple[str, dict]]:
-    """Runs each (session, load) pair; records the split's sessions and durations in metadata.
+                     pairs: list[tuple[str, Callable[[], dict]]]) -> Iterator[tuple[str, dict]]:
+    """Runs each (session, load) pair, in the build's pool if it has one."""
+    loads = [load for _, load in pairs]
+    results = (self._pool.imap(_load, loads) if self._pool and len(loads) > 1 else
+               map(_load, loads))
+    loaded = ((session, None if example is None else len(example['audio']) / SAMPLE_RATE,
+               error, example) for (session, _), (example, error) in zip(pairs, results))
+    yield from self._account(split, loaded)
 
-    A load that raises ValueError stops the build, unless `skip_bad`: then it is logged and
-    listed under metadata['skipped'][split].
+  @staticmethod
+  def _beam_conversations(pairs: list[tuple[str, Callable[[], dict]]], index_path: str):
+    """A PTransform loading the pairs in Beam's workers: (index, example) of those that load,
+    and the split's index entries written to `index_path` (read back after the pipeline)."""
+    beam = tfds.core.lazy_imports.apache_beam
+
+    @beam.ptransform_fn
+    def load(pipeline):
+      loaded = (pipeline
+                | 'Sessions' >> beam.Create(list(enumerate(pairs)))
+                | 'Spread' >> beam.Reshuffle()  # else Create's one bundle runs on one worker
+                | 'Load' >> beam.Map(_load_indexed))
+      _ = (loaded
+           | 'IndexEntries' >> beam.Map(_index_entry)
+           | 'CollectIndex' >> beam.combiners.ToList()
+           | 'WriteIndex' >> beam.Map(_write_index, index_path))
+      return loaded | 'Examples' >> beam.FlatMap(_keyed_example)
+
+    return load()  # pylint: disable=no-value-for-parameter
+
+  def _account(self, split: str, loaded) -> Iterator[tuple[str, dict]]:
+    """Records (session, duration, error, example) in order as the split's sessions and
+    durations in metadata, yielding (session, example) of those that loaded.
+
+    An error stops the build, unless `skip_bad`: then it is logged and listed under
+    metadata['skipped'][split]. A split without a conversation is an error.
     """
-    pairs = list(loaders)
-    sessions, loads = [s for s, _ in pairs], [load for _, load in pairs]
     meta = self.info.metadata
     index = meta.setdefault('splits', {})[split] = {'sessions': [], 'durations': []}
     skipped = meta.setdefault('skipped', {})[split] = []
-    with contextlib.ExitStack() as stack:
-      if self.num_workers > 1 and len(loads) > 1:
-        # 'spawn': forking a process that has started JAX can deadlock.
-        pool = stack.enter_context(multiprocessing.get_context('spawn').Pool(
-            min(self.num_workers, len(loads))))
-        results = pool.imap(_load, loads)
-      else:
-        results = map(_load, loads)
-      for session, (example, error) in zip(sessions, results):
-        if error is not None:
-          if not self.skip_bad:
-            raise errors.InputError(error)
-          logging.warning('skipping conversation %s: %s', session, error)
-          skipped.append({'session': session, 'error': error})
-          continue
-        index['sessions'].append(session)
-        index['durations'].append(len(example['audio']) / SAMPLE_RATE)
-        yield session, example
+    for session, duration, error, example in loaded:
+      if error is not None:
+        if not self.skip_bad:
+          raise errors.InputError(error)
+        logging.warning('skipping conversation %s: %s', session, error)
+        skipped.append({'session': session, 'error': error})
+        continue
+      index['sessions'].append(session)
+      index['durations'].append(duration)
+      yield session, example
     if not index['sessions']:
       raise errors.InputError(f'{self.name}: split {split!r} has no conversations'
                               + (f' (all {len(skipped)} failed to load)' if skipped else ''))

@@ -35,11 +35,6 @@ def tones(seconds: float, sample_rate: int, freqs=(220.0, 330.0), amplitude: flo
   return np.round(x * 32767).astype(np.int16)
 
 
-def zero_f0(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-  """A stand-in for `f0.pyin_f0` where F0 values are not under test: unvoiced, right shape."""
-  return np.zeros((len(audio) * conversation.F0_HZ // sample_rate, audio.shape[1]), np.float32)
-
-
 def assert_va(stored: np.ndarray, va_list):
   """Stored [n, 3] VA segments equal a VA list (TFDS keeps float features at float32)."""
   np.testing.assert_allclose(stored, va_lib.va_segments(va_list, source='expected'),

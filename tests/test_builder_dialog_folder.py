@@ -18,18 +18,12 @@ import soxr
 from configs import vap
 from convssl_jax import errors
 from convssl_jax.data import audio as audio_lib
-from convssl_jax.data import f0 as f0_lib
 import data_builders
 from data_builders import conversation
 from data_builders.dialog_folder import DialogFolder, DialogFolderConfig
 from data_builders.dialog_folder import dialog_folder_dataset_builder as dialog_folder
 from tests import corpus_fixtures as fx
 from tests import processes
-
-
-@pytest.fixture(autouse=True)
-def cheap_f0(monkeypatch):
-  monkeypatch.setattr(f0_lib, 'pyin_f0', fx.zero_f0)
 
 
 @pytest.fixture
@@ -40,6 +34,7 @@ def folder(tmp_path):
 
 def _dataset_dir(data_dir, config='default'):
   return data_dir / 'dialog_folder' / config / '1.1.0'
+
 
 
 def test_stores_audio_va_words_and_index(folder, tmp_path):

@@ -8,7 +8,6 @@ import pytest
 import soxr
 
 from convssl_jax.data import audio as audio_lib
-from convssl_jax.data import f0 as f0_lib
 from data_builders.fisher import Fisher
 from data_builders.fisher import fisher_dataset_builder as fisher
 from tests import corpus_fixtures as fx
@@ -19,11 +18,6 @@ EXPECTED_WORDS = [
     [0, 1.2, 2.0, 'i watch tv a lot'], [1, 2.0, 2.4, 'oh yeah really'],
 ]
 EXPECTED_VA = [[[0.3, 1.1], [1.2, 2.0]], [[0.9, 1.6], [2.0, 2.4]]]
-
-
-@pytest.fixture(autouse=True)
-def cheap_f0(monkeypatch):
-  monkeypatch.setattr(f0_lib, 'pyin_f0', fx.zero_f0)
 
 
 
@@ -95,7 +89,7 @@ def test_bad_transcript_line_names_file_and_line(tmp_path, case):
   data_dir = tmp_path / 'data'
   with pytest.raises(ValueError, match=re.escape(f'{path}:10: ') + '.*' + match):
     fx.prepare(Fisher, data_dir, manual)
-  assert not (data_dir / 'fisher' / '1.0.0').exists()
+  assert not (data_dir / 'fisher' / '1.1.0').exists()
 
 
 def test_bad_audio_and_missing_transcript(tmp_path):
@@ -124,7 +118,7 @@ def test_skip_bad_then_rerun_after_fixing(tmp_path):
   data_dir = tmp_path / 'data'
   with pytest.raises(ValueError, match='fe_03_05100.txt:10:'):
     fx.prepare(Fisher, data_dir, manual)
-  assert not (data_dir / 'fisher' / '1.0.0').exists()
+  assert not (data_dir / 'fisher' / '1.1.0').exists()
   fx.write_fisher_transcript(manual, '05100')
   builder = fx.prepare(Fisher, data_dir, manual)
   assert builder.info.splits.total_num_examples == 4

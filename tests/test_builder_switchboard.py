@@ -14,7 +14,6 @@ from data_builders.switchboard import Switchboard, SwitchboardConfig
 from data_builders.switchboard import switchboard_dataset_builder as swb
 from tests import corpus_fixtures as fx
 
-REAL_PYIN = f0_lib.pyin_f0
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
 
 # What the fixture's word template (fx.SWB_WORDS) becomes.
@@ -28,14 +27,9 @@ EXPECTED_WORDS = [
 EXPECTED_VA = [[[0.45, 1.2], [1.3, 1.5], [1.52, 2.1]], [[0.3, 0.5], [1.0, 1.6], [2.1, 2.4]]]
 
 
-@pytest.fixture(autouse=True)
-def cheap_f0(monkeypatch):
-  monkeypatch.setattr(f0_lib, 'pyin_f0', fx.zero_f0)
-
-
 
 def _dataset_dir(data_dir, config='original'):
-  return data_dir / 'switchboard' / config / '1.1.0'
+  return data_dir / 'switchboard' / config / '1.2.0'
 
 
 @pytest.mark.parametrize('raw, clean', [
@@ -75,8 +69,8 @@ def test_original_split_va_words_audio_and_index(tmp_path):
     np.testing.assert_allclose(ex['audio'], expected, atol=atol)
 
 
-def test_real_pyin_at_8khz_before_resampling(tmp_path, monkeypatch):
-  monkeypatch.setattr(f0_lib, 'pyin_f0', REAL_PYIN)
+@pytest.mark.parametrize('tracker', f0_lib.TRACKERS)
+def test_f0_tracked_at_8khz_before_resampling(tmp_path, tracker):
   t = np.arange(8000) / 8000
   samples = np.zeros((8000, 2), np.int16)
   samples[:, 0] = np.round(0.3 * 32767 * np.sin(2 * np.pi * 220.0 * t))
@@ -85,12 +79,18 @@ def test_real_pyin_at_8khz_before_resampling(tmp_path, monkeypatch):
   for speaker in 'AB':  # the template's words run to 2.4 s: keep those within the 1 s
     path = fx.swb_transcript_dir(manual, '2010') / f'sw2010{speaker}-ms98-a-word.text'
     path.write_text('\n'.join(fx.swb_word_lines('2010', speaker)[:2]) + '\n')
-  builder = fx.prepare(Switchboard, tmp_path / 'data', manual)
+  builder = fx.prepare(Switchboard, tmp_path / 'data', manual, f0_tracker=tracker)
+  assert builder.info.metadata['f0_tracker'] == tracker
   f0 = builder.as_data_source('train')[0]['f0']
-  assert f0.shape == (100, 2)
+  np.testing.assert_array_equal(f0, f0_lib.pyin_f0(audio_lib.from_int16(samples), 8000))
   voiced = f0[f0[:, 0] > 0, 0]
   assert len(voiced) >= 90 and abs(np.median(voiced) - 220.0) < 3.0
   assert not f0[:, 1].any()  # the silent channel is unvoiced
+
+
+def test_unknown_f0_tracker(tmp_path):
+  with pytest.raises(ValueError, match="unknown F0 tracker 'crepe'"):
+    Switchboard(data_dir=str(tmp_path), f0_tracker='crepe')
 
 
 def test_kfold_split_partitions_train_and_validation_without_the_aside_sessions():

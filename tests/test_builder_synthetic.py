@@ -45,3 +45,11 @@ def test_the_configured_corpus_is_built_on_first_use_and_reused_after(tmp_path):
   [second] = data_builders.prepare(data)  # already built: nothing is written again
   assert sorted(p.stat().st_mtime_ns for p in tmp_path.rglob('*.array_record*')) == files
   assert second.data_dir == first.data_dir
+
+
+def test_no_f0_tracker_recorded(tmp_path):
+  """The dialogs' F0 is their synthesis's, not a tracker's."""
+  builder = builder_class('synthetic_dialogs')(
+      data_dir=str(tmp_path), config=SyntheticDialogsConfig.sized(1, 1, 1, 2.0), num_workers=1)
+  builder.download_and_prepare(download_config=conversation.download_config())
+  assert 'f0_tracker' not in builder.info.metadata

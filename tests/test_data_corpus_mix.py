@@ -5,14 +5,8 @@ import pytest
 
 import data_builders
 from configs import vap
-from convssl_jax.data import f0 as f0_lib
 from convssl_jax.data import pipeline
 from tests import corpus_fixtures as fx
-
-
-@pytest.fixture(autouse=True)
-def cheap_f0(monkeypatch):
-  monkeypatch.setattr(f0_lib, 'pyin_f0', fx.zero_f0)
 
 
 def _data(tmp_path, name, manual_dir):

@@ -1,12 +1,13 @@
 """SPHERE reading and Shorten decoding: ffmpeg-decoded fixtures, round trips, tables, errors.
 
-The fixtures and their ffmpeg decodings come from tests/fixtures/make_sphere_fixtures.py; ffmpeg
-itself is not needed here.
+The fixtures and their ffmpeg decodings come from tests/fixtures/make_sphere_fixtures.py and
+make_alaw_fixture.py; ffmpeg itself is not needed here.
 """
 
 import hashlib
 import pathlib
 import re
+import textwrap
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from convssl_jax.data import sphere
 from convssl_jax.data.sphere import (ShortenError, SphereError, decode_shorten, read_sphere,
                                      read_sphere_header)
+from tests import processes
 from tests.fixtures.sphere_write import encode_shorten, write_sphere
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures' / 'sphere'
@@ -46,8 +48,8 @@ def _sphere_file(tmp_path, lines, body=b'', size=HEADER_SIZE, name='x.sph') -> p
 # Fixtures against ffmpeg.
 
 
-@pytest.mark.parametrize('name', ['pcm_le', 'pcm_be', 'ulaw', 'pcm_shorten', 'pcm_shorten_diff0',
-                                  'pcm_shorten_lpc', 'pcm_shorten_v1'])
+@pytest.mark.parametrize('name', ['pcm_le', 'pcm_be', 'ulaw', 'alaw', 'pcm_shorten',
+                                  'pcm_shorten_diff0', 'pcm_shorten_lpc', 'pcm_shorten_v1'])
 def test_fixture_matches_ffmpeg(name):
   samples, rate = read_sphere(FIXTURES / f'{name}.sph')
   assert rate == 8000 and samples.dtype == np.int16 and samples.shape == (1200, 2)
@@ -73,6 +75,27 @@ def test_ulaw_table_is_g711():
     segment, step = (inverted >> 4) & 7, inverted & 0xF
     magnitude = 4 * (((2 * step + 33) << segment) - 33)  # G.711 Table 2, scaled to 16 bits
     assert sphere.ULAW_TO_LINEAR[code] == (-magnitude if inverted & 0x80 else magnitude)
+
+
+def test_alaw_table_is_g711():
+  for code in range(256):
+    inverted = code ^ 0x55  # A-law inverts the even bits
+    segment, step = (inverted >> 4) & 7, inverted & 0xF
+    # G.711 Table 1: decoder outputs in 12-bit units, scaled to 16 bits (x 8).
+    magnitude = 8 * (2 * step + 1 if segment == 0 else (2 * step + 33) << (segment - 1))
+    assert sphere.ALAW_TO_LINEAR[code] == (magnitude if inverted & 0x80 else -magnitude)
+
+
+def test_alaw_table_is_pythons_audioop():
+  audioop = pytest.importorskip('audioop', reason='audioop left Python in 3.13')
+  expected = np.frombuffer(audioop.alaw2lin(bytes(range(256)), 2), np.int16)
+  np.testing.assert_array_equal(sphere.ALAW_TO_LINEAR, expected)
+
+
+def test_alaw_fixture_holds_every_code():
+  samples, _ = read_sphere(FIXTURES / 'alaw.sph')
+  np.testing.assert_array_equal(samples[:256, 0], sphere.ALAW_TO_LINEAR)
+  np.testing.assert_array_equal(samples[:256, 1], sphere.ALAW_TO_LINEAR[::-1])
 
 
 def test_linear_to_ulaw_inverts_the_table_and_is_monotonic():
@@ -223,15 +246,19 @@ def test_malformed_header_line(tmp_path):
     read_sphere(path)
 
 
-@pytest.mark.parametrize('coding', ['alaw', 'pcm,shortpack-v0', 'ulaw,embedded-wavpack'])
-def test_unknown_sample_coding(tmp_path, coding):
+@pytest.mark.parametrize('coding,message', [
+    ('g722', 'unknown sample_coding'), ('pcm,shortpack-v0', 'unknown sample_coding'),
+    ('ulaw,embedded-wavpack', 'unknown sample_coding'),
+    ('alaw,embedded-shorten-v2.00', 'Shorten-compressed A-law is not supported'),
+])
+def test_unknown_sample_coding(tmp_path, coding, message):
   path = _sphere_file(tmp_path, ['sample_rate -i 8000', f'sample_coding -s{len(coding)} {coding}',
                                  'end_head'], bytes(16))
-  with _raises_naming(path, 'unknown sample_coding'):
+  with _raises_naming(path, message):
     read_sphere(path)
 
 
-@pytest.mark.parametrize('name', ['pcm_le', 'ulaw'])
+@pytest.mark.parametrize('name', ['pcm_le', 'ulaw', 'alaw'])
 def test_truncated_samples(tmp_path, name):
   path = tmp_path / f'{name}.sph'
   path.write_bytes((FIXTURES / f'{name}.sph').read_bytes()[:-10])
@@ -284,3 +311,116 @@ def test_decode_shorten_without_quit():
   data = encode_shorten(_signal('speechlike', n=300), sphere.TYPE_S16LH)
   with pytest.raises(ShortenError, match='stream ends early'):
     decode_shorten(data[:-4])
+
+
+# Hand-made streams: each code a (value, n) pair, written as uvar(n) (shorten's bit format).
+
+
+def _stream(codes, version: int = 2) -> bytes:
+  """sphere.MAGIC, the version and the `uvar` codes [(value, n), ...], packed MSB first."""
+  bits = ''.join('0' * (v >> n) + '1' + (format(v & ((1 << n) - 1), f'0{n}b') if n else '')
+                 for v, n in codes)
+  bits += '0' * (-len(bits) % 8)
+  return sphere.MAGIC + bytes([version]) + int(bits or '0', 2).to_bytes(len(bits) // 8, 'big')
+
+
+def _ulong(value: int):
+  n = value.bit_length()
+  return [(n, 2), (value, n)]
+
+
+def _head(file_type=sphere.TYPE_S16LH, channels=2, block_size=4, max_lpc=0, n_mean=0, skip=()):
+  codes = sum((_ulong(v) for v in (file_type, channels, block_size, max_lpc, n_mean, len(skip))),
+              [])
+  return codes + [(b, sphere.XBYTESIZE) for b in skip]
+
+
+def _cmd(fn, *codes):
+  return [(fn, sphere.FNSIZE), *codes]
+
+
+def _diff0(*residuals, resn=3):
+  """FN_DIFF0 with `residuals` (var(resn) codes: sign in the lowest bit)."""
+  return _cmd(sphere.FN_DIFF0, (resn, sphere.ENERGYSIZE),
+              *[((r << 1) if r >= 0 else ((~r << 1) | 1), resn + 1) for r in residuals])
+
+
+def test_hand_made_stream_by_hand():
+  """Skip bytes, a verbatim chunk, DIFF0 / ZERO blocks of 2 channels, a last shorter round; the
+  expected samples worked out from the format, not from the encoder."""
+  data = _stream(_head(block_size=3, skip=(200, 5))
+                 + _cmd(sphere.FN_VERBATIM, (2, sphere.VERBATIM_CKSIZE_SIZE),
+                        (255, sphere.VERBATIM_BYTE_SIZE), (0, sphere.VERBATIM_BYTE_SIZE))
+                 + _diff0(1, -2, 3) + _cmd(sphere.FN_ZERO)
+                 + _cmd(sphere.FN_BITSHIFT, (2, sphere.BITSHIFTSIZE))
+                 + _cmd(sphere.FN_BLOCKSIZE, *_ulong(2)) + _diff0(-1, 0) + _diff0(5, 6)
+                 + _cmd(sphere.FN_QUIT))
+  np.testing.assert_array_equal(decode_shorten(data),
+                                [[1, 0], [-2, 0], [3, 0], [-4, 20], [0, 24]])
+
+
+@pytest.mark.parametrize('codes,message', [
+    (_head() + [(10, sphere.FNSIZE)], 'unknown command 10'),
+    (_head() + _cmd(sphere.FN_BLOCKSIZE, *_ulong(70000)), 'block size 70000 is out of range'),
+    (_head() + _cmd(sphere.FN_BITSHIFT, (33, sphere.BITSHIFTSIZE)), 'bit shift 33'),
+    (_head(max_lpc=2) + _cmd(sphere.FN_QLPC, (3, sphere.ENERGYSIZE), (3, sphere.LPCQSIZE)),
+     'LPC order 3 exceeds the header maximum 2'),
+    (_head() + _cmd(sphere.FN_DIFF0, (40, sphere.ENERGYSIZE)), 'residual width 41 bits'),
+    (_head() + _diff0(30000, 40000, 0, 0, resn=16), 'sample 40000 .* out of range for file type 5'),
+    (_head(file_type=sphere.TYPE_S8) + _diff0(-129, 0, 0, 0, resn=8), 'sample -129'),
+    (_head(block_size=2) + _diff0(1, 1) + _cmd(sphere.FN_BLOCKSIZE, *_ulong(3)) + _diff0(1, 1, 1)
+     + _cmd(sphere.FN_QUIT), 'channel 0 ends at another sample'),
+    (_head(file_type=sphere.TYPE_AU2) + _cmd(sphere.FN_BITSHIFT, (13, sphere.BITSHIFTSIZE))
+     + _cmd(sphere.FN_ZERO), 'u-law bit shift 13'),
+    (_head(file_type=9), 'unsupported file type 9'),
+    (_head(channels=0), 'implausible header: 0 channels'),
+])
+def test_decode_shorten_refuses_bad_streams(codes, message):
+  with pytest.raises(ShortenError, match=message):
+    decode_shorten(_stream(codes))
+
+
+def _zero_blocks(n_blocks: int) -> bytes:
+  """Stereo FN_ZERO blocks of the largest size: ~210,000 samples per byte of stream."""
+  return _stream(_head(block_size=sphere.MAX_BLOCK_SIZE)
+                 + _cmd(sphere.FN_ZERO) * (2 * n_blocks) + _cmd(sphere.FN_QUIT))
+
+
+def test_decoding_is_bounded_by_the_stream_and_the_header(tmp_path):
+  """A 12.5 kB stream of zero blocks would decode to 2 x 6.6e8 samples (10 GB as the old
+  decoder's int64): refused past MAX_SAMPLES_PER_BYTE (~100 MB of int32 decoded by then), or
+  stopped at the header's sample_count, in a process allowed 300 MB more than it holds after
+  importing."""
+  stream = _zero_blocks(10_000)
+  assert len(stream) < 13_000
+  path = _sphere_file(tmp_path, ['sample_count -i 100000', 'channel_count -i 2',
+                                 'sample_rate -i 8000', 'sample_n_bytes -i 2',
+                                 'sample_byte_format -s2 01',
+                                 'sample_coding -s26 pcm,embedded-shorten-v2.00', 'end_head'],
+                      stream)
+  script = textwrap.dedent(f"""
+      import re, resource
+      from convssl_jax.data import sphere
+      sphere.read_sphere({str(FIXTURES / 'pcm_shorten.sph')!r})  # load the compiled decoder
+      held = int(re.search(r'VmSize:\\s+(\\d+)', open('/proc/self/status').read())[1]) * 1024
+      resource.setrlimit(resource.RLIMIT_AS, (held + 300 * 2**20, resource.RLIM_INFINITY))
+      samples, rate = sphere.read_sphere({str(path)!r})
+      print(samples.shape, samples.any())
+      try:
+        sphere.decode_shorten(open({str(path)!r}, 'rb').read()[1024:])
+      except sphere.ShortenError as error:
+        print(error)
+  """)
+  run = processes.run('-c', script, timeout=300)
+  assert run.returncode == 0, run.stderr[-2000:]
+  limit = sphere.MAX_SAMPLES_PER_BYTE * len(stream)
+  assert run.stdout.splitlines() == [
+      '(100000, 2) False',
+      f'decodes to more than {limit} samples per channel ({sphere.MAX_SAMPLES_PER_BYTE} per byte '
+      'of stream): not a plausible recording']
+
+
+def test_bad_sample_count(tmp_path):
+  path = _sphere_file(tmp_path, ['sample_count -i -5', 'sample_rate -i 8000', 'end_head'])
+  with _raises_naming(path, "bad sample_count -5"):
+    read_sphere(path)

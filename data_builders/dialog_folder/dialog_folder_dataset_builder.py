@@ -11,8 +11,8 @@ session is the file stem (non-UTF-8 bytes of a name written `\\xNN`).
 
 Splits: the session lists `train.txt`, `validation.txt`, `test.txt` at the folder's top (one stem
 a line) where any exists, else a seeded random split by the config's ratios that gives every
-split with a positive ratio at least one session. Audio is read at 16 kHz, so F0 (pYIN) runs at
-16 kHz whatever the file's rate. The dataset records a fingerprint of its inputs (`fingerprint`);
+split with a positive ratio at least one session. Audio is read at 16 kHz, so F0 (`data.f0_tracker`)
+is tracked at 16 kHz whatever the file's rate. The dataset records a fingerprint of its inputs (`fingerprint`);
 a build over an existing dataset whose files or options changed rebuilds it.
 """
 
@@ -33,6 +33,7 @@ from convssl_jax.data import audio as audio_lib
 from convssl_jax.data import json_file
 from convssl_jax.data import textgrid
 from convssl_jax.data import va_files
+from convssl_jax.data import f0 as f0_lib
 from data_builders import conversation
 
 SPLITS = ('train', 'validation', 'test')
@@ -77,7 +78,8 @@ def read_words(path: pathlib.Path) -> list:
 
 
 def load_session(session: str, audio_path: pathlib.Path,
-                 va_tiers: Sequence[str] | None = None) -> dict:
+                 va_tiers: Sequence[str] | None = None,
+                 f0_tracker: str = f0_lib.DEFAULT_TRACKER) -> dict:
   """One recording with its VA (and words) -> a stored example; ValueError naming the file if
   any is bad: no VA file, empty, too short, NaN or infinite audio, more than two channels."""
   va, va_path = va_files.read_va_beside(audio_path, tiers=va_tiers)
@@ -88,7 +90,7 @@ def load_session(session: str, audio_path: pathlib.Path,
                                f'audio, shorter than a dialog can be ({MIN_DURATION_S} s)')
   return conversation.conversation(
       session=session, dataset='dialog_folder', audio=audio, sample_rate=conversation.SAMPLE_RATE,
-      va=va, source=str(va_path), words=words)
+      va=va, source=str(va_path), words=words, f0_tracker=f0_tracker)
 
 
 def find_audio(root: pathlib.Path) -> dict[str, pathlib.Path]:
@@ -220,8 +222,9 @@ class DialogFolder(conversation.ConversationBuilder):
   a pair of names); None recognises them in each file (`textgrid.choose`).
   """
 
-  VERSION = tfds.core.Version('1.1.0')
+  VERSION = tfds.core.Version('1.2.0')
   RELEASE_NOTES = {
+      '1.2.0': conversation.F0_RELEASE_NOTE,
       '1.1.0': 'TextGrids and predict\'s JSON beside the audio; every split gets a session (3 or '
                'more); empty, NaN and sub-frame audio refused; non-UTF-8 names; a changed folder '
                'is rebuilt (input fingerprint)',
@@ -247,7 +250,8 @@ class DialogFolder(conversation.ConversationBuilder):
     """The builder's options that shape the dataset, as the fingerprint records them."""
     config = self.builder_config
     return {'version': str(self.version), 'ratios': list(config.ratios), 'seed': config.seed,
-            'va_tiers': list(self.va_tiers) if self.va_tiers else None}
+            'va_tiers': list(self.va_tiers) if self.va_tiers else None,
+            'f0_tracker': self.f0_tracker}
 
   def _changed_since_built(self, manual_dir, metadata: dict) -> str | None:
     if manual_dir is None:
@@ -286,10 +290,7 @@ class DialogFolder(conversation.ConversationBuilder):
             'validation.txt, test.txt there (a split without a list is left out)') from err
     for split in [s for s, sessions in splits.items() if not sessions]:
       logging.warning('split %s has no sessions; it is left out', split)
-    return {split: self._generate_examples(split, [(s, audio[s]) for s in sessions])
+    return {split: self._generate_examples(split, [
+        (s, functools.partial(load_session, s, audio[s], self.va_tiers, self.f0_tracker))
+        for s in sessions])
             for split, sessions in splits.items() if sessions}
-
-  def _generate_examples(self, split: str, sessions: list[tuple[str, pathlib.Path]]):
-    loaders = ((session, functools.partial(load_session, session, path, self.va_tiers))
-               for session, path in sessions)
-    yield from self._conversations(split, loaders)

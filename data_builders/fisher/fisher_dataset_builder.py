@@ -90,14 +90,15 @@ def utterance_va(utterances) -> list[list[list[float]]]:
           for channel in (0, 1)]
 
 
-def load_session(session: str, audio_path: pathlib.Path, transcript: pathlib.Path) -> dict:
+def load_session(session: str, audio_path: pathlib.Path, transcript: pathlib.Path,
+                 f0_tracker: str = f0_lib.DEFAULT_TRACKER) -> dict:
   """One conversation -> a stored example; ValueError naming the file for any bad input."""
   utterances = read_transcript(transcript)
   audio = conversation.read_telephone_audio(audio_path)
   return conversation.conversation(
       session=session, dataset='fisher', audio=audio, sample_rate=RATE,
       va=utterance_va(utterances), source=f'{audio_path} with {transcript}',
-      f0=f0_lib.pyin_f0(audio, RATE), words=utterances)
+      f0=f0_lib.track_f0(audio, RATE, f0_tracker), words=utterances)
 
 
 def find_audio(root: pathlib.Path) -> dict[str, pathlib.Path]:
@@ -118,7 +119,11 @@ def transcript_path(root: pathlib.Path, session: str) -> pathlib.Path:
 class Fisher(conversation.ConversationBuilder):
   """Fisher English Part 1 (see data_builders/README.md)."""
 
-  VERSION = tfds.core.Version('1.0.0')
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+      '1.1.0': conversation.F0_RELEASE_NOTE,
+      '1.0.0': 'Initial release.',
+  }
   MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
   Fisher English Training Speech Part 1: the audio (LDC2004S13, the two zip parts concatenated
   and unzipped) and the transcripts (LDC2004T19, fe_03_p1_tran_LDC2004T19.tgz), side by side:
@@ -137,4 +142,4 @@ class Fisher(conversation.ConversationBuilder):
     splits = {split: [s for s in audio if low <= int(s) <= high]
               for split, (low, high) in SPLIT_RANGES.items()}
     return self._splits(splits, audio, lambda s: functools.partial(
-        load_session, s, audio[s], transcript_path(root, s)))
+        load_session, s, audio[s], transcript_path(root, s), self.f0_tracker))

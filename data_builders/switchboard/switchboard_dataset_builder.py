@@ -120,7 +120,8 @@ def read_utterances(path: pathlib.Path) -> list[list[tuple[float, float, str]]]:
   return list(utterances.values())
 
 
-def load_session(session: str, audio_path: pathlib.Path, word_dir: pathlib.Path) -> dict:
+def load_session(session: str, audio_path: pathlib.Path, word_dir: pathlib.Path,
+                 f0_tracker: str = f0_lib.DEFAULT_TRACKER) -> dict:
   """One conversation -> a stored example; ValueError naming the file for any bad input."""
   channels = [read_utterances(word_dir / f'sw{session}{speaker}-ms98-a-word.text')
               for speaker in SPEAKERS]
@@ -131,7 +132,8 @@ def load_session(session: str, audio_path: pathlib.Path, word_dir: pathlib.Path)
   audio = conversation.read_telephone_audio(audio_path)
   return conversation.conversation(
       session=session, dataset='switchboard', audio=audio, sample_rate=RATE, va=va,
-      source=f'{audio_path} with {word_dir}', f0=f0_lib.pyin_f0(audio, RATE), words=words)
+      source=f'{audio_path} with {word_dir}', f0=f0_lib.track_f0(audio, RATE, f0_tracker),
+      words=words)
 
 
 def find_audio(root: pathlib.Path) -> dict[str, pathlib.Path]:
@@ -173,8 +175,9 @@ def kfold_split(sessions, fold: int) -> dict[str, list[str]]:
 class Switchboard(conversation.ConversationBuilder):
   """Switchboard-1 Release 2 with ms98 word alignments (see data_builders/README.md)."""
 
-  VERSION = tfds.core.Version('1.1.0')
+  VERSION = tfds.core.Version('1.2.0')
   RELEASE_NOTES = {
+      '1.2.0': conversation.F0_RELEASE_NOTE,
       '1.1.0': 'fold_k leave out the aside sessions; overlapping utterances are united; damsl.',
       '1.0.0': 'Initial release.',
   }
@@ -202,4 +205,4 @@ class Switchboard(conversation.ConversationBuilder):
     splits = (damsl_split(audio) if config.damsl else
               original_split(audio) if config.fold is None else kfold_split(audio, config.fold))
     return self._splits(splits, audio, lambda s: functools.partial(
-        load_session, s, audio[s], root / TRANSCRIPTS / s[:2] / s))
+        load_session, s, audio[s], root / TRANSCRIPTS / s[:2] / s, self.f0_tracker))

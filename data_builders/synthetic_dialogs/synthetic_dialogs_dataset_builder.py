@@ -52,14 +52,11 @@ class SyntheticDialogs(conversation.ConversationBuilder):
   """Procedural two-speaker dialogs with prosodic turn-end cues (see README.md beside this file)."""
 
   VERSION = tfds.core.Version('1.0.0')
+  tracks_f0 = False  # F0 is the one the audio was synthesised at
   BUILDER_CONFIGS = [SyntheticDialogsConfig.sized(96, 16, 16, 60.0)]
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download
-    return {split: self._generate_examples(split) for split in SPLIT_SEEDS}
-
-  def _generate_examples(self, split: str):
-    n = getattr(self.builder_config, split)
-    yield from self._conversations(split, [
+    return {split: self._generate_examples(split, [
         (_session(split, i), functools.partial(_example, split, i, self.builder_config))
-        for i in range(n)])
+        for i in range(getattr(self.builder_config, split))]) for split in SPLIT_SEEDS}
