@@ -33,7 +33,7 @@ def folder(tmp_path):
 
 
 def _dataset_dir(data_dir, config='default'):
-  return data_dir / 'dialog_folder' / config / '1.1.0'
+  return data_dir / 'dialog_folder' / config / str(DialogFolder.VERSION)
 
 
 
@@ -398,7 +398,7 @@ def test_an_unexpected_error_keeps_its_traceback_and_names_the_file(folder, tmp_
 
 
 def _lock(data_dir) -> pathlib.Path:
-  return data_dir / 'dialog_folder' / 'default' / '.build-1.1.0.lock'
+  return data_dir / 'dialog_folder' / 'default' / f'.build-{DialogFolder.VERSION}.lock'
 
 
 def test_stale_incomplete_folders_are_removed_but_not_a_live_builds(folder, tmp_path):
@@ -407,7 +407,7 @@ def test_stale_incomplete_folders_are_removed_but_not_a_live_builds(folder, tmp_
   waited for, and only then are the folders it leaves removed."""
   root, _ = folder
   data_dir = tmp_path / 'data'
-  stale = data_dir / 'dialog_folder' / 'default' / 'incomplete.K1LLED_1.1.0'
+  stale = data_dir / 'dialog_folder' / 'default' / f'incomplete.K1LLED_{DialogFolder.VERSION}'
   (stale / 'sub').mkdir(parents=True)
   (stale / 'sub' / 'dialog_folder-train.array_record-00000-of-00001').write_bytes(b'x' * 100)
   other_version = stale.with_name('incomplete.OLDONE_1.0.0')
