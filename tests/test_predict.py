@@ -213,5 +213,6 @@ def test_one_frame_of_audio_predicts_and_writes_one_row(trained, tmp_path):
   path = _wav(tmp_path / 'one.wav', np.full((320, 2), 0.1, np.float32))  # 20 ms
   result = predict.predict_file(model, config, path, [[[0.0, 0.02]], []])
   assert result['va'].shape == result['p_now'].shape == (1, 2)
-  _, csv_path, png_path = predict.write(result, tmp_path / 'out', 'one')
+  _, csv_path, png_path, html_path = predict.write(result, tmp_path / 'out', 'one')
   assert len(csv_path.read_text().splitlines()) == 2 and png_path.stat().st_size > 0
+  assert html_path.stat().st_size > 0
