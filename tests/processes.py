@@ -4,6 +4,7 @@ JAX processes): the repository on the path, and the tests' shared compilation ca
 from concurrent import futures
 import os
 import pathlib
+import resource
 import socket
 import subprocess
 import sys
@@ -28,6 +29,16 @@ def run(*args: str, timeout: float = 300, **extra_env: str) -> subprocess.Comple
   """`python ARGS` to completion."""
   return subprocess.run([sys.executable, *args], cwd=REPO, env=env(**extra_env),
                         capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def run_capped(limit_mb: int, *args: str, input: bytes | None = None,
+               timeout: float = 300) -> subprocess.CompletedProcess:
+  """`python ARGS` (e.g. run.py as a user runs it) with its address space capped at `limit_mb`
+  MiB from its start (RLIMIT_AS): an allocation past it fails. stdout and stderr as bytes."""
+  def cap():
+    resource.setrlimit(resource.RLIMIT_AS, (limit_mb << 20, resource.RLIM_INFINITY))
+  return subprocess.run([sys.executable, *args], cwd=REPO, env=env(), input=input,
+                        capture_output=True, timeout=timeout, check=False, preexec_fn=cap)
 
 
 def free_port() -> int:
