@@ -59,8 +59,8 @@ def _figure(dialog: dict[str, np.ndarray], events: dict[str, np.ndarray], window
   """The panels of `window` (frames) on an x axis `span_s` seconds long from its start: both
   waveforms (with an 'envelope' [T, 2]; a channel silent over the whole recording labelled so),
   both speakers' VA ('va' [T, 2], if given) with the events (`va_label` titles the panel) and,
-  given a 'vad' [T, 2], the model's VAD curves over them; speaker A's next-speaker curves; both backchannel
-  curves."""
+  given a 'vad' [T, 2], the model's VAD curves over them; speaker A's next-speaker curves; both
+  backchannel curves."""
   t = np.arange(window.start, window.stop) / frame_hz
   waves = 'envelope' in dialog
   panels = 2 + ('p_bc' in dialog) + waves

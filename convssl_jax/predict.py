@@ -217,7 +217,8 @@ def write(result: dict[str, Any], directory, stem: str, *, audio=None,
   title = str(legend.get('file', stem))
   subtitle = ', '.join(f'{k}: {legend[k]}' for k in ('model', 'checkpoint') if legend.get(k))
   paths['png'] = plots.pages(
-      {**curves, **({'va': result['va']} if given else {})}, result['events'], frame_hz=hz, stem_path=directory / stem, title=title, subtitle=subtitle,
+      {**curves, **({'va': result['va']} if given else {})}, result['events'], frame_hz=hz,
+      stem_path=directory / stem, title=title, subtitle=subtitle,
       va_label='voice activity and events' if given else
       'model VAD (curves; no VA given, so no events)')
   paths['html'] = viewer.write_html(result, directory / f'{stem}.html', audio=audio,

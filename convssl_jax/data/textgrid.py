@@ -6,6 +6,7 @@ A speaker's speech is the intervals of its tier with non-blank text (touching on
 speaker tiers are the ones named by `tiers`, else recognised from the file's layout (`choose`):
 two interval tiers in file order, or Montreal Forced Aligner's `words` tiers (phones ignored).
 A file that fits neither is refused in one line that lists its tiers and the way to name them.
+`format_textgrid` writes interval tiers as a TextGrid (predict's `<name>.TextGrid`).
 """
 
 import array
@@ -242,9 +243,9 @@ def format_textgrid(tiers: Sequence[tuple[str, Sequence[tuple[float, float, str]
       at = end
     if at < xmax or not filled:
       filled.append((at, xmax, ''))
-    lines += [f'    item [{t}]:', '        class = "IntervalTier" ', f'        name = {_quoted(name)} ',
-              f'        xmin = {_number(xmin)} ', f'        xmax = {_number(xmax)} ',
-              f'        intervals: size = {len(filled)} ']
+    lines += [f'    item [{t}]:', '        class = "IntervalTier" ',
+              f'        name = {_quoted(name)} ', f'        xmin = {_number(xmin)} ',
+              f'        xmax = {_number(xmax)} ', f'        intervals: size = {len(filled)} ']
     for i, (start, end, text) in enumerate(filled, 1):
       lines += [f'        intervals [{i}]:', f'            xmin = {_number(start)} ',
                 f'            xmax = {_number(end)} ', f'            text = {_quoted(text)} ']
