@@ -216,3 +216,4 @@ def test_one_frame_of_audio_predicts_and_writes_one_row(trained, tmp_path):
   written = predict.write(result, tmp_path / 'out', 'one')
   assert len(written['csv'].read_text().splitlines()) == 2
   assert [p.name for p in written['png']] == ['one.png'] and written['png'][0].stat().st_size > 0
+  assert written['html'].stat().st_size > 0 and written['TextGrid'].stat().st_size > 0
