@@ -31,8 +31,9 @@ flags.DEFINE_string('workdir', 'workdir', 'Checkpoints, TensorBoard events and m
 flags.DEFINE_string('audio', None, 'predict: an audio file (stereo: one speaker per channel; mono: '
                     'speaker A) or a folder of them. stream: a file, - (stdin PCM) or mic.')
 flags.DEFINE_string('va', None, 'predict, stream: a VA list (JSON [[[start, end], ...] of A, [...] '
-                    'of B], or a TextGrid) for one --audio file; needed by the mono model.')
-flags.DEFINE_string('va_tiers', '', "predict, stream: a --va TextGrid's speaker tiers, 'A_TIER,B_TIER' "
+                    'of B], or a TextGrid) for one --audio file; needed by the mono model. A '
+                    "folder's files use the <name>.json or <name>.TextGrid beside each.")
+flags.DEFINE_string('va_tiers', '', "predict, stream: a TextGrid's speaker tiers, 'A_TIER,B_TIER' "
                     "('A_TIER,' or ',B_TIER': the other silent); default: recognised (MFA too).")
 flags.DEFINE_string('output', None, 'predict: where the JSON, CSV and PNG go (default '
                     'WORKDIR/predictions); stream: the same, written at the end, if given.')
@@ -91,18 +92,21 @@ def evaluate(config) -> None:
 
 def predict(config) -> None:
   from convssl_jax import errors, predict as predict_lib
+  from convssl_jax.data import textgrid
   if not FLAGS.audio:
     raise errors.UserError('--mode=predict needs --audio=FILE_OR_FOLDER')
+  folder = pathlib.Path(FLAGS.audio).is_dir()
+  if FLAGS.va and folder:
+    raise errors.UserError('--va goes with a single --audio file; a folder\'s files are read '
+                           'with the VA list or TextGrid beside each one (<name>.json, '
+                           '<name>.TextGrid)')
   files = predict_lib.audio_files(FLAGS.audio)
-  if FLAGS.va and len(files) > 1:
-    raise errors.UserError('--va goes with a single --audio file, not a folder')
   va_list = _va_list()
   model, config, source = _load(config)
   print(f'model: {source}')
   output = FLAGS.output or pathlib.Path(FLAGS.workdir) / 'predictions'
-  for line in predict_lib.predict_files(model, config, files, va_list, output, source=source,
-                                       index=pathlib.Path(FLAGS.audio).is_dir()):
-    print(line)
+  predict_lib.predict_files(model, config, files, va_list, output, source=source, index=folder,
+                            beside=folder, tiers=textgrid.parse_tiers(FLAGS.va_tiers))
 
 
 def stream(config) -> None:
@@ -110,8 +114,7 @@ def stream(config) -> None:
   if not FLAGS.audio:
     raise errors.UserError('--mode=stream needs --audio=FILE, - (stdin PCM) or mic')
   va_list = _va_list()
-  if not FLAGS.model_dir:  # a converted model's kind is known once it is loaded
-    live.check_va(config.model, va_list)
+  live.check_va(live.model_config(config, FLAGS.model_dir), va_list)  # before any weights
   model, config, source = _load(config)
   print(f'model: {source}', file=sys.stderr)
   live.stream(model, config, FLAGS.audio, va_list=va_list, context_s=FLAGS.context_s,

@@ -13,9 +13,11 @@ step under a temporary name and renames it when complete, coordinates the proces
 multi-host run itself and ignores the temporary directory of a save that was killed.
 
 A second manager under `<dir>/best` keeps the single checkpoint with the lowest validation
-value (state and meta only). Its Orbax step is a counter, not the training step, so a run that
-resumed from an older checkpoint can still record a new best at a training step it already
-passed; the training step and the value are stored in its meta.
+value (state and meta only), in `<dir>/best/<training step>`. Orbax saves only steps after the
+latest it holds, so a run that resumed from an older checkpoint and finds a new best at a step
+at or before the stored best's takes the next number after it instead; the training step and the
+value are in its meta, which is what readers use (`best_step`, `restore_best`, `restore_part`).
+Workdirs from before, whose best was numbered by a counter (`best/2` for step 20), read the same.
 """
 
 import json
@@ -196,7 +198,7 @@ class Checkpoints:
     if not value < self.best_value():  # also rejects NaN
       return False
     meta = {**_json_copy(meta), _BEST_STEP: int(step), _BEST_VALUE: value}
-    index = (self._best.latest_step() or 0) + 1
+    index = max(int(step), (self._best.latest_step() or 0) + 1)
     self._best.save(index, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
     self._best_value = value

@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from convssl_jax import corpora, metrics, plots, trainer as trainer_lib
+from convssl_jax import corpora, metrics, plots, progress, trainer as trainer_lib
 from convssl_jax.data import pipeline
 from convssl_jax.data import va as va_lib
 from convssl_jax.events import TurnTakingEvents
@@ -38,11 +38,11 @@ def check_context(config) -> None:
     raise ValueError(f'eval.context_s={config.eval.context_s} must be in [0, data.window_s)')
 
 
-def predict_dialogs(model: ModelState, config, corpus: pipeline.Corpus,
-                    swap: bool = False) -> list[dict[str, np.ndarray]]:
+def predict_dialogs(model: ModelState, config, corpus: pipeline.Corpus, swap: bool = False,
+                    desc: str | None = None) -> list[dict[str, np.ndarray]]:
   """Per dialog of `corpus` (with `swap`, speakers A and B exchanged): whole-dialog outputs
   [T, 2] ('p', 'p_bc', 'p_now', 'p_future', 'vad' as the head has them) and 'va' [T + H, 2]
-  (silence after the end)."""
+  (silence after the end). With `desc`, a progress bar so named over more than one batch."""
   spec = corpora.window_spec(config, model.objective)
   check_context(config)
   context = int(config.eval.context_s * spec.frame_hz)
@@ -51,8 +51,12 @@ def predict_dialogs(model: ModelState, config, corpus: pipeline.Corpus,
                                overlap_s=config.eval.context_s,
                                process_index=jax.process_index(),
                                process_count=jax.process_count(), swap=swap)
+  batches = pipeline.batch_count(
+      len(pipeline.window_table(corpus, spec.window_s, config.eval.context_s, cover=True)),
+      local_batch, jax.process_count())
   windows = collections.defaultdict(list)  # conversation -> [(start frame, outputs)]
-  for batch in data:
+  for batch in progress.bar(data, total=batches, desc=desc, unit='batch', leave=False,
+                            enabled=desc is not None and batches > 1):
     rows = {k: jax.make_array_from_process_local_data(model.batch_sharding, batch[k])
             for k in ROW_KEYS}
     out, rows = jax.device_get(model.predict_step(model.params, model.to_device(batch), rows))
@@ -152,7 +156,8 @@ def evaluate(config, workdir, baselines: dict[str, tuple[Any, Any]] | None = Non
     for split in SPLITS:
       per_order = []
       for swap in ORDERS:
-        dialogs = predict_dialogs(model, cfg, data[split], swap)
+        dialogs = predict_dialogs(model, cfg, data[split], swap,
+                                  desc=f'{name} {split}' + ' (speakers swapped)' * swap)
         per_order.append(evaluation.samples(split, swap, dialogs))
         if name == 'model' and split == 'test' and not swap:
           excerpt = (dialogs[0], evaluation.events[(split, swap)][0])

@@ -27,7 +27,7 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from convssl_jax import corpora, errors, parallelism
+from convssl_jax import corpora, errors, parallelism, progress
 from convssl_jax.data import feature_store, pipeline
 from convssl_jax.model_state import ModelState
 from convssl_jax.models import factory
@@ -125,7 +125,8 @@ def build(config, directory) -> pathlib.Path:
   encode = _encode_fn(model)
   writer = feature_store.ShardWriter(directory, process, count)
   local = jax.sharding.PartitionSpec(parallelism.BATCH_AXES)
-  for batch in data:
+  batches = pipeline.batch_count(len(table), batch_size, count)
+  for batch in progress.bar(data, total=batches, desc='feature cache', unit='batch'):
     audio = jax.make_array_from_process_local_data(model.batch_sharding, batch['audio'])
     features = np.asarray(multihost_utils.global_array_to_host_local_array(
         encode(model.params, audio), model.mesh, local))

@@ -14,13 +14,14 @@ import time
 from collections.abc import Iterator
 from typing import IO, Any
 
+import ml_collections
 import numpy as np
 
 from convssl_jax import errors, inference, predict
 from convssl_jax.data import audio as audio_lib
 from convssl_jax.data import va as va_lib
 from convssl_jax.data.audio import SAMPLE_RATE
-from convssl_jax.models import factory
+from convssl_jax.models import factory, pretrained
 
 
 def _block_samples(block_s: float) -> int:
@@ -33,8 +34,14 @@ def _decode_pcm(data: bytes) -> np.ndarray:
 
 
 def file_source(path, block_s: float = 0.02, pace: bool = True) -> Iterator[np.ndarray]:
-  """A mono or stereo audio file in blocks [2, n]; with `pace`, each block when its time comes."""
-  wave = audio_lib.read_stereo(path, sample_rate=SAMPLE_RATE)
+  """A mono or stereo audio file (read now) in blocks [2, n]; with `pace`, each block when its
+  time comes."""
+  return wave_source(audio_lib.read_stereo(path, sample_rate=SAMPLE_RATE), block_s, pace)
+
+
+def wave_source(wave: np.ndarray, block_s: float = 0.02, pace: bool = True
+                ) -> Iterator[np.ndarray]:
+  """Audio [S, 2] at 16 kHz in blocks [2, n]; with `pace`, each block when its time comes."""
   block = _block_samples(block_s)
   start = time.perf_counter()
   for first in range(0, len(wave), block):
@@ -93,21 +100,23 @@ def bar(frame: dict[str, np.ndarray], time_s: float, width: int = 30) -> str:
 
 
 def run(streamer, blocks: Iterator[np.ndarray], frame_hz: int, *, out: IO[str] = sys.stdout,
-        every_s: float = 0.1, va: np.ndarray | None = None) -> dict[str, Any]:
+        every_s: float = 0.1, va: va_lib.VAFrameStream | None = None) -> dict[str, Any]:
   """Pushes `blocks` through `streamer`, printing a `bar` every `every_s` seconds of audio (in
-  place on a terminal); returns every frame's outputs {name: [T, 2]} and the push latencies [s].
+  place on a terminal); returns every frame's outputs {name: [T, 2]}, the push latencies [s] and
+  with `va` the VA frames handed over ('va' [T', 2]).
 
-  `va` [T, 2]: the current VA frames the mono model reads, handed over with the audio they cover.
+  `va`: the current VA frames the mono model reads, taken block by block with the audio they
+  cover (memory follows the audio heard, not the VA list's times).
   """
-  frames, latencies, done, samples, va_sent = [], [], 0, 0, 0
+  frames, latencies, done, samples, heard = [], [], 0, 0, []
   every = max(round(every_s * frame_hz), 1)
   live = out.isatty()
   for block in blocks:
     kwargs = {}
     samples += block.shape[-1]
     if va is not None:
-      upto = min(samples * frame_hz // SAMPLE_RATE, len(va))
-      kwargs['va'], va_sent = va[va_sent:upto], upto
+      heard.append(va.take(samples * frame_hz // SAMPLE_RATE - va.frame))
+      kwargs['va'] = heard[-1]
     start = time.perf_counter()
     result = streamer.push(block, **kwargs)
     latencies.append(time.perf_counter() - start)
@@ -122,13 +131,22 @@ def run(streamer, blocks: Iterator[np.ndarray], frame_hz: int, *, out: IO[str] =
   if live:
     out.write('\n')
   outputs = {k: np.concatenate([f[k] for f in frames]) for k in frames[0]} if frames else {}
-  return {'outputs': outputs, 'latency_s': np.asarray(latencies)}
+  result = {'outputs': outputs, 'latency_s': np.asarray(latencies)}
+  if va is not None:
+    result['va'] = np.concatenate(heard) if heard else np.zeros((0, 2), np.float32)
+  return result
 
 
-def va_frames(va_list, frame_hz: int) -> np.ndarray:
-  """A VA list -> the VA frames [T, 2] a stream hands the model, up to its last segment's end."""
-  end = max([segment[1] for channel in va_list for segment in channel], default=0.0)
-  return va_lib.va_frames(va_list, va_lib.num_frames(end, frame_hz) + 1, frame_hz)
+def model_config(config, model_dir=None):
+  """The `config.model` a stream will run: the configured one, or a converted model's (read from
+  its config.json alone, before any weights)."""
+  if not model_dir:
+    return config.model
+  stored = pretrained.read_config(model_dir)
+  if 'model' not in stored:
+    raise errors.InputError(f'{model_dir}: a converted {stored.get("name")!r} encoder, not a VAP '
+                            'model')
+  return ml_collections.ConfigDict(stored['model'])
 
 
 def check_va(model_cfg, va_list) -> None:
@@ -151,16 +169,21 @@ def stream(model, config, audio: str, *, va_list=None, context_s: float | None =
   `output` the frames written as predict writes them (their page naming `source`, the model's
   checkpoint). Returns `run`'s result."""
   check_va(config.model, va_list)
-  streamer = inference.streamer_for(model.model(), model.objective, config, context_s)
   frame_hz = config.model.frame_hz
-  va = None if va_list is None else va_frames(va_list, frame_hz)
+  duration = None  # a file's: its VA list is checked against it
   if audio == '-':
     blocks = pcm_source(sys.stdin.buffer)
   elif audio == 'mic':
     blocks = mic_source()
   else:
     predict.notice_rate(audio)
-    blocks = file_source(audio, pace=pace)
+    wave = audio_lib.read_stereo(audio, sample_rate=SAMPLE_RATE)
+    duration = len(wave) / SAMPLE_RATE
+    blocks = wave_source(wave, pace=pace)
+  va = None
+  if va_list is not None:
+    va = va_lib.VAFrameStream(va_list, frame_hz, source=audio, duration_s=duration)
+  streamer = inference.streamer_for(model.model(), model.objective, config, context_s)
   print(f'{streamer.context / frame_hz:g} s of attention context', file=log)
   gc.freeze()  # the startup's objects out of the collector's way: steadier push latency
   result = run(streamer, blocks, frame_hz, va=va)
@@ -171,11 +194,12 @@ def stream(model, config, audio: str, *, va_list=None, context_s: float | None =
   if output and result['outputs']:
     outputs = result['outputs']
     frames = len(next(iter(outputs.values())))
-    heard = np.zeros((frames, 2), np.float32) if va is None else va[:frames]
+    heard = np.zeros((frames, 2), np.float32) if va is None else result['va'][:frames]
+    events = {} if va is None else predict.events_of(config, heard, frames)
     live_input = audio in ('-', 'mic')
     stem = 'stream' if live_input else pathlib.Path(audio).stem
     legend = {**({} if live_input else {'file': audio}), **predict.legend_of(config, source)}
-    written = predict.write({'frame_hz': frame_hz, 'va': heard, 'events': {}, **outputs},
+    written = predict.write({'frame_hz': frame_hz, 'va': heard, 'events': events, **outputs},
                             output, stem, audio=None if live_input else audio, legend=legend)
-    print('written: ' + ', '.join(map(str, written)), file=log)
+    print('written: ' + ', '.join(map(str, predict.written_paths(written))), file=log)
   return result

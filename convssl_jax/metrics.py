@@ -15,6 +15,7 @@ caller extracts events and probabilities for both channel orders and merges both
 (and those of all batches) with `merge_samples`.
 """
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -187,7 +188,17 @@ def _event_score(scores: np.ndarray, labels: np.ndarray, threshold: float) -> di
                for stat, values in (('f1', f1), ('precision', precision), ('recall', recall))}
   return result | per_class | {
       'f1_weighted': float(np.average(f1, weights=support)),  # sklearn's average='weighted'
-      'balanced_accuracy': float(balanced_accuracy_score(labels, pred))}
+      'balanced_accuracy': _balanced_accuracy(labels, pred)}
+
+
+def _balanced_accuracy(labels: np.ndarray, pred: np.ndarray) -> float:
+  """sklearn's balanced accuracy, without its warnings for a class absent from `labels` (a split
+  without positives or negatives: the tables' frame counts say so; the score is over the classes
+  present, as sklearn's)."""
+  with warnings.catch_warnings():
+    warnings.filterwarnings('ignore', 'y_pred contains classes not in y_true', UserWarning)
+    warnings.filterwarnings('ignore', 'A single label was found', UserWarning)
+    return float(balanced_accuracy_score(labels, pred))
 
 
 def score(samples: Samples, thresholds: Mapping[str, float] | None = None,

@@ -10,14 +10,13 @@ stay on the device until then.
 import json
 import pathlib
 import signal
-import time
 from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
 
-from convssl_jax import checkpoints, corpora, evaluate, feature_cache, parallelism
+from convssl_jax import checkpoints, corpora, evaluate, feature_cache, parallelism, progress
 from convssl_jax import trainer as trainer_lib
 from convssl_jax.data import pipeline
 from convssl_jax.data import va as va_lib
@@ -89,21 +88,19 @@ class _Logger:
     self.prefix = f'[{label}] ' if label else ''
     self.writer = None
     if self.main:
-      import tqdm
       from tensorboardX import SummaryWriter
       workdir.mkdir(parents=True, exist_ok=True)
       self.writer = SummaryWriter(str(workdir / 'tensorboard'))
       self.jsonl = open(workdir / 'train_log.jsonl', 'a')  # one line per log step
-      self.bar = tqdm.tqdm(total=steps, initial=start, unit='step', dynamic_ncols=True,
-                           desc=label or None)
-    self.time, self.step = time.perf_counter(), start
+      self.bar = progress.bar(total=steps, initial=start, desc=label or None, unit='step')
+    self.rate = progress.Rate(start)  # over the last 10 log steps: no spikes
 
-  def train(self, step: int, means: dict[str, float], audio_seconds: float) -> None:
-    now = time.perf_counter()
-    rate = (step - self.step) / max(now - self.time, 1e-9)
-    self.time, self.step = now, step
+  def train(self, step: int, means: dict[str, float], audio_seconds: float,
+            learning_rate: float) -> None:
+    rate = self.rate.update(step)
     if self.main:
-      scalars = {**means, 'steps_per_s': rate, 'audio_s_per_s': rate * audio_seconds}
+      scalars = {**means, 'learning_rate': learning_rate, 'steps_per_s': rate,
+                 'audio_s_per_s': rate * audio_seconds}
       for k, v in scalars.items():
         self.writer.add_scalar(f'train/{k}', v, step)
       self.jsonl.write(json.dumps({'step': step, **scalars}) + '\n')
@@ -182,6 +179,7 @@ def train_and_evaluate(config, workdir, label: str = '') -> dict[str, Any]:
                  baseline)
 
   logger = _Logger(workdir, t.steps, start, label)
+  schedule = trainer_lib.learning_rate(t)  # by step: an optimizer made later continues it
   preemption = Preemption()
   pending = []  # (step, device metrics, conversation ids) not yet fetched from the device
 
@@ -199,7 +197,9 @@ def train_and_evaluate(config, workdir, label: str = '') -> dict[str, Any]:
             f'no checkpoint was written after it; the last good checkpoint is step '
             f'{store.latest_step()}.')
     means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0] if k != 'finite'}
-    logger.train(pending[-1][0] + 1, means, d.batch_size * d.window_s)
+    last = pending[-1][0]  # the learning rate of the last step run, as its optimizer applied it
+    logger.train(last + 1, means, d.batch_size * d.window_s,
+                 float(schedule(last)) * meta['plateau_scale'])
     pending.clear()
 
   done = start  # steps completed

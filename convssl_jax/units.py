@@ -27,7 +27,7 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from convssl_jax import corpora as corpora_lib, errors
+from convssl_jax import corpora as corpora_lib, errors, progress
 from convssl_jax.data import audio as audio_lib
 from convssl_jax.data import unit_store
 from convssl_jax.data import va as va_lib
@@ -221,11 +221,13 @@ def load_unit_encoder(units_cfg, seed: int = 0) -> cpc.CPCEncoder:
 
 
 def conversation_features(extractor: FeatureExtractor, corpus, indices, frame_hz: int,
-                          batch: int):
+                          batch: int, desc: str | None = None):
   """Yields (index, the stored example, features [2, T, D] at frame_hz) of the corpus's
-  conversations `indices`, `batch` conversations (2 channels each) per encoder pass."""
+  conversations `indices`, `batch` conversations (2 channels each) per encoder pass; with
+  `desc`, under a progress bar so named."""
   indices = list(indices)
-  for i in range(0, len(indices), batch):
+  for i in progress.bar(range(0, len(indices), batch), desc=desc, unit='batch',
+                        enabled=desc is not None):
     group = indices[i:i + batch]
     examples = [corpus.source[int(j)] for j in group]
     audio = [audio_lib.from_int16(e['audio']).T for e in examples]  # [2, S]
@@ -247,7 +249,7 @@ def sample_frames(extractor, corpus, frame_hz: int, max_frames: int, batch: int,
   share = min(1.0, max_frames / max(total, 1))
   rows = []
   for j, _, features in conversation_features(extractor, corpus, range(len(corpus.durations)),
-                                              frame_hz, batch):
+                                              frame_hz, batch, desc='units: k-means sample'):
     flat = features.reshape(-1, features.shape[-1])
     rng = np.random.default_rng([seed, j])
     take = rng.choice(len(flat), size=int(round(share * len(flat))), replace=False)
@@ -279,7 +281,8 @@ def build_units(config) -> pathlib.Path:
   for split, corpus in corpora.items():
     def records(corpus=corpus):
       for j, example, features in conversation_features(
-          extractor, corpus, range(len(corpus.durations)), frame_hz, u.batch_conversations):
+          extractor, corpus, range(len(corpus.durations)), frame_hz, u.batch_conversations,
+          desc=f'units: {split}'):
         flat = features.reshape(-1, features.shape[-1])
         # Rows padded to a power of two: a few compiled shapes, not one per conversation length.
         rows = 1 << (len(flat) - 1).bit_length()

@@ -188,6 +188,15 @@ class ConversationBuilder(tfds.core.GeneratorBasedBuilder):
               download_config, download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS)
       super().download_and_prepare(download_config=download_config, **kwargs)
 
+  def _log_download_bytes(self) -> None:
+    """In place of TFDS's "Downloading and preparing dataset Unknown size ..." on stdout: these
+    corpora are built from local files (or generated), nothing is downloaded."""
+    logging.info('building %s in %s from local files', self.name, self.data_dir)
+
+  def _log_download_done(self) -> None:
+    """In place of TFDS's "Dataset ... downloaded and prepared to ..." on stdout."""
+    logging.info('%s built in %s; later runs reuse it', self.name, self.data_dir)
+
   def _changed_since_built(self, manual_dir, metadata: dict) -> str | None:
     """Why the existing dataset (its `metadata`) no longer matches its inputs in `manual_dir`, or
     None to reuse it (the default: LDC releases and the synthetic corpus do not change under a

@@ -30,6 +30,22 @@ def run(*args: str, timeout: float = 300, **extra_env: str) -> subprocess.Comple
                         capture_output=True, text=True, timeout=timeout, check=False)
 
 
+# `python -c` this, then a script and its arguments: the script runs with the address space capped.
+_CAPPED = ('import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_AS, ({}, '
+           "resource.RLIM_INFINITY)); sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], "
+           "run_name='__main__')")
+
+
+def run_capped(limit_mb: int, script: str, *args: str, input: bytes | None = None,
+               timeout: float = 300) -> subprocess.CompletedProcess:
+  """`python SCRIPT ARGS` (e.g. run.py as a user runs it) with its address space capped at
+  `limit_mb` MiB from its start (RLIMIT_AS): an allocation past it fails. stdout and stderr as
+  bytes."""
+  return subprocess.run([sys.executable, '-c', _CAPPED.format(limit_mb << 20), script, *args],
+                        cwd=REPO, env=env(), input=input, capture_output=True, timeout=timeout,
+                        check=False)
+
+
 def free_port() -> int:
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))

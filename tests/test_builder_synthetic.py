@@ -32,7 +32,7 @@ def test_built_corpus_stores_the_generated_dialogs_and_feeds_the_pipeline(tmp_pa
   assert batch['audio'].shape == (2, 2, 64000) and batch['va'].shape == (2, 300, 2)
 
 
-def test_the_configured_corpus_is_built_on_first_use_and_reused_after(tmp_path):
+def test_the_configured_corpus_is_built_on_first_use_and_reused_after(tmp_path, capfd):
   import data_builders
   from configs import vap
 
@@ -40,6 +40,9 @@ def test_the_configured_corpus_is_built_on_first_use_and_reused_after(tmp_path):
   data.data_dir = str(tmp_path)
   data.synthetic.update(train=2, validation=1, test=1, duration_s=6.0)
   [first] = data_builders.prepare(data)
+  # TFDS's banner for downloads ("Downloading and preparing dataset Unknown size ...") and its
+  # "downloaded and prepared" are not printed for a local build.
+  assert 'ownload' not in capfd.readouterr().out
   files = sorted(p.stat().st_mtime_ns for p in tmp_path.rglob('*.array_record*'))
   assert files and first.info.splits['train'].num_examples == 2
   [second] = data_builders.prepare(data)  # already built: nothing is written again

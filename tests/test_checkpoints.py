@@ -330,9 +330,29 @@ def test_best_keeps_the_single_lowest_value_across_a_restart(tmp_path):
   step, state, meta = restarted.restore_best(_abstract(_small_state(0)))
   assert (step, meta['epoch'], meta['best_value']) == (30, 3, 1.5)
   _assert_trees_equal(state, _small_state(30))
-  assert [p.name for p in (tmp_path / 'best').iterdir() if p.name.isdigit()] == ['2']
+  # On disk under its training step (it was a counter: best/2 for the second best, at step 30).
+  assert [p.name for p in (tmp_path / 'best').iterdir() if p.name.isdigit()] == ['30']
   assert restarted.all_steps() == []  # best checkpoints are not training checkpoints
   restarted.close()
+
+
+def test_a_workdir_whose_best_was_numbered_by_a_counter_reads_and_goes_on(tmp_path):
+  # As workdirs were written before: the best of training step 20, the second best, as best/2.
+  old = ocp.CheckpointManager((tmp_path / 'best').absolute())
+  old.save(2, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(_small_state(20)),
+      meta=ocp.args.JsonSave({'best_step': 20, 'best_value': 1.5})))
+  old.wait_until_finished()
+  old.close()
+  ckpt = checkpoints.Checkpoints(tmp_path)
+  assert (ckpt.best_step(), ckpt.best_value()) == (20, 1.5)
+  step, state = checkpoints.restore_part(tmp_path, 'w', _abstract(_small_state(0))['w'],
+                                         best=True)  # as predict and eval read it
+  assert step == 20
+  _assert_trees_equal(state, _small_state(20)['w'])
+  assert ckpt.save_best(30, _small_state(30), {}, value=1.0)
+  ckpt.close()
+  assert [p.name for p in (tmp_path / 'best').iterdir() if p.name.isdigit()] == ['30']
 
 
 def test_new_best_after_resuming_from_an_older_step_is_kept(store):
@@ -343,3 +363,5 @@ def test_new_best_after_resuming_from_an_older_step_is_kept(store):
   step, state, _ = store.restore_best(_abstract(_small_state(0)))
   assert (step, store.best_value()) == (30, 1.0)
   _assert_trees_equal(state, _small_state(30))
+  # Orbax saves no step before the latest it holds: the next number, the step in the meta.
+  assert [p.name for p in (store._directory / 'best').iterdir() if p.name.isdigit()] == ['51']

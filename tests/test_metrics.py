@@ -5,6 +5,8 @@ single threshold, never from the code under test.
 """
 
 
+import warnings
+
 import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, precision_score, recall_score
@@ -118,6 +120,20 @@ def test_weighted_f1_and_balanced_accuracy_by_hand():
   assert curves['balanced_accuracy'][0] == pytest.approx(7 / 12)
   assert curves['precision_pos'][0] == pytest.approx(2 / 3)  # tp 2 / (tp 2 + fp 1)
   assert curves['recall_neg'][0] == pytest.approx(1 / 2)  # tn 1 / n_neg 2
+
+
+def test_a_split_without_one_class_scores_without_sklearns_warnings(recwarn):
+  # Only negatives (the table's frames column shows 0 positives): balanced accuracy is the
+  # recall of the class present, 2 of 3 negatives below the threshold; sklearn used to warn
+  # "y_pred contains classes not in y_true" and "A single label was found".
+  warnings.simplefilter('always')
+  scores = metrics.score({'shift_hold': (np.array([0.1, 0.9, 0.2]), np.array([0, 0, 0])),
+                          'short_long': (np.array([0.1, 0.2]), np.array([0, 0]))})
+  assert scores['shift_hold']['balanced_accuracy'] == pytest.approx(2 / 3)
+  assert scores['short_long']['balanced_accuracy'] == 1.0
+  assert not [w for w in recwarn if 'sklearn' in w.filename], [str(w.message) for w in recwarn]
+  warnings.warn('a warning of its own')  # only those two are filtered
+  assert [str(w.message) for w in recwarn] == ['a warning of its own']
 
 
 def test_a_score_equal_to_the_threshold_predicts_the_positive_class():

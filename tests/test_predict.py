@@ -81,8 +81,8 @@ def test_outputs_are_a_frame_table_json_with_events_and_a_plot(trained, dialog, 
   config, model = trained
   path = _wav(tmp_path / 'd.wav', dialog.audio)
   result = predict.predict_file(model, config, path, dialog.va_list)
-  json_path, csv_path, png_path, html_path = predict.write(result, tmp_path / 'out', 'd',
-                                                           audio=path, legend={'file': path})
+  written = predict.write(result, tmp_path / 'out', 'd', audio=path, legend={'file': path})
+  json_path, csv_path, [png_path], html_path = (written[k] for k in ('json', 'csv', 'png', 'html'))
   with open(csv_path) as f:
     rows = list(csv.reader(f))
   assert rows[0][:5] == ['time', 'va_A', 'va_B', 'p_A', 'p_B'] and len(rows) == 1 + 600
@@ -104,7 +104,7 @@ def test_without_a_va_list_there_is_no_next_speaker_probability_or_events(traine
   config, model = trained
   result = predict.predict_file(model, config, _wav(tmp_path / 'd.wav', dialog.audio))
   assert 'p' not in result and not result['events'] and 'p_now' in result
-  assert all(p.exists() for p in predict.write(result, tmp_path, 'd'))
+  assert all(p.exists() for p in predict.written_paths(predict.write(result, tmp_path, 'd')))
 
 
 def test_predict_mode_on_a_folder_writes_a_page_per_file_and_an_index(tiny_run, dialog,
@@ -213,6 +213,7 @@ def test_one_frame_of_audio_predicts_and_writes_one_row(trained, tmp_path):
   path = _wav(tmp_path / 'one.wav', np.full((320, 2), 0.1, np.float32))  # 20 ms
   result = predict.predict_file(model, config, path, [[[0.0, 0.02]], []])
   assert result['va'].shape == result['p_now'].shape == (1, 2)
-  _, csv_path, png_path, html_path = predict.write(result, tmp_path / 'out', 'one')
-  assert len(csv_path.read_text().splitlines()) == 2 and png_path.stat().st_size > 0
-  assert html_path.stat().st_size > 0
+  written = predict.write(result, tmp_path / 'out', 'one')
+  assert len(written['csv'].read_text().splitlines()) == 2
+  assert [p.name for p in written['png']] == ['one.png'] and written['png'][0].stat().st_size > 0
+  assert written['html'].stat().st_size > 0 and written['TextGrid'].stat().st_size > 0

@@ -278,14 +278,19 @@ def eval_dataset(corpus: Corpus, spec: WindowSpec, *, batch_size: int, overlap_s
                          process_count=process_count, swap=swap)
 
 
+def batch_count(windows: int, batch_size: int, process_count: int = 1) -> int:
+  """The batches each process reads of `windows` windows (`windows_dataset`): its share, padded to
+  full batches, the same number on every process."""
+  return -(-(-(-windows // process_count)) // batch_size)
+
+
 def windows_dataset(corpus: Corpus, spec: WindowSpec, table: np.ndarray, *, batch_size: int,
                     process_index: int = 0, process_count: int = 1,
                     swap: bool = False) -> grain.IterDataset:
   """The windows of `table` ([n, 2] conversation, start) in order, this process's share, in full
   batches; every process gets the same number, padded with copies of the last window of
   `weight` 0 (real windows have 1)."""
-  per_process = -(-len(table) // process_count)
-  total = -(-per_process // batch_size) * batch_size * process_count
+  total = batch_count(len(table), batch_size, process_count) * batch_size * process_count
   weight = np.arange(total) < len(table)
   table = np.column_stack([table[np.minimum(np.arange(total), len(table) - 1)], weight])
   ds = grain.MapDataset.source(table)[process_index::process_count].map(

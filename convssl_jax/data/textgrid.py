@@ -6,6 +6,7 @@ A speaker's speech is the intervals of its tier with non-blank text (touching on
 speaker tiers are the ones named by `tiers`, else recognised from the file's layout (`choose`):
 two interval tiers in file order, or Montreal Forced Aligner's `words` tiers (phones ignored).
 A file that fits neither is refused in one line that lists its tiers and the way to name them.
+`format_textgrid` writes interval tiers as a TextGrid (predict's `<name>.TextGrid`).
 """
 
 import array
@@ -212,3 +213,40 @@ def textgrid_va_list(text: str, *, source: str,
              for i in choose(names, tiers, source=source)]
   va_lib.validate_va_list(va_list, source=source)
   return va_list
+
+
+def _number(x: float) -> str:
+  """A time as Praat writes it: the shortest text that reads back as the same float."""
+  return repr(float(x)).removesuffix('.0')
+
+
+def _quoted(text: str) -> str:
+  return '"' + text.replace('"', '""') + '"'
+
+
+def format_textgrid(tiers: Sequence[tuple[str, Sequence[tuple[float, float, str]]]], *,
+                    xmax: float, xmin: float = 0.0) -> str:
+  """Interval tiers (name, [(start, end, text), ...] in time order, not overlapping, within
+  [xmin, xmax]) -> a TextGrid in Praat's long text format, which Praat and ELAN open. A Praat tier
+  covers its whole time range: the gaps between intervals become intervals with empty text."""
+  lines = ['File type = "ooTextFile"', 'Object class = "TextGrid"', '', f'xmin = {_number(xmin)} ',
+           f'xmax = {_number(xmax)} ', 'tiers? <exists> ', f'size = {len(tiers)} ', 'item []: ']
+  for t, (name, intervals) in enumerate(tiers, 1):
+    filled, at = [], xmin
+    for start, end, text in intervals:
+      if start < at or end < start or end > xmax:
+        raise ValueError(f'tier {name!r}: interval [{start}, {end}] is not in order within '
+                         f'[{xmin}, {xmax}]')
+      if start > at:
+        filled.append((at, start, ''))
+      filled.append((start, end, text))
+      at = end
+    if at < xmax or not filled:
+      filled.append((at, xmax, ''))
+    lines += [f'    item [{t}]:', '        class = "IntervalTier" ',
+              f'        name = {_quoted(name)} ', f'        xmin = {_number(xmin)} ',
+              f'        xmax = {_number(xmax)} ', f'        intervals: size = {len(filled)} ']
+    for i, (start, end, text) in enumerate(filled, 1):
+      lines += [f'        intervals [{i}]:', f'            xmin = {_number(start)} ',
+                f'            xmax = {_number(end)} ', f'            text = {_quoted(text)} ']
+  return '\n'.join(lines) + '\n'

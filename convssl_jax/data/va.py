@@ -141,6 +141,43 @@ def va_frames(va_list, n_frames: int, frame_hz: float) -> np.ndarray:
   return out
 
 
+class VAFrameStream:
+  """A VA list's frames block by block, for streams of unknown length (stdin, a microphone):
+  `take(n)` gives the next n frames [n, 2] float32, equal to `va_frames` over the same frames.
+  Memory is that of the list and the block asked for, whatever the times (a segment ending at
+  2e6 s costs nothing until its frames are asked for); frames after the list's end are silence.
+  """
+
+  # Times are clipped here before they become frame indices: 1e15 s is past any stream and its
+  # frames stay far inside int64.
+  _MAX_S = 1e15
+
+  def __init__(self, va_list, frame_hz: float, *, source: str, duration_s: float | None = None):
+    """`va_list` is checked by `validate_va_list` (against the audio's `duration_s` when known,
+    e.g. a file's), InputError naming `source`."""
+    self.frame_hz = frame_hz
+    channels = validate_va_list(va_list, source=source, duration_s=duration_s)
+    self._bounds = [time_to_frames(np.clip(segs, 0, self._MAX_S), frame_hz).reshape(-1, 2)
+                    for segs in channels]
+    self._next = [0, 0]  # per channel: the first segment that may still cover a frame
+    self.frame = 0  # frames given so far
+
+  def take(self, n: int) -> np.ndarray:
+    """The next `n` frames [n, 2]."""
+    first, stop = self.frame, self.frame + n
+    out = np.zeros((n, 2), np.float32)
+    for c, bounds in enumerate(self._bounds):
+      i = self._next[c]
+      while i < len(bounds) and bounds[i, 1] <= first:  # ends are ordered: validated segments
+        i += 1
+      self._next[c] = i
+      while i < len(bounds) and bounds[i, 0] < stop:
+        out[max(bounds[i, 0], first) - first:min(bounds[i, 1], stop) - first, c] = 1
+        i += 1
+    self.frame = stop
+    return out
+
+
 def va_history(va: np.ndarray, frame_hz: float,
                history_times: Sequence[float] = HISTORY_TIMES) -> np.ndarray:
   """Speaker A's share of the past activity, [T, 2] -> [T, len(history_times) + 1] float32.

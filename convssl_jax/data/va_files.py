@@ -50,6 +50,18 @@ def textgrid_beside(audio_path: pathlib.Path) -> pathlib.Path | None:
   return next((p for p in map(audio_path.with_suffix, TEXTGRID_SUFFIXES) if p.is_file()), None)
 
 
+def candidates_beside(audio_path) -> list[pathlib.Path]:
+  """The files that may hold an audio file's VA list: `<stem>.json`, `<stem>.TextGrid`,
+  `<stem>.textgrid` beside it (existing or not)."""
+  audio_path = pathlib.Path(audio_path)
+  return [audio_path.with_suffix(s) for s in ('.json', *TEXTGRID_SUFFIXES)]
+
+
+def has_va_beside(audio_path) -> bool:
+  """Whether a file that `read_va_beside` would read lies beside the audio file."""
+  return any(p.is_file() for p in candidates_beside(audio_path))
+
+
 def read_va_beside(audio_path, *, tiers: Sequence[str] | None = None
                    ) -> tuple[list[list[list[float]]], pathlib.Path]:
   """The VA list of an audio file `<stem>.<ext>` from the file beside it, and that file's path.
