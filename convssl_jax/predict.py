@@ -9,6 +9,7 @@ of [start, end] seconds, speaker A then B); without one the output has no `p` an
 
 import csv
 import json
+import os
 import pathlib
 import sys
 from collections.abc import Iterator
@@ -58,9 +59,16 @@ def read_va_list(path, tiers=None) -> list[list[list[float]]]:
   return va_files.read_va_file(path, tiers=tiers)
 
 
-def recording(path, va_list=None) -> pipeline.Corpus:
-  """One audio file (and its VA list, if known) as a one-conversation corpus."""
-  wave = audio_lib.read_stereo(path, sample_rate=SAMPLE_RATE)
+ARRAY = 'the audio array'  # how messages name audio given as samples
+
+
+def recording(audio, va_list=None) -> pipeline.Corpus:
+  """One audio file, or samples [S] or [S, 2] at 16 kHz (and its VA list, if known), as a
+  one-conversation corpus."""
+  if isinstance(audio, (str, os.PathLike)):
+    wave, path = audio_lib.read_stereo(audio, sample_rate=SAMPLE_RATE), audio
+  else:
+    wave, path = audio_lib.as_stereo(audio, source=ARRAY), ARRAY
   duration = len(wave) / SAMPLE_RATE
   segments = va_lib.va_segments(va_list or [[], []], source=str(path),
                                 duration_s=duration)  # float64, as stored
@@ -71,13 +79,15 @@ def recording(path, va_list=None) -> pipeline.Corpus:
 
 
 def predict_file(model: ModelState, config, path, va_list=None) -> dict[str, Any]:
-  """Per-frame curves [T, 2] of one file, its VA [T, 2] and, with a VA list, its events."""
+  """Per-frame curves [T, 2] of one file (or samples [S] or [S, 2] at 16 kHz), its VA [T, 2]
+  and, with a VA list, its events."""
+  name = path if isinstance(path, (str, os.PathLike)) else ARRAY
   if va_list is None and 'va' in factory.model_class(config.model).inputs:
-    raise errors.InputError(f'{path}: the model reads the current voice activity (the mono '
+    raise errors.InputError(f'{name}: the model reads the current voice activity (the mono '
                             'model): give a VA list (--va)')
   corpus = recording(path, va_list)
   audio_lib.check_length(len(corpus.source[0]['audio']), SAMPLE_RATE, config.model.frame_hz,
-                         source=path)
+                         source=name)
   dialog = evaluate.predict_dialogs(model, config, corpus)[0]
   frames = len(dialog['p'])
   out = {'frame_hz': config.model.frame_hz, 'va': dialog['va'][:frames],
@@ -143,6 +153,19 @@ def vad_va_list(vad: np.ndarray, frame_hz: int, fill_s: float = 0.02, omit_s: fl
   return va_list
 
 
+def described(result: dict[str, Any]) -> dict[str, Any]:
+  """A prediction (`predict_file`'s) as predict's JSON holds it, unrounded: 'frame_hz', 'time'
+  [T] (seconds), 'va' and the curves [T, 2] (column 0 speaker A), 'events' (`event_list`) and,
+  with the model's VAD, 'vad_list' (`vad_va_list`)."""
+  hz = result['frame_hz']
+  out = {'frame_hz': hz, 'time': np.arange(len(result['va'])) / hz,
+         **{k: result[k] for k in ('va', *CURVES) if k in result},
+         'events': event_list(result['events'], hz)}
+  if 'vad' in result:
+    out['vad_list'] = vad_va_list(result['vad'], hz)
+  return out
+
+
 def write(result: dict[str, Any], directory, stem: str, *, audio=None,
           legend: dict[str, Any] | None = None) -> list[pathlib.Path]:
   """`<stem>.json` (curves, events, the model's VAD as a VA list), `<stem>.csv` (a row per frame),
@@ -150,16 +173,15 @@ def write(result: dict[str, Any], directory, stem: str, *, audio=None,
   naming `legend`'s file, model and checkpoint)."""
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
-  hz = result['frame_hz']
-  columns = {f'{k}_{s}': result[k][:, i] for k in ('va', *CURVES) if k in result
+  found = described(result)
+  hz, time = found['frame_hz'], found['time']
+  columns = {f'{k}_{s}': found[k][:, i] for k in ('va', *CURVES) if k in found
              for i, s in enumerate('AB')}
-  time = np.arange(len(result['va'])) / hz
   paths = [directory / f'{stem}.{ext}' for ext in ('json', 'csv', 'png')]
   paths[0].write_text(json.dumps({
       'frame_hz': hz, 'time': time.round(6).tolist(),
       **{k: np.round(v, 5).tolist() for k, v in columns.items()},
-      'events': event_list(result['events'], hz),
-      **({'vad_list': vad_va_list(result['vad'], hz)} if 'vad' in result else {})}))
+      **{k: found[k] for k in ('events', 'vad_list') if k in found}}))
   with open(paths[1], 'w', newline='') as f:
     writer = csv.writer(f)
     writer.writerow(['time', *columns])
