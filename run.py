@@ -17,6 +17,7 @@ A user error (a bad flag or config value, a missing or invalid input, a refused 
 one line on stderr and exit code 2; --verbose shows its traceback too.
 """
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -27,9 +28,13 @@ from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 DEFAULT_CONFIG = 'configs/vap.py'
-config_flags.DEFINE_config_file('config', DEFAULT_CONFIG, 'Config file[:variant,...] (default: '
-                                "--workdir's own, if it has one, else configs/vap.py).",
-                                lock_config=True)
+try:
+  config_flags.DEFINE_config_file('config', DEFAULT_CONFIG, 'Config file[:variant,...] (default: '
+                                  "--workdir's own, if it has one, else configs/vap.py).",
+                                  lock_config=True)
+  _UNKNOWN_AT_START = False
+except (KeyError, AttributeError):  # without --config, the default is read here, with the
+  _UNKNOWN_AT_START = True          # --config.a.b overrides: one names no field (parse_flags)
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'stream', 'export', 'summary',
                                     'data', 'cache_features', 'pretrain', 'units', 'config'],
                   'What to run.')
@@ -271,10 +276,19 @@ def _flag_error(err: Exception, argv) -> str:
   return ' '.join(line.strip() for line in message.removeprefix('flag ').splitlines() if line)
 
 
+def _read_config(spec: str):
+  """The config of a --config argument FILE[:ARG], read as ml_collections reads it."""
+  path, colon, arg = spec.partition(':')
+  module_spec = importlib.util.spec_from_file_location('config_file', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(*([arg] if colon else []))
+
+
 def _unknown_field(argv) -> str | None:
   """What is wrong with the first --config.a.b override that names no field of the config."""
   from convssl_jax import config_fields
-  config = FLAGS['config'].parser.parse(_config_argument(argv))
+  config = _read_config(_config_argument(argv))
   missing = object()
   for arg in argv:
     if arg.startswith(('--config.', '-config.', '--noconfig.')):
@@ -287,10 +301,12 @@ def _unknown_field(argv) -> str | None:
 def parse_flags(argv):
   """absl's flag parsing, with each bad flag or config field in one line (exit 2) and --help
   exiting 0 (absl's exits 1)."""
+  message = _unknown_field(argv) if _UNKNOWN_AT_START else None
   try:
-    args = FLAGS(argv)
-    FLAGS.config.keys()  # ml_collections defers a config file's load error to here
-    return args
+    if message is None:
+      args = FLAGS(argv)
+      FLAGS.config.keys()  # ml_collections defers a config file's load error to here
+      return args
   except SystemExit as exit_:  # --help, --helpfull: the help is printed, then exit(1)
     sys.exit(0 if exit_.code == 1 else exit_.code)
   except OSError as err:
