@@ -20,6 +20,7 @@ import sys
 
 import jax
 import ml_collections
+from absl import logging
 
 from convssl_jax import errors
 from convssl_jax.config_fields import flatten, lookup
@@ -96,6 +97,10 @@ def resolve(workdir, given=None, overrides: dict | None = None) -> ml_collection
   without a record (the caller's default config applies)."""
   recorded = read(workdir)
   if recorded is None:
+    if given is None and (pathlib.Path(workdir) / 'checkpoints').is_dir():
+      logging.warning('%s has checkpoints but no %s (trained before workdirs recorded their '
+                      'config): the default config is used; give the --config it was trained '
+                      'with if that differs', workdir, CONFIG_FILE)
     return given
   if given is None:
     given = ml_collections.ConfigDict(recorded.to_dict())
