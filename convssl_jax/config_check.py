@@ -6,8 +6,9 @@ Unchecked, such values failed late and far from their cause: data.batch_size=0 o
 deep in the input pipeline ('need at least one array to concatenate'), train.checkpoint_every=0
 or train.log_every=0 by dividing by zero after start-up, train.keep_checkpoints=0 by training to
 the end and keeping no checkpoint. `check(config)` runs at the start of every run.py mode (and in
-`convssl_jax.load`), `check_devices` once the devices are known; a field a config does not have is skipped (each config file has its own
-sections: `units` for configs/ulm.py, `model.cpc` for configs/cpc_pretrain.py).
+`convssl_jax.load`), `check_devices` once the devices are known. A field a config does not have
+is skipped (each config file has its own sections: `units` for configs/ulm.py, `model.cpc` for
+configs/cpc_pretrain.py).
 """
 
 import dataclasses
@@ -189,7 +190,8 @@ def _between_fields(config) -> None:
   if context is not None and window is not None and context >= window:
     raise errors.ConfigError(f'eval.context_s={context!r} must be below data.window_s={window!r}: '
                              'each evaluation window scores its frames after that much context')
-  history, times = lookup(config, 'model.va_cond.history_bins'), lookup(config, 'data.history_times')
+  history = lookup(config, 'model.va_cond.history_bins')
+  times = lookup(config, 'data.history_times')
   if (lookup(config, 'model.kind') == 'mono' and history and times is not None
       and history != len(times) + 1):
     raise errors.ConfigError(f'model.va_cond.history_bins={history} must be len(data.history_times)'

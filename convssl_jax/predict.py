@@ -79,9 +79,8 @@ def recording(audio, va_list=None) -> pipeline.Corpus:
 
 
 def predict_file(model: ModelState, config, path, va_list=None) -> dict[str, Any]:
-  """Per-frame curves [T, 2] of one file (or samples [S] or [S, 2] at 16 kHz), its VA [T, 2]
-  and, with a VA list, its events."""
-  name = path if isinstance(path, (str, os.PathLike)) else ARRAY
+  """Per-frame curves [T, 2] of one file, its VA [T, 2] and, with a VA list, its events."""
+  name = path if isinstance(path, (str, os.PathLike)) else ARRAY  # or samples (`recording`)
   if va_list is None and 'va' in factory.model_class(config.model).inputs:
     raise errors.InputError(f'{name}: the model reads the current voice activity (the mono '
                             'model): give a VA list (--va)')
@@ -121,6 +120,19 @@ def event_list(events: dict[str, np.ndarray], frame_hz: int) -> list[dict[str, A
   return sorted(found, key=lambda e: (e['start'], e['event']))
 
 
+def described(result: dict[str, Any]) -> dict[str, Any]:
+  """A prediction (`predict_file`'s) as predict's JSON holds it, unrounded: 'frame_hz', 'time'
+  [T] (seconds), 'va' and the curves [T, 2] (column 0 speaker A), 'events' (`event_list`) and,
+  with the model's VAD, 'vad_list' (`vad_va_list`)."""
+  hz = result['frame_hz']
+  out = {'frame_hz': hz, 'time': np.arange(len(result['va'])) / hz,
+         **{k: result[k] for k in ('va', *CURVES) if k in result},
+         'events': event_list(result['events'], hz)}
+  if 'vad' in result:
+    out['vad_list'] = vad_va_list(result['vad'], hz)
+  return out
+
+
 def _runs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(starts, lengths, values) of the runs of equal values in x [T]."""
   edges = np.flatnonzero(np.diff(x)) + 1
@@ -153,19 +165,6 @@ def vad_va_list(vad: np.ndarray, frame_hz: int, fill_s: float = 0.02, omit_s: fl
   return va_list
 
 
-def described(result: dict[str, Any]) -> dict[str, Any]:
-  """A prediction (`predict_file`'s) as predict's JSON holds it, unrounded: 'frame_hz', 'time'
-  [T] (seconds), 'va' and the curves [T, 2] (column 0 speaker A), 'events' (`event_list`) and,
-  with the model's VAD, 'vad_list' (`vad_va_list`)."""
-  hz = result['frame_hz']
-  out = {'frame_hz': hz, 'time': np.arange(len(result['va'])) / hz,
-         **{k: result[k] for k in ('va', *CURVES) if k in result},
-         'events': event_list(result['events'], hz)}
-  if 'vad' in result:
-    out['vad_list'] = vad_va_list(result['vad'], hz)
-  return out
-
-
 def write(result: dict[str, Any], directory, stem: str, *, audio=None,
           legend: dict[str, Any] | None = None) -> list[pathlib.Path]:
   """`<stem>.json` (curves, events, the model's VAD as a VA list), `<stem>.csv` (a row per frame),
@@ -173,15 +172,16 @@ def write(result: dict[str, Any], directory, stem: str, *, audio=None,
   naming `legend`'s file, model and checkpoint)."""
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
-  found = described(result)
-  hz, time = found['frame_hz'], found['time']
-  columns = {f'{k}_{s}': found[k][:, i] for k in ('va', *CURVES) if k in found
+  hz = result['frame_hz']
+  columns = {f'{k}_{s}': result[k][:, i] for k in ('va', *CURVES) if k in result
              for i, s in enumerate('AB')}
+  time = np.arange(len(result['va'])) / hz
   paths = [directory / f'{stem}.{ext}' for ext in ('json', 'csv', 'png')]
   paths[0].write_text(json.dumps({
       'frame_hz': hz, 'time': time.round(6).tolist(),
       **{k: np.round(v, 5).tolist() for k, v in columns.items()},
-      **{k: found[k] for k in ('events', 'vad_list') if k in found}}))
+      'events': event_list(result['events'], hz),
+      **({'vad_list': vad_va_list(result['vad'], hz)} if 'vad' in result else {})}))
   with open(paths[1], 'w', newline='') as f:
     writer = csv.writer(f)
     writer.writerow(['time', *columns])

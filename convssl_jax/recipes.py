@@ -3,8 +3,9 @@
 `model_config(kind)`, `data_config(kind)`, `train_config(kind)` and `eval_config()` are the models'
 and their recipes' reference settings, `base_config(kind)` all of them together (configs/ builds
 every config on them; the VAP converter records the first two for converted models, which
-`convssl_jax.load` completes with the others); `va_only(config)` derives the VA-only baseline of a config, which evaluation trains beside the
-model. Only ml_collections: importing this is cheap.
+`convssl_jax.load` completes with the others); `va_only(config)` derives the VA-only baseline of
+a config, which evaluation trains beside the model. Only ml_collections: importing this is
+cheap.
 """
 
 import ml_collections
@@ -55,8 +56,8 @@ def model_config(kind: str = STEREO) -> ml_collections.ConfigDict:
   m.vap = ml_collections.ConfigDict(dict(  # the VAP head and its objective
       head='discrete',  # 'discrete' (256 classes) | 'independent' (a logit per bin) | 'comparative'
       bin_times=(0.2, 0.4, 0.6, 0.8),  # future bins of each speaker, seconds (whole frames)
-      threshold=0.5,  # a bin is active when its speaker talks for more than this share of it
-      pre_frames=2,  # leading bins left out of the zero-shot probabilities (p_now is bins 0-1)
+      threshold=0.5,  # a bin is active when its speaker talks for at least this share of it
+      pre_frames=2,  # independent head: leading bins its next-speaker probability leaves out
   ))
   return m
 
@@ -71,10 +72,7 @@ def data_config(kind: str = STEREO) -> ml_collections.ConfigDict:
   d.skip_bad = False  # leave out (and list) conversations that fail to load
   d.va_tiers = ''  # dialog_folder TextGrids: 'A_TIER,B_TIER'; '' = recognised in each file
   d.synthetic = ml_collections.ConfigDict(dict(  # size of the built-in corpus
-      train=96, validation=16, test=16,  # dialogs per split
-      duration_s=60.0,  # seconds per dialog
-      cue_reliability=0.9,  # share of turn ends whose prosody tells shift from hold
-  ))
+      train=96, validation=16, test=16, duration_s=60.0, cue_reliability=0.9))
   d.window_s = 20.0 if kind == STEREO else 10.0  # model input windows, seconds
   d.overlap_s = 2.0  # between consecutive training windows (evaluation windows cover each dialog)
   d.batch_size = 8  # global, over all devices and hosts
@@ -147,7 +145,7 @@ def eval_config() -> ml_collections.ConfigDict:
 def base_config(kind: str = STEREO) -> ml_collections.ConfigDict:
   """A whole config of `kind` with the references' settings: seed, model, data, train, eval."""
   config = ml_collections.ConfigDict()
-  config.seed = 0  # parameter initialisation (dropout and sampling streams: seed + 1) and data order
+  config.seed = 0  # parameters' initialisation (dropout, sampling: seed + 1) and the data order
   config.model = model_config(kind)
   config.data = data_config(kind)
   config.train = train_config(kind)

@@ -107,9 +107,11 @@ def as_stereo(wave, *, source) -> np.ndarray:
   wave = np.asarray(wave, np.float32)
   if wave.ndim == 1:
     wave = wave[:, None]
-  if wave.ndim != 2 or wave.shape[1] > 2:
-    raise AudioError(f'{source}: shape {wave.shape}; expected samples [S] or [S, C] with 1 or 2 '
-                     'channels (one speaker per channel)')
+  if wave.ndim != 2:
+    raise AudioError(f'{source}: shape {wave.shape}; expected samples [S] or [S, channels]')
+  if wave.shape[1] > 2:
+    raise AudioError(f'{source}: {wave.shape[1]} channels; expected 1 or 2 (one speaker per '
+                     'channel)')
   if not len(wave):
     raise AudioError(f'{source}: holds no samples')
   if not np.isfinite(wave).all():
