@@ -206,8 +206,9 @@ def resolved_config():
   return FLAGS.config if resolved is None else resolved
 
 
-def setup() -> None:
-  """The compilation cache; Orbax's INFO lines (dozens per checkpoint on every process) dropped."""
+def setup(config) -> None:
+  """The compilation cache; Orbax's INFO lines (dozens per checkpoint on every process) dropped;
+  the processes joined (for the modes that run on several)."""
   import logging
 
   import jax
@@ -220,7 +221,7 @@ def setup() -> None:
       lambda record: record.levelno >= logging.WARNING or '/orbax/' not in record.pathname)
   if FLAGS.mode in DISTRIBUTED_MODES:
     from convssl_jax import parallelism
-    parallelism.initialize_distributed(FLAGS.config.train.fsdp, FLAGS.coordinator_address,
+    parallelism.initialize_distributed(config.train.fsdp, FLAGS.coordinator_address,
                                        FLAGS.num_processes, FLAGS.process_id)
 
 
@@ -236,7 +237,7 @@ def main(argv):
     config_check.check(config)  # before any work
     if FLAGS.mode == 'config':
       return
-    setup()
+    setup(config)
     if FLAGS.mode in BATCHED_MODES:
       import jax
       config_check.check_devices(config, jax.device_count())
