@@ -10,10 +10,14 @@ Flags and dispatch only; each mode is a library call (README "Layout"):
   summary, data   the model's shapes and parameters; the corpus's splits (built if needed)
   cache_features  the frozen encoder's features of every training window (feature_cache.py)
   pretrain, units CPC pretraining (configs/cpc_pretrain.py); k-means units (configs/ulm.py)
+  config          the resolved config, a field a line with its comment (then checked)
+Training records its config in --workdir (workdir_config.py); the modes that read a trained model
+take it from there when --config is not given (a --config given is checked against it).
 A user error (a bad flag or config value, a missing or invalid input, a refused checkpoint) is
 one line on stderr and exit code 2; --verbose shows its traceback too.
 """
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -23,10 +27,17 @@ from absl import app, flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', 'configs/vap.py', 'Config file[:variant,...].',
-                                lock_config=True)
+DEFAULT_CONFIG = 'configs/vap.py'
+try:
+  config_flags.DEFINE_config_file('config', DEFAULT_CONFIG, 'Config file[:variant,...] (default: '
+                                  "--workdir's own, if it has one, else configs/vap.py).",
+                                  lock_config=True)
+  _UNKNOWN_AT_START = False
+except (KeyError, AttributeError):  # without --config, the default is read here, with the
+  _UNKNOWN_AT_START = True          # --config.a.b overrides: one names no field (parse_flags)
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'stream', 'export', 'summary',
-                                    'data', 'cache_features', 'pretrain', 'units'], 'What to run.')
+                                    'data', 'cache_features', 'pretrain', 'units', 'config'],
+                  'What to run.')
 flags.DEFINE_string('workdir', 'workdir', 'Checkpoints, TensorBoard events and metrics go here.')
 flags.DEFINE_string('audio', None, 'predict: an audio file (stereo: one speaker per channel; mono: '
                     'speaker A) or a folder of them. stream: a file, - (stdin PCM) or mic.')
@@ -158,14 +169,49 @@ def units(config) -> None:
   print(units_lib.build_units(config))
 
 
+def show_config(config) -> None:
+  from convssl_jax import config_fields
+  if FLAGS['config'].present or not _recorded():
+    spec = config_flags.get_config_filename(FLAGS['config'])
+    title, files = spec, [spec.split(':')[0]]
+  else:
+    title, files = f'{FLAGS.workdir}/config.json', config_fields.all_config_files()
+  overrides = config_flags.get_override_values(FLAGS['config'])
+  title += ''.join(f' --config.{k}={v}' for k, v in overrides.items())
+  print(config_fields.describe(config, files, title))
+
+
 MODES = {'train': train, 'eval': evaluate, 'predict': predict, 'stream': stream,
          'export': export, 'summary': summary, 'data': data, 'cache_features': cache_features,
-         'pretrain': pretrain, 'units': units}
+         'pretrain': pretrain, 'units': units, 'config': show_config}
 DISTRIBUTED_MODES = ('train', 'eval', 'cache_features', 'pretrain', 'units')
+BATCHED_MODES = ('train', 'eval', 'predict', 'cache_features', 'pretrain')
+# The modes that take --workdir's recorded config when --config is not given.
+WORKDIR_MODES = ('train', 'eval', 'predict', 'stream', 'export', 'cache_features', 'config')
 
 
-def setup() -> None:
-  """The compilation cache; Orbax's INFO lines (dozens per checkpoint on every process) dropped."""
+def _recorded() -> bool:
+  from convssl_jax import workdir_config
+  return (pathlib.Path(FLAGS.workdir) / workdir_config.CONFIG_FILE).is_file()
+
+
+def resolved_config():
+  """--config, or where it is not given, the config --workdir recorded when it was trained (with
+  the --config.a.b overrides); a --config given is checked against the record."""
+  from convssl_jax import workdir_config
+  if FLAGS.mode not in WORKDIR_MODES or FLAGS.model_dir:
+    return FLAGS.config
+  given = FLAGS.config if FLAGS['config'].present else None
+  if FLAGS.mode == 'config' and given is not None:
+    return given  # shown as given
+  resolved = workdir_config.resolve(FLAGS.workdir, given,
+                                    config_flags.get_override_values(FLAGS['config']))
+  return FLAGS.config if resolved is None else resolved
+
+
+def setup(config) -> None:
+  """The compilation cache; Orbax's INFO lines (dozens per checkpoint on every process) dropped;
+  the processes joined (for the modes that run on several)."""
   import logging
 
   import jax
@@ -178,7 +224,7 @@ def setup() -> None:
       lambda record: record.levelno >= logging.WARNING or '/orbax/' not in record.pathname)
   if FLAGS.mode in DISTRIBUTED_MODES:
     from convssl_jax import parallelism
-    parallelism.initialize_distributed(FLAGS.config.train.fsdp, FLAGS.coordinator_address,
+    parallelism.initialize_distributed(config.train.fsdp, FLAGS.coordinator_address,
                                        FLAGS.num_processes, FLAGS.process_id)
 
 
@@ -187,8 +233,18 @@ def main(argv):
   try:
     if len(argv) > 1:
       raise errors.UserError(f'unexpected arguments: {argv[1:]}')
-    setup()
-    MODES[FLAGS.mode](FLAGS.config)
+    config = resolved_config()
+    if FLAGS.mode == 'config':
+      show_config(config)
+    from convssl_jax import config_check
+    config_check.check(config)  # before any work
+    if FLAGS.mode == 'config':
+      return
+    setup(config)
+    if FLAGS.mode in BATCHED_MODES:
+      import jax
+      config_check.check_devices(config, jax.device_count())
+    MODES[FLAGS.mode](config)
   except errors.UserError as err:
     if FLAGS.verbose:
       raise
@@ -196,5 +252,79 @@ def main(argv):
     sys.exit(2)
 
 
+def _config_argument(argv) -> str:
+  """The --config argument on the command line (the default without one)."""
+  for i, arg in enumerate(argv):
+    if arg in ('--config', '-config') and i + 1 < len(argv):
+      return argv[i + 1]
+    if arg.startswith(('--config=', '-config=')):
+      return arg.split('=', 1)[1]
+  return DEFAULT_CONFIG
+
+
+TYPE_NAMES = {'int': 'an integer', 'float': 'a number', 'bool': 'true or false',
+              'string': 'a string'}
+
+
+def _flag_error(err: Exception, argv) -> str:
+  """absl's message of a bad flag in one line: a config field's value with the type it needs, a
+  config file's own error without its traceback."""
+  message = str(err).strip()
+  flag, _, reason = message.removeprefix('flag --').partition(': ')
+  name = flag.split('=', 1)[0]
+  if name.startswith('config.') and name in FLAGS:
+    kind = FLAGS[name].parser.flag_type()
+    return f'--{flag}: {name[len("config."):]} takes {TYPE_NAMES.get(kind, kind)}'
+  if name == 'config' and 'Traceback' in reason:  # the config file's get_config raised
+    return f'--config={_config_argument(argv)}: {reason.splitlines()[-1].split(": ", 1)[-1]}'
+  return ' '.join(line.strip() for line in message.removeprefix('flag ').splitlines() if line)
+
+
+def _read_config(spec: str):
+  """The config of a --config argument FILE[:ARG], read as ml_collections reads it."""
+  path, colon, arg = spec.partition(':')
+  module_spec = importlib.util.spec_from_file_location('config_file', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(*([arg] if colon else []))
+
+
+def _unknown_field(argv) -> str | None:
+  """What is wrong with the first --config.a.b override that names no field of the config."""
+  from convssl_jax import config_fields
+  config = _read_config(_config_argument(argv))
+  missing = object()
+  for arg in argv:
+    if arg.startswith(('--config.', '-config.', '--noconfig.')):
+      path = arg.split('=', 1)[0].split('config.', 1)[1]
+      if config_fields.lookup(config, path, missing) is missing:
+        return f'--config.{path}: {config_fields.unknown_field(config, path)}'
+  return None
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with each bad flag or config field in one line (exit 2) and --help
+  exiting 0 (absl's exits 1)."""
+  message = _unknown_field(argv) if _UNKNOWN_AT_START else None
+  try:
+    if message is None:
+      args = FLAGS(argv)
+      FLAGS.config.keys()  # ml_collections defers a config file's load error to here
+      return args
+  except SystemExit as exit_:  # --help, --helpfull: the help is printed, then exit(1)
+    sys.exit(0 if exit_.code == 1 else exit_.code)
+  except OSError as err:
+    cause = str(err.__cause__ or err).strip().splitlines()[-1].strip()
+    message = f'--config={_config_argument(argv)}: the config file cannot be loaded ({cause})'
+  except flags.Error as err:
+    message = _flag_error(err, argv)
+  except (KeyError, AttributeError):  # ml_collections on a --config.a.b naming no field
+    message = _unknown_field(argv)
+    if message is None:
+      raise
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -42,16 +42,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # A `checkpoints_convert` output or a `--mode=pretrain` WORKDIR/encoder; '' = a random
       # causal CPC of width encoder_dim (a baseline).
       encoder_checkpoint='',
-      encoder_dim=256,
+      encoder_dim=256,  # the random CPC's width (without encoder_checkpoint)
       padding='',  # '' = the checkpoint's own ('reference' for converted CPC_audio weights)
       layer='lstm',  # 'lstm' (CPC's c) | 'conv' (CPC's z)
       chunk_s=20.0,  # encoder pass length: memory is bounded by batch x chunk
-      batch_conversations=4,
+      batch_conversations=4,  # conversations per encoder pass
       kmeans=ml_collections.ConfigDict(dict(
           max_frames=200_000,  # frames sampled evenly from the training split
           batch_size=0,  # 0 = full-batch Lloyd; > 0 = mini-batch k-means with batches this big
-          iterations=100,
-          tol=1e-4)),
+          iterations=100,  # Lloyd (or mini-batch) steps at most ...
+          tol=1e-4)),  # ... stopping once the inertia improves by less than this (relative)
   ))
   for corpus in corpora:
     config.units.data.name = cpc_pretrain.CORPORA[corpus]

@@ -28,7 +28,9 @@ Variants (comma-separated, combinable):
 
 import ml_collections
 
-from convssl_jax.recipes import MONO, STEREO, data_config, model_config, va_only
+# The sections' builders, also used by the other config files from here.
+from convssl_jax.recipes import (MONO, STEREO, base_config, data_config, eval_config, model_config,
+                                 train_config, va_only)
 
 REFERENCE = 'reference'
 HEADS = {
@@ -39,60 +41,6 @@ HEADS = {
 }
 CORPORA = {'swb': 'switchboard', 'fisher': 'fisher', 'swb_fisher': 'switchboard+fisher'}
 ALIASES = {f'{MONO}_{head}': (MONO, head) for head in HEADS}
-
-
-def train_config(kind: str = STEREO) -> ml_collections.ConfigDict:
-  """Optimisation (VoiceActivityProjection's recipe for stereo, conv_ssl's for mono) and the loop."""
-  t = ml_collections.ConfigDict()
-  t.steps = 3000
-  t.learning_rate = 3.63e-4
-  t.b1, t.b2 = 0.9, 0.999
-  t.weight_decay = 1e-3  # decoupled (AdamW), on every trained parameter
-  t.grad_clip = 5.0 if kind == STEREO else 0.0  # global norm; 0 = off
-  t.schedule = 'plateau' if kind == STEREO else 'cosine'  # 'plateau' | 'cosine' | 'constant'
-  t.warmup_steps = 0
-  # 'cosine' (conv_ssl): CosineAnnealingLR(T_max=2500) stepped every 100 steps, a staircase over
-  # a half-cosine of 250,000 steps (nearly flat over a run of tens of thousands).
-  t.cosine_stairs = 2500
-  t.cosine_stair_steps = 100
-  t.plateau_factor = 0.5  # learning rate x factor when validation stops improving ...
-  t.plateau_patience = 2  # ... for more than this many evaluations
-  t.early_stopping_patience = 10  # evaluations without improvement before stopping
-  # The total loss weighs each term the model computes (`Model.losses`) by its weight here.
-  t.vap_loss_weight = 1.0
-  t.vad_loss_weight = 1.0  # stereo: total = VAP + VAD
-  t.f0_loss_weight = 1.0  # with model.f0_head
-  t.cpc_loss_weight = 1.0  # CPC pretraining (configs/cpc_pretrain.py)
-  t.unit_loss_weight = 1.0  # the unit LM's next-unit term (configs/ulm.py)
-  t.fsdp = 1  # devices per parameter shard; the rest is data parallel
-  t.log_every = 50
-  t.eval_every = 500  # steps; <= 0: once per epoch of training windows
-  t.checkpoint_every = 500
-  t.keep_checkpoints = 3
-  return t
-
-
-def eval_config() -> ml_collections.ConfigDict:
-  """Turn-taking evaluation (`--mode=eval`, and after training): events, windows, baselines."""
-  e = ml_collections.ConfigDict()
-  e.checkpoint = 'best'  # 'best' (lowest validation loss) | 'latest'
-  e.context_s = 3.0  # overlap of the evaluation windows: every scored frame (but a dialog's
-  #                    first window's) has at least this much audio before it
-  e.va_only_baseline = True  # also train (same recipe) and score a VA-only model
-  e.excerpt_s = 20.0  # length of the plotted excerpt
-  # Every validation during training also scores the turn-taking events of the validation dialogs
-  # (one speaker order) at the reference's fixed training thresholds (vap_spec.md 5.3 step 5).
-  e.during_training = True
-  e.training_thresholds = ml_collections.ConfigDict(dict(
-      shift_prediction=0.3, backchannel_prediction=0.1, short_long=0.5))
-  # TurnTakingEvents settings in seconds: the paper's (reference/vap_spec.md section 4).
-  e.events = ml_collections.ConfigDict(dict(
-      pad=0.05, dur=0.1, pre_label_dur=0.5, onset_dur=0.2, min_context=3.0,
-      pre_offset_shift=1.0, post_onset_shift=1.0, pre_offset_hold=1.0, post_onset_hold=1.0,
-      non_shift_horizon=2.0, non_shift_majority_ratio=1.0, bc_max_duration=1.0,
-      bc_pre_silence=1.0, bc_post_silence=2.0, bc_min_duration=0.2, bc_metric_dur=0.2,
-      bc_pre_label_dur=0.5, seed=0))
-  return e
 
 
 def _size_for_cpu(config: ml_collections.ConfigDict) -> None:
@@ -127,13 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f'config variants {corpora} each choose the corpus; use one (swb_fisher '
                      'for both)')
   reference = REFERENCE in variants or bool(corpora)
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  kind = MONO if MONO in variants else STEREO
-  config.model = model_config(kind)
-  config.data = data_config(kind)
-  config.train = train_config(kind)
-  config.eval = eval_config()
+  config = base_config(MONO if MONO in variants else STEREO)
   if reference:
     config.data.batch_size = 16
   else:

@@ -2,7 +2,8 @@
 modes do.
 
   summary(config)          the configured model on one second of audio: shapes and parameters
-  train(config, workdir)   train (resuming), then `evaluate`
+  train(config, workdir)   record the config in the workdir (workdir_config.py), train (resuming),
+                           then `evaluate`
   evaluate(config, workdir)
                            the turn-taking evaluation with the trained baselines (the VA-only
                            model, trained first in WORKDIR/va_only) and the trivial rules
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from convssl_jax import evaluate as evaluate_lib, metrics, recipes, train as train_lib
+from convssl_jax import workdir_config
 from convssl_jax.data.audio import SAMPLE_RATE
 from convssl_jax.models import factory
 
@@ -51,6 +53,7 @@ def train_baselines(config, workdir) -> dict[str, tuple[Any, pathlib.Path]]:
   if not config.eval.va_only_baseline:
     return {}
   va_only, directory = recipes.va_only(config), pathlib.Path(workdir) / 'va_only'
+  workdir_config.record(va_only, directory)
   train_lib.train_and_evaluate(va_only, directory, label='va_only')
   return {'VA only': (va_only, directory)}
 
@@ -61,8 +64,10 @@ def evaluate(config, workdir) -> dict[str, Any]:
 
 
 def train(config, workdir) -> tuple[dict[str, Any], dict[str, Any] | None]:
-  """(training results, evaluation results): trains `config` in `workdir`, then evaluates it
-  unless the run was preempted."""
+  """(training results, evaluation results): trains `config` in `workdir` (which records it; a
+  workdir trained with another model is refused), then evaluates it unless the run was
+  preempted."""
+  workdir_config.record(config, workdir)
   results = train_lib.train_and_evaluate(config, workdir)
   if 'preempted_at_step' in results:
     return results, None

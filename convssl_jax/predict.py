@@ -10,6 +10,7 @@ of [start, end] seconds, speaker A then B); without one the output has no `p` an
 import collections
 import csv
 import json
+import os
 import pathlib
 import re
 import sys
@@ -60,9 +61,16 @@ def read_va_list(path, tiers=None) -> list[list[list[float]]]:
   return va_files.read_va_file(path, tiers=tiers)
 
 
-def recording(path, va_list=None) -> pipeline.Corpus:
-  """One audio file (and its VA list, if known) as a one-conversation corpus."""
-  wave = audio_lib.read_stereo(path, sample_rate=SAMPLE_RATE)
+ARRAY = 'the audio array'  # how messages name audio given as samples
+
+
+def recording(audio, va_list=None) -> pipeline.Corpus:
+  """One audio file, or samples [S] or [S, 2] at 16 kHz (and its VA list, if known), as a
+  one-conversation corpus."""
+  if isinstance(audio, (str, os.PathLike)):
+    wave, path = audio_lib.read_stereo(audio, sample_rate=SAMPLE_RATE), audio
+  else:
+    wave, path = audio_lib.as_stereo(audio, source=ARRAY), ARRAY
   duration = len(wave) / SAMPLE_RATE
   segments = va_lib.va_segments(va_list or [[], []], source=str(path),
                                 duration_s=duration)  # float64, as stored
@@ -74,14 +82,15 @@ def recording(path, va_list=None) -> pipeline.Corpus:
 
 def predict_file(model: ModelState, config, path, va_list=None, *,
                  progress_desc: str | None = None) -> dict[str, Any]:
-  """Per-frame curves [T, 2] of one file, its VA [T, 2] and, with a VA list, its events. With
-  `progress_desc`, a file longer than one batch of windows shows a progress bar."""
+  """Per-frame curves [T, 2] of one file (or samples), its VA [T, 2] and, with a VA list, its
+  events. With `progress_desc`, a file longer than one batch of windows shows a progress bar."""
+  name = path if isinstance(path, (str, os.PathLike)) else ARRAY  # or samples (`recording`)
   if va_list is None and 'va' in factory.model_class(config.model).inputs:
-    raise errors.InputError(f'{path}: the model reads the current voice activity (the mono '
+    raise errors.InputError(f'{name}: the model reads the current voice activity (the mono '
                             'model): give a VA list (--va)')
   corpus = recording(path, va_list)
   audio_lib.check_length(len(corpus.source[0]['audio']), SAMPLE_RATE, config.model.frame_hz,
-                         source=path)
+                         source=name)
   dialog = evaluate.predict_dialogs(model, config, corpus, desc=progress_desc)[0]
   frames = len(dialog['p'])
   out = {'frame_hz': config.model.frame_hz, 'va': dialog['va'][:frames],
@@ -121,6 +130,19 @@ def event_list(events: dict[str, np.ndarray], frame_hz: int) -> list[dict[str, A
         found.append({'event': name, 'speaker': 'AB'[speaker], 'start': start / frame_hz,
                       'end': end / frame_hz})
   return sorted(found, key=lambda e: (e['start'], e['event']))
+
+
+def described(result: dict[str, Any]) -> dict[str, Any]:
+  """A prediction (`predict_file`'s) as predict's JSON holds it, unrounded: 'frame_hz', 'time'
+  [T] (seconds), 'va' and the curves [T, 2] (column 0 speaker A), 'events' (`event_list`) and,
+  with the model's VAD, 'vad_list' (`vad_va_list`)."""
+  hz = result['frame_hz']
+  out = {'frame_hz': hz, 'time': np.arange(len(result['va'])) / hz,
+         **{k: result[k] for k in ('va', *CURVES) if k in result},
+         'events': event_list(result['events'], hz)}
+  if 'vad' in result:
+    out['vad_list'] = vad_va_list(result['vad'], hz)
+  return out
 
 
 def _runs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -32,6 +32,25 @@ def tiny_run(tmp_path_factory):
   return config, root / "model"
 
 
+# The command line of `tiny_cli_run`'s training: configs/vap.py:tiny with these overrides.
+TINY_CLI_OVERRIDES = {"train.steps": 2, "train.eval_every": 2, "train.checkpoint_every": 2,
+                      "eval.events.min_context": 1.0}
+
+
+@pytest.fixture(scope="session")
+def tiny_cli_run(tmp_path_factory, tiny_data_dir):
+  """A workdir of `configs/vap.py:tiny` trained for 2 steps by `run.py` as a user runs it (so it
+  records its config, and the VA-only baseline its own in WORKDIR/va_only), then evaluated."""
+  from tests import processes
+
+  workdir = tmp_path_factory.mktemp("tiny_cli_run") / "run"
+  out = processes.run("run.py", "--config=configs/vap.py:tiny", f"--workdir={workdir}",
+                      f"--config.data.data_dir={tiny_data_dir}",
+                      *(f"--config.{k}={v}" for k, v in TINY_CLI_OVERRIDES.items()), timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return workdir
+
+
 @pytest.fixture(scope="module")
 def chromium(tmp_path_factory):
   """A headless Chromium driven by selenium (tests/browser.py), with a fresh profile. Where none can

@@ -98,14 +98,24 @@ def read_stereo(path, *, sample_rate: int = 16000) -> np.ndarray:
   """A recording for the models: [S, 2] float32, one speaker per channel (a mono file is speaker
   A with a silent B). Refuses, naming the file, an empty file, NaN or infinite samples and more
   than two channels."""
-  wave = read_audio(path, sample_rate=sample_rate)
-  if not len(wave):
-    raise AudioError(f'{path}: the file holds no samples')
-  if not np.isfinite(wave).all():
-    raise AudioError(f'{path}: the audio contains NaN or infinite samples')
+  return as_stereo(read_audio(path, sample_rate=sample_rate), source=path)
+
+
+def as_stereo(wave, *, source) -> np.ndarray:
+  """Samples [S] or [S, C] (C = 1 or 2) -> [S, 2] float32 for the models (mono: speaker A, B
+  silent); refuses, naming `source`, no samples, NaN or infinite ones and other shapes."""
+  wave = np.asarray(wave, np.float32)
+  if wave.ndim == 1:
+    wave = wave[:, None]
+  if wave.ndim != 2:
+    raise AudioError(f'{source}: shape {wave.shape}; expected samples [S] or [S, channels]')
   if wave.shape[1] > 2:
-    raise AudioError(f'{path}: {wave.shape[1]} channels; expected 1 or 2 (one speaker per '
+    raise AudioError(f'{source}: {wave.shape[1]} channels; expected 1 or 2 (one speaker per '
                      'channel)')
+  if not len(wave):
+    raise AudioError(f'{source}: holds no samples')
+  if not np.isfinite(wave).all():
+    raise AudioError(f'{source}: the audio contains NaN or infinite samples')
   if wave.shape[1] == 1:
     wave = np.concatenate([wave, np.zeros_like(wave)], axis=1)
   return wave

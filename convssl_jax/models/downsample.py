@@ -12,6 +12,7 @@ from flax import nnx
 from convssl_jax.models.layers import conv1d, gelu, layer_norm, valid_conv, with_context
 
 _KERNEL_STRIDE = {50: (5, 2), 20: (11, 5), 100: None}  # conv_ssl's discrete_{50,20,100}hz configs
+FRAME_RATES = tuple(sorted(_KERNEL_STRIDE))  # the model frame rates (Hz)
 
 
 def downsample_for(frame_hz: float) -> tuple[int, int] | None:
