@@ -222,6 +222,8 @@ def setup(config) -> None:
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   absl_logging.get_absl_handler().addFilter(
       lambda record: record.levelno >= logging.WARNING or '/orbax/' not in record.pathname)
+  # JAX's "Unable to initialize backend 'tpu'/'proxy'" INFO lines on every CPU or GPU start.
+  logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
   if FLAGS.mode in DISTRIBUTED_MODES:
     from convssl_jax import parallelism
     parallelism.initialize_distributed(config.train.fsdp, FLAGS.coordinator_address,
