@@ -313,13 +313,28 @@ def _with_checksums(manager, step, stored, **items):
   return {_CHECKSUMS: None} | {k: restored[k] for k in items}
 
 
-def _restore_failed(step, directory, error, failures, older=True):
-  """Records the failed restore of `step` in `failures` and, when `older` ones are tried next,
-  logs it."""
-  failures[step] = error
-  if older:
-    logging.warning('Checkpoint step %d in %s cannot be used, trying an older one: %s', step,
-                    directory, _describe(error))
+def _newest_intact(steps, directory, restore_step):
+  """(step, restore_step(step), {newer step: its error}) of the first of `steps` (newest
+  first) that restores intact, each failure logged (CheckpointMismatchError, the caller's
+  error, is raised); (None, None, {}) without steps.
+
+  Raises:
+    CheckpointRestoreError: none restored.
+  """
+  failures = {}
+  for step in steps:
+    try:
+      return step, restore_step(step), failures
+    except CheckpointMismatchError:
+      raise
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      failures[step] = e
+      if step != steps[-1]:
+        logging.warning('Checkpoint step %d in %s cannot be used, trying an older one: %s', step,
+                        directory, _describe(e))
+  if failures:
+    raise _none_restored(directory, failures)
+  return None, None, failures
 
 
 def _none_restored(directory, failures):
@@ -376,20 +391,13 @@ class Checkpoints:
       CheckpointRestoreError: checkpoints exist but none could be restored intact.
     """
     _quiet_orphaned_loop_callbacks()
-    failures, steps = {}, sorted(self._manager.all_steps(), reverse=True)
-    for step in steps:
-      try:
-        state, meta = self._restore_step(step, abstract_state, data_iterator)
-      except CheckpointMismatchError:
-        raise
-      except Exception as e:  # pylint: disable=broad-exception-caught
-        _restore_failed(step, self._directory, e, failures, older=step != steps[-1])
-        continue
-      self._delete_failed(failures)
-      return step, state, meta
-    if failures:
-      raise _none_restored(self._directory, failures)
-    return None
+    step, restored, failures = _newest_intact(
+        sorted(self._manager.all_steps(), reverse=True), self._directory,
+        lambda step: self._restore_step(step, abstract_state, data_iterator))
+    if step is None:
+      return None
+    self._delete_failed(failures)
+    return step, *restored
 
   def _restore_step(self, step, abstract_state, data_iterator):
     """Checks `abstract_state` against the stored metadata, restores one step and verifies it."""
@@ -527,32 +535,27 @@ def _restore_part_from(directory, key, abstract_part, newest=False):
   reader = ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(create=False),
       item_handlers=_handlers(ocp.PyTreeCheckpointHandler()))
+  item = {key: abstract_part}
+
+  def restore_step(step):
+    stored = reader.item_metadata(step)
+    if stored[_STATE] is not None:
+      problems = _mismatches(abstract_part, stored[_STATE][key])
+      if problems:
+        raise CheckpointMismatchError(
+            f'the model does not match checkpoint step {step} in {directory}: '
+            + '; '.join(problems))
+    restored = _with_checksums(reader, step, stored, **{
+        _STATE: ocp.args.PyTreeRestore(
+            item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+            partial_restore=True),
+        _META: ocp.args.JsonRestore()})
+    _verify(f'checkpoint step {step} in {directory}', restored[_CHECKSUMS],
+            {key: restored[_STATE][key]})
+    return restored[_META].get(_BEST_STEP, step), restored[_STATE][key]
+
   try:
     steps = sorted(reader.all_steps(), reverse=True)[:1 if newest else None]
-    failures = {}
-    for step in steps:
-      stored = reader.item_metadata(step)
-      if stored[_STATE] is not None:
-        problems = _mismatches(abstract_part, stored[_STATE][key])
-        if problems:
-          raise CheckpointMismatchError(
-              f'the model does not match checkpoint step {step} in {directory}: '
-              + '; '.join(problems))
-      item = {key: abstract_part}
-      try:
-        restored = _with_checksums(reader, step, stored, **{
-            _STATE: ocp.args.PyTreeRestore(
-                item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-                partial_restore=True),
-            _META: ocp.args.JsonRestore()})
-        _verify(f'checkpoint step {step} in {directory}', restored[_CHECKSUMS],
-                {key: restored[_STATE][key]})
-      except Exception as e:  # pylint: disable=broad-exception-caught
-        _restore_failed(step, directory, e, failures, older=not newest and step != steps[-1])
-        continue
-      return restored[_META].get(_BEST_STEP, step), restored[_STATE][key]
-    if failures:
-      raise _none_restored(directory, failures)
-    return None
+    return _newest_intact(steps, directory, restore_step)[1]
   finally:
     reader.close()

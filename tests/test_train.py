@@ -7,14 +7,12 @@ import signal
 import textwrap
 import time
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from configs import vap
 from convssl_jax import checkpoints, parallelism, train, trainer as trainer_lib
-from tests import processes
+from tests import checkpoint_damage, processes
 
 
 @pytest.fixture(scope='module')
@@ -127,29 +125,12 @@ def test_a_latest_checkpoint_that_fails_to_restore_is_skipped_for_the_previous(
   _assert_same_losses(tmp_path, uninterrupted, range(7, 13))
 
 
-def _flip_a_stored_bit(step_dir, config):
-  """Rewrites the 'state' item of checkpoint `step_dir` with one bit of its largest array
-  flipped: what a flipped bit in a block that Orbax's zstd stored raw (incompressible values)
-  amounts to, damage that Orbax reads back without an error. (Written with Orbax itself: the
-  tiny model's arrays are compressible, and a random flip in a compressed block usually breaks
-  its decoding, which the fallback handled already.)"""
-  abstract = trainer_lib.Trainer(config, parallelism.make_mesh()).abstract_stored_state()
-  writer = ocp.StandardCheckpointer()
-  leaves, treedef = jax.tree.flatten(writer.restore(step_dir / 'state', abstract))
-  largest = max(range(len(leaves)), key=lambda i: leaves[i].size)
-  values = np.array(leaves[largest])
-  values.reshape(-1).view(np.uint32)[7] ^= np.uint32(1 << 20)
-  leaves[largest] = values
-  shutil.rmtree(step_dir / 'state')
-  writer.save(step_dir / 'state', jax.tree.unflatten(treedef, leaves))
-  writer.wait_until_finished()
-
-
 def test_a_bit_flipped_latest_checkpoint_is_skipped_for_the_previous(tmp_path, data_dir,
                                                                     uninterrupted, caplog):
   shutil.copytree(uninterrupted / 'checkpoints', tmp_path / 'checkpoints')
   config = _config(data_dir, **UNINTERRUPTED)
-  _flip_a_stored_bit(tmp_path / 'checkpoints' / '12', config)
+  abstract = trainer_lib.Trainer(config, parallelism.make_mesh()).abstract_stored_state()
+  checkpoint_damage.flip_a_stored_bit(tmp_path / 'checkpoints' / '12', abstract)
   with caplog.at_level('WARNING'):
     train.train_and_evaluate(config, tmp_path)  # from 6: redoes 7..12
   assert any('Checkpoint step 12' in r.getMessage() and 'differ from what was saved'
