@@ -10,10 +10,12 @@ Flags and dispatch only; each mode is a library call (README "Layout"):
   summary, data   the model's shapes and parameters; the corpus's splits (built if needed)
   cache_features  the frozen encoder's features of every training window (feature_cache.py)
   pretrain, units CPC pretraining (configs/cpc_pretrain.py); k-means units (configs/ulm.py)
-A user error (a bad flag or config value, a missing or invalid input, a refused checkpoint) is
-one line on stderr and exit code 2; --verbose shows its traceback too.
+A user error (a bad flag or config value, a missing or invalid input, a refused checkpoint, a
+workdir in use by another run) is one line on stderr and exit code 2; --verbose shows its
+traceback too. The modes that write into --workdir hold its lock (convssl_jax/workdir_lock.py).
 """
 
+import contextlib
 import json
 import os
 import pathlib
@@ -159,6 +161,7 @@ MODES = {'train': train, 'eval': evaluate, 'predict': predict, 'stream': stream,
          'export': export, 'summary': summary, 'data': data, 'cache_features': cache_features,
          'pretrain': pretrain, 'units': units}
 DISTRIBUTED_MODES = ('train', 'eval', 'cache_features', 'pretrain', 'units')
+LOCKING_MODES = ('train', 'eval', 'cache_features', 'pretrain')  # they write into --workdir
 
 
 def setup() -> None:
@@ -185,7 +188,10 @@ def main(argv):
     if len(argv) > 1:
       raise errors.UserError(f'unexpected arguments: {argv[1:]}')
     setup()
-    MODES[FLAGS.mode](FLAGS.config)
+    from convssl_jax import workdir_lock
+    with (workdir_lock.hold(FLAGS.workdir) if FLAGS.mode in LOCKING_MODES
+          else contextlib.nullcontext()):
+      MODES[FLAGS.mode](FLAGS.config)
   except errors.UserError as err:
     if FLAGS.verbose:
       raise
