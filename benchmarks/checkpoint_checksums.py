@@ -62,14 +62,16 @@ def main() -> None:
       else x, trainer.stored_state())
   abstract = trainer.abstract_stored_state()
   leaves = jax.tree.leaves(state)
+  digests = lambda: checkpoints._array_digests(state)  # pylint: disable=protected-access
   start = time.perf_counter()
-  checkpoints._array_digests(state)  # pylint: disable=protected-access
+  digests()
   first = time.perf_counter() - start
 
   with tempfile.TemporaryDirectory() as directory:
     store = checkpoints.Checkpoints(pathlib.Path(directory) / 'with', keep=1)
     plain = checkpoints.Checkpoints(pathlib.Path(directory) / 'without', keep=1)
     steps = iter(range(1, 10 ** 6))
+    latest = lambda: pathlib.Path(directory) / 'with' / str(store.latest_step())
 
     def save_with():
       store.save(next(steps), state)
@@ -93,18 +95,15 @@ def main() -> None:
         'device': jax.devices()[0].device_kind, 'cpus': os.cpu_count(),
         'load_average': round(os.getloadavg()[0], 1), 'arrays': len(leaves),
         'parameters': int(sum(x.size for x in leaves)),
-        'checkpoint_mb': round(sum(p.stat().st_size for p in (
-            pathlib.Path(directory) / 'with' / str(store.latest_step())).rglob('*')
+        'checkpoint_mb': round(sum(p.stat().st_size for p in latest().rglob('*')
                                    if p.is_file()) / 2 ** 20, 2),
         'first_digest_s': round(first, 3),
-        'digest_s': _median_s(lambda: checkpoints._array_digests(state),  # pylint: disable=protected-access
-                              args.repeats),
+        'digest_s': _median_s(digests, args.repeats),
         'save_with_checksums_s': _median_s(save_with, args.repeats),
         'save_without_checksums_s': _median_s(save_without, args.repeats),
         'restore_verified_s': _median_s(lambda: store.restore(abstract), args.repeats),
         'restore_unverified_s': _median_s(lambda: restore_unverified(plain), args.repeats),
-        'file_sha256_manifest_s': _median_s(lambda: _files_sha256(
-            pathlib.Path(directory) / 'with' / str(store.latest_step())), args.repeats),
+        'file_sha256_manifest_s': _median_s(lambda: _files_sha256(latest()), args.repeats),
     }
     store.close()
     plain.close()

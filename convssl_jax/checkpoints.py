@@ -138,11 +138,13 @@ def _array_digests(tree) -> dict[str, list]:
   part). The digest, 16 hex digits, is the sum mod 2**64 over an array's stored words (uint32;
   two per 8-byte element) of fmix64(i * 2**32 + word_i + seed), i the word's row-major index:
   a sum of hashed (index, word) pairs (an additive multiset hash). Each process sums the
-  shards it holds, so it needs no gathering and does not depend on the sharding: a checkpoint
-  saved over 8 devices verifies when restored onto 1. A changed word changes its term to an
-  unrelated value: random damage goes unnoticed with probability about 2**-64."""
-  flat = {'/'.join(map(str, path)): jax.random.key_data(leaf) if jnp.issubdtype(
-      leaf.dtype, jax.dtypes.prng_key) else leaf for path, leaf in ocp.tree.to_flat_dict(tree).items()}
+  shards it holds (replica 0 of each) and the processes' sums are added: no array is gathered,
+  and the digest does not depend on the sharding (a checkpoint saved over 8 devices verifies
+  when restored onto 1). A changed word changes its term to an unrelated value: random damage
+  goes unnoticed with probability about 2**-64."""
+  raw = lambda x: jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+  flat = {'/'.join(map(str, path)): raw(leaf)
+          for path, leaf in ocp.tree.to_flat_dict(tree).items()}
   sums = np.array([_local_sum(leaf) % 2 ** 64 for leaf in flat.values()], np.uint64)
   if jax.process_count() > 1:  # gathered as uint32 halves: jax holds no uint64 without x64
     from jax.experimental import multihost_utils
@@ -177,6 +179,14 @@ def _iterator_digests(iterator) -> list[str] | None:
   return [row.astype(np.uint32).tobytes().hex() for row in gathered]
 
 
+def _on_every_process(flag: bool) -> bool:
+  """Whether `flag` holds on every process (all processes take part)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+  return bool(np.all(multihost_utils.process_allgather(np.int32(flag))))
+
+
 def _checksums(state, meta, data_iterator) -> dict:
   """The 'checksums' item of a checkpoint of `state`, `meta` (as saved) and the iterator."""
   return {'version': _CHECKSUM_VERSION, 'arrays': _array_digests(state),
@@ -203,8 +213,9 @@ def _verify(where, checksums, state, meta=None, data_iterator=None):
                                   (unknown, 'have no checksum')) if paths]
   if meta is not None and _json_digest(meta) != checksums['meta']:
     problems.append('its meta differs from what was saved')
-  if data_iterator is not None and checksums['data'] is not None:
-    if _iterator_digest(data_iterator) not in checksums['data'][jax.process_index():][:1]:
+  if data_iterator is not None and checksums['data'] is not None:  # one verdict for all
+    mine = _iterator_digest(data_iterator) in checksums['data'][jax.process_index():][:1]
+    if not _on_every_process(mine):
       problems.append('its data iterator position differs from what was saved')
   if cast:  # restored into another dtype: their bits differ by design
     logging.warning('%s: %d arrays restored into another dtype were not verified (%s)', where,

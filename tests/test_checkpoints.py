@@ -122,13 +122,21 @@ _RESHARD_SCRIPT = textwrap.dedent("""
     mesh = jax.make_mesh((4,), ('data',))
     replicated = jax.sharding.NamedSharding(mesh, jax.P())
     sharded = jax.sharding.NamedSharding(mesh, jax.P('data'))
+    columns = jax.sharding.NamedSharding(mesh, jax.P(None, 'data'))
     ckpt = checkpoints.Checkpoints(sys.argv[1])
-    ckpt.save(1, {'w': jax.device_put(jnp.arange(8.0), replicated)})
+    m = np.arange(40.0, dtype=np.float32).reshape(5, 8)
+    ckpt.save(1, {'w': jax.device_put(jnp.arange(8.0), replicated),
+                  'm': jax.device_put(m, replicated)})
     ckpt.wait()
-    _, state, _ = ckpt.restore({'w': jax.ShapeDtypeStruct((8,), jnp.float32, sharding=sharded)})
+    # Restored sharded (by rows; by columns: each shard a strided part of the flat array), the
+    # arrays verify against the digests of the replicated ones saved.
+    _, state, _ = ckpt.restore({'w': jax.ShapeDtypeStruct((8,), jnp.float32, sharding=sharded),
+                                'm': jax.ShapeDtypeStruct((5, 8), jnp.float32, sharding=columns)})
     assert state['w'].sharding == sharded, state['w'].sharding
     assert len(state['w'].addressable_shards) == 4
     np.testing.assert_array_equal(state['w'], np.arange(8.0))
+    assert state['m'].sharding == columns
+    np.testing.assert_array_equal(state['m'], m)
     ckpt.close()
 """)
 
