@@ -13,10 +13,12 @@ Flags and dispatch only; each mode is a library call (README "Layout"):
   config          the resolved config, a field a line with its comment (then checked)
 Training records its config in --workdir (workdir_config.py); the modes that read a trained model
 take it from there when --config is not given (a --config given is checked against it).
-A user error (a bad flag or config value, a missing or invalid input, a refused checkpoint) is
-one line on stderr and exit code 2; --verbose shows its traceback too.
+A user error (a bad flag or config value, a missing or invalid input, a refused checkpoint, a
+workdir in use by another run) is one line on stderr and exit code 2; --verbose shows its
+traceback too. The modes that write into --workdir hold its lock (convssl_jax/workdir_lock.py).
 """
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -188,6 +190,7 @@ DISTRIBUTED_MODES = ('train', 'eval', 'cache_features', 'pretrain', 'units')
 BATCHED_MODES = ('train', 'eval', 'predict', 'cache_features', 'pretrain')
 # The modes that take --workdir's recorded config when --config is not given.
 WORKDIR_MODES = ('train', 'eval', 'predict', 'stream', 'export', 'cache_features', 'config')
+LOCKING_MODES = ('train', 'eval', 'cache_features', 'pretrain')  # they write into --workdir
 
 
 def _recorded() -> bool:
@@ -246,7 +249,10 @@ def main(argv):
     if FLAGS.mode in BATCHED_MODES:
       import jax
       config_check.check_devices(config, jax.device_count())
-    MODES[FLAGS.mode](config)
+    from convssl_jax import workdir_lock
+    with (workdir_lock.hold(FLAGS.workdir) if FLAGS.mode in LOCKING_MODES
+          else contextlib.nullcontext()):
+      MODES[FLAGS.mode](config)
   except errors.UserError as err:
     if FLAGS.verbose:
       raise

@@ -1,11 +1,18 @@
 """Self-contained model artifacts: the streaming step and the offline forward through `jax.export`.
 
-Each artifact is serialized StableHLO with the weights inside, plus a JSON card of its inputs
-and outputs, so it runs wherever jax runs, without this package:
+Each artifact is serialized StableHLO with the weights inside, plus a JSON card of its inputs,
+outputs and SHA-256, so it runs wherever jax runs, without this package (`load` does the same
+with this package):
 
-  exported = jax.export.deserialize(open('stream_step.jaxexport', 'rb').read())
+  blob, card = open('stream_step.jaxexport', 'rb').read(), json.load(open('stream_step.json'))
+  if hashlib.sha256(blob).hexdigest() != card['sha256']:
+    raise ValueError("stream_step.jaxexport is damaged (its SHA-256 is not its card's)")
+  exported = jax.export.deserialize(blob)
   state = [np.zeros(a.shape, a.dtype) for a in exported.in_avals[:card['state_leaves']]]
   state, outputs = exported.call(state, samples)  # samples [B, 2, hop] float32 at 16 kHz
+
+The check matters: a flipped bit in the weights deserializes and runs, returning wrong numbers
+(NaN, or plausible ones).
 
 The streaming state is a flat list of arrays (all zeros at the start of a stream); outputs are a
 dict of per-frame curves [B, n, 2] (`objective.frame_outputs`). The offline forward maps one
@@ -13,15 +20,17 @@ window `wave [B, 2, S]` (and for the mono model its VA [B, N, 2] and VA history)
 for each of its frames.
 """
 
+import hashlib
 import json
 import pathlib
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 from flax import nnx
 
-from convssl_jax import inference
+from convssl_jax import errors, inference
 from convssl_jax.data.audio import SAMPLE_RATE
 from convssl_jax.objective import VAPObjective, frame_outputs
 
@@ -30,10 +39,34 @@ STREAM_STEP, FORWARD = 'stream_step', 'forward'
 
 def _write(directory: pathlib.Path, name: str, exported: jax.export.Exported,
            card: dict[str, Any]) -> pathlib.Path:
-  path = directory / f'{name}.jaxexport'
-  path.write_bytes(exported.serialize())
+  path, blob = directory / f'{name}.jaxexport', exported.serialize()
+  path.write_bytes(blob)
+  card = {**card, 'sha256': hashlib.sha256(blob).hexdigest()}
   (directory / f'{name}.json').write_text(json.dumps(card, indent=2))
   return path
+
+
+def load(path) -> tuple[jax.export.Exported, dict[str, Any]]:
+  """(the artifact, its card) of `path` (a `.jaxexport` with its `.json` card beside it),
+  checked against the card's SHA-256.
+
+  Raises:
+    errors.InputError: the artifact or its card is missing, unreadable or damaged.
+  """
+  path = pathlib.Path(path)
+  card_path = path.with_suffix('.json')
+  try:
+    blob, card = path.read_bytes(), json.loads(card_path.read_text())
+  except (OSError, ValueError) as e:
+    raise errors.InputError(f'{path}: cannot read the artifact or its card {card_path.name}: '
+                            f'{e}; export it again (--mode=export)') from e
+  if 'sha256' not in card:
+    logging.warning('%s: its card has no checksum (exported by an older version): loaded '
+                    'unverified', path)
+  elif hashlib.sha256(blob).hexdigest() != card['sha256']:
+    raise errors.InputError(f'{path}: damaged, its SHA-256 is not the one in {card_path.name}; '
+                            'export it again (--mode=export)')
+  return jax.export.deserialize(blob), card
 
 
 def export_stream_step(streamer: inference.Streamer, directory, frame_hz: int) -> pathlib.Path:

@@ -28,7 +28,8 @@ class NonFiniteError(RuntimeError):
 
 
 class Preemption:
-  """Turns SIGTERM into a flag the loop checks, so a preempted run saves and exits cleanly."""
+  """Turns SIGTERM into a flag the loop checks, so a preempted run saves and exits cleanly; a
+  SIGTERM that comes again, while that checkpoint is written, waits for it too."""
 
   def __init__(self):
     self.requested = False
@@ -36,7 +37,8 @@ class Preemption:
 
   def _handle(self, signum, frame):
     del signum, frame
-    logging.warning('SIGTERM: saving a checkpoint and stopping')
+    logging.warning('SIGTERM again: stopping once the checkpoint is written' if self.requested
+                    else 'SIGTERM: saving a checkpoint and stopping')
     self.requested = True
 
   def close(self):
@@ -190,6 +192,12 @@ def train_and_evaluate(config, workdir, label: str = '') -> dict[str, Any]:
     fetched = jax.device_get([m for _, m, _ in pending])
     for (step, _, conversations), m in zip(pending, fetched):
       if not m['finite']:
+        if restored is not None and step == start:
+          raise NonFiniteError(
+              f'non-finite loss or gradient at step {step + 1} (loss {m["loss"]}, gradient norm '
+              f'{m["grad_norm"]}), the first step after restoring checkpoint step {start} of '
+              f'{workdir / "checkpoints"}: suspect the restored state, not the batch; delete '
+              f'that step to resume from an earlier one (kept: {store.all_steps()}).')
         sessions = [data['train'].sessions[i] for i in conversations]
         raise NonFiniteError(
             f'non-finite loss or gradient at step {step + 1} (loss {m["loss"]}, gradient norm '
@@ -248,9 +256,9 @@ def train_and_evaluate(config, workdir, label: str = '') -> dict[str, Any]:
                        t.early_stopping_patience)
         break
   finally:
-    preemption.close()
     logger.close()
-    store.wait()
+    store.wait()  # SIGTERM still caught: a second one must not kill the checkpoint being written
+    preemption.close()
   if preemption.requested:
     return {'preempted_at_step': done}
 

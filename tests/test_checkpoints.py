@@ -122,13 +122,21 @@ _RESHARD_SCRIPT = textwrap.dedent("""
     mesh = jax.make_mesh((4,), ('data',))
     replicated = jax.sharding.NamedSharding(mesh, jax.P())
     sharded = jax.sharding.NamedSharding(mesh, jax.P('data'))
+    columns = jax.sharding.NamedSharding(mesh, jax.P(None, 'data'))
     ckpt = checkpoints.Checkpoints(sys.argv[1])
-    ckpt.save(1, {'w': jax.device_put(jnp.arange(8.0), replicated)})
+    m = np.arange(40.0, dtype=np.float32).reshape(5, 8)
+    ckpt.save(1, {'w': jax.device_put(jnp.arange(8.0), replicated),
+                  'm': jax.device_put(m, replicated)})
     ckpt.wait()
-    _, state, _ = ckpt.restore({'w': jax.ShapeDtypeStruct((8,), jnp.float32, sharding=sharded)})
+    # Restored sharded (by rows; by columns: each shard a strided part of the flat array), the
+    # arrays verify against the digests of the replicated ones saved.
+    _, state, _ = ckpt.restore({'w': jax.ShapeDtypeStruct((8,), jnp.float32, sharding=sharded),
+                                'm': jax.ShapeDtypeStruct((5, 8), jnp.float32, sharding=columns)})
     assert state['w'].sharding == sharded, state['w'].sharding
     assert len(state['w'].addressable_shards) == 4
     np.testing.assert_array_equal(state['w'], np.arange(8.0))
+    assert state['m'].sharding == columns
+    np.testing.assert_array_equal(state['m'], m)
     ckpt.close()
 """)
 
@@ -365,3 +373,208 @@ def test_new_best_after_resuming_from_an_older_step_is_kept(store):
   _assert_trees_equal(state, _small_state(30))
   # Orbax saves no step before the latest it holds: the next number, the step in the meta.
   assert [p.name for p in (store._directory / 'best').iterdir() if p.name.isdigit()] == ['51']
+
+
+# Content checksums.
+
+def _fmix64(x):
+  """MurmurHash3's fmix64 on a Python int (the reference for the digest's numpy version)."""
+  mask = 2 ** 64 - 1
+  x ^= x >> 33
+  x = (x * 0xFF51AFD7ED558CCD) & mask
+  x ^= x >> 33
+  x = (x * 0xC4CEB9FE1A85EC53) & mask
+  return x ^ (x >> 33)
+
+
+def _reference_digest(array):
+  """The documented digest, element by element in Python: the sum mod 2**64 over the array's
+  stored uint32 words (row-major; 8-byte elements are two, sub-word dtypes widened) of
+  fmix64(i * 2**32 + word_i + 0x9E3779B97F4A7C15)."""
+  array = np.asarray(array)
+  if array.dtype == np.bool_:
+    words = array.astype(np.uint32).ravel()
+  elif array.dtype.itemsize >= 4:
+    words = np.ascontiguousarray(array).view(np.uint32).ravel()
+  else:
+    words = array.view({1: np.uint8, 2: np.uint16}[array.dtype.itemsize]).astype(np.uint32).ravel()
+  total = sum(_fmix64(((i << 32) + int(w) + 0x9E3779B97F4A7C15) & (2 ** 64 - 1))
+              for i, w in enumerate(words))
+  return f'{total % 2 ** 64:016x}'
+
+
+def test_array_digests_follow_their_definition_for_every_stored_dtype():
+  rng = np.random.default_rng(0)
+  tree = {'f32': jnp.asarray(rng.normal(size=(3, 5)).astype(np.float32)),
+          'bf16': jnp.asarray(rng.normal(size=(4,)), jnp.bfloat16),
+          'i8': jnp.arange(-3, 4, dtype=jnp.int8), 'mask': jnp.array([[True, False, True]]),
+          'count': jnp.asarray(7, jnp.int32), 'key': jax.random.key_data(jax.random.key(1)),
+          'host_f64': rng.normal(size=(2, 3)), 'empty': jnp.zeros((0, 4))}
+  digests = checkpoints._array_digests(tree)
+  for name, leaf in tree.items():
+    assert digests[name] == [str(leaf.dtype), list(leaf.shape), _reference_digest(leaf)], name
+
+
+def test_any_changed_or_moved_element_changes_the_digest():
+  x = np.random.default_rng(1).normal(size=(300, 7)).astype(np.float32)
+  digest = lambda a: checkpoints._array_digests({'x': a})['x'][2]
+  seen = {digest(x)}
+  for flat, bit in ((0, 0), (1000, 31), (2099, 17)):  # single bit flips, the sign bit included
+    flipped = x.copy().reshape(-1).view(np.uint32)
+    flipped[flat] ^= np.uint32(1 << bit)
+    seen.add(digest(flipped.view(np.float32).reshape(x.shape)))
+  swapped = x.copy()
+  swapped[[0, 1]] = swapped[[1, 0]]  # the same values in other places
+  seen.add(digest(swapped))
+  two_signs = x.copy()  # two sign flips: a plain sum of words mod 2**32 would not see them
+  two_signs.reshape(-1)[[5, 9]] *= -1
+  seen.add(digest(two_signs))
+  assert len(seen) == 6
+
+
+def _random_state(seed, n=4096):
+  """Random float32 bits (finite): incompressible, so Orbax's zstd stores them raw and flipped
+  bits read back silently."""
+  w = np.random.default_rng(seed).integers(0, 2 ** 32, n, dtype=np.uint32).view(np.float32)
+  return {'w': jnp.asarray(np.where(np.isfinite(w), w, 0)),
+          'opt': {'count': jnp.asarray(seed, jnp.int32)}}
+
+
+def _flip_in_file(directory, needle: bytes, offset=3):
+  """Flips one bit of the first file under `directory` that holds `needle` (an array's raw
+  bytes), inside it; returns that file."""
+  for path in sorted(p for p in pathlib.Path(directory).rglob('*') if p.is_file()):
+    data = bytearray(path.read_bytes())
+    at = data.find(needle)
+    if at >= 0:
+      data[at + offset] ^= 0x10
+      path.write_bytes(bytes(data))
+      return path
+  raise AssertionError(f'no file under {directory} holds the bytes')
+
+
+def test_a_bit_flip_in_an_array_falls_back_to_the_previous_checkpoint(store, directory, caplog):
+  for step in (1, 2, 3):
+    store.save(step, _random_state(step))
+  store.wait()
+  _flip_in_file(_state_dir(directory, 3), np.asarray(_random_state(3)['w'])[1000:1004].tobytes())
+
+  with caplog.at_level(logging.WARNING):
+    step, state, _ = store.restore(_abstract(_random_state(0)))
+
+  assert step == 2
+  _assert_trees_equal(state, _random_state(2))
+  assert any('step 3' in r.getMessage() and '1 of 2 arrays differ from what was saved (w)'
+             in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+  assert store.all_steps() == [1, 2]  # the damaged step is deleted: the run saves it again
+
+
+def _rewrite(path, old, new):
+  text = path.read_text()
+  assert old in text, text
+  path.write_text(text.replace(old, new))
+
+
+def test_changed_meta_or_iterator_position_falls_back_to_the_previous_checkpoint(store, directory):
+  iterator = iter(_dataset().to_iter_dataset())
+  for step in (1, 2, 3):
+    _take(iterator, 1)
+    store.save(step, _small_state(step), iterator, meta={'best_val_loss': 2.5})
+  store.wait()
+  # Valid JSON with another value: what a flipped bit in a digit does.
+  _rewrite(pathlib.Path(directory) / '3' / 'meta' / 'metadata', '2.5', '2.4')
+  _rewrite(pathlib.Path(directory) / '2' / 'data' / 'process_0-of-1.json', '2', '7')
+
+  fresh = iter(_dataset().to_iter_dataset())
+  step, _, meta = store.restore(_abstract(_small_state(0)), fresh)
+  assert (step, meta) == (1, {'best_val_loss': 2.5})
+  assert _take(fresh, 1) == _take(iter(_dataset().to_iter_dataset()), 2)[1:]
+
+
+def test_a_checkpoint_saved_before_checksums_restores_with_a_warning(directory, caplog):
+  old = checkpoints._manager(directory, 3, 'old')  # the composite an older version wrote
+  old.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave(_small_state(1)),
+                                      meta=ocp.args.JsonSave({'best_val_loss': 1.0})))
+  old.wait_until_finished()
+  old.close()
+  ckpt = checkpoints.Checkpoints(directory)
+  with caplog.at_level(logging.WARNING):
+    step, state, meta = ckpt.restore(_abstract(_small_state(0)))
+  ckpt.close()
+  assert (step, meta) == (1, {'best_val_loss': 1.0})
+  _assert_trees_equal(state, _small_state(1))
+  assert any('has no checksums (saved by an older version): restored unverified'
+             in r.getMessage() for r in caplog.records)
+
+
+def test_a_damaged_best_is_refused_and_a_model_read_falls_back_to_the_latest(
+    store, directory, caplog):
+  store.save(4, _random_state(4))
+  store.save_best(4, _random_state(4), {}, value=1.0)
+  store.save(6, _random_state(6))
+  store.wait()
+  _flip_in_file(pathlib.Path(directory) / 'best',
+                np.asarray(_random_state(4)['w'])[2000:2004].tobytes())
+  abstract = _abstract(_random_state(0))
+
+  with pytest.raises(checkpoints.CheckpointRestoreError,
+                     match=r'the best checkpoint in .*best cannot be used: damaged, .*\(w\)'):
+    store.restore_best(abstract)
+  with caplog.at_level(logging.WARNING):
+    step, part = checkpoints.restore_part(directory, 'w', abstract['w'], best=True)
+  assert step == 6
+  np.testing.assert_array_equal(part, _random_state(6)['w'])
+  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert len(warnings) == 1 and 'best' in warnings[0] and 'step 6, in its place' in warnings[0]
+  assert '\n' not in warnings[0]
+
+
+def test_a_damaged_best_meta_counts_as_no_best_and_is_replaced(tmp_path):
+  ckpt = checkpoints.Checkpoints(tmp_path)
+  ckpt.save_best(10, _small_state(10), {}, value=2.0)
+  ckpt.close()
+  _rewrite(tmp_path / 'best' / '10' / 'meta' / 'metadata', '2.0', '0.5')  # best/<its step>
+
+  restarted = checkpoints.Checkpoints(tmp_path)
+  assert restarted.best_value() == float('inf')  # not the 0.5 it now claims
+  assert restarted.save_best(20, _small_state(20), {}, value=3.0)
+  restarted.wait()
+  step, state, _ = restarted.restore_best(_abstract(_small_state(0)))
+  assert step == 20
+  _assert_trees_equal(state, _small_state(20))
+  restarted.close()
+
+
+# A read completes after the asyncio loop that awaited it was closed, as the sibling reads of a
+# failed Orbax restore do; then an unrelated unraisable error, which must still be reported.
+_ORPHANED_CALLBACK_SCRIPT = textwrap.dedent("""
+    import asyncio, sys
+    import tensorstore as ts
+    from convssl_jax import checkpoints
+    if sys.argv[1] == 'quiet':
+      checkpoints._quiet_orphaned_loop_callbacks()
+    promise, future = ts.Promise.new()
+    loop = asyncio.new_event_loop()
+
+    async def read():
+      return await future
+
+    task = loop.create_task(read())
+    loop.run_until_complete(asyncio.sleep(0.01))  # the read is in flight
+    loop.close()
+    promise.set_result(1)  # its completion callback finds the loop closed
+
+    class Other:
+      def __del__(self):
+        raise ValueError('an unrelated error')
+
+    Other()
+""")
+
+
+@pytest.mark.parametrize('mode', ['quiet', 'default'])
+def test_callbacks_of_reads_left_in_flight_by_a_failed_restore_are_dropped(mode):
+  result = processes.run('-c', _ORPHANED_CALLBACK_SCRIPT, mode, timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'ValueError: an unrelated error' in result.stderr
+  assert ('Event loop is closed' in result.stderr) == (mode == 'default')

@@ -1,28 +1,35 @@
 """Exported artifacts (jax.export) run without this package and equal the model they came from."""
 
+import hashlib
 import json
+import re
 import subprocess
 import sys
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from configs import vap as vap_config
-from convssl_jax import export, inference, models, objective as objective_lib
+from convssl_jax import errors, export, inference, models, objective as objective_lib
 from convssl_jax.data import va as va_lib
 
 RATE, CONTEXT = 16000, 20
 
-# Runs an artifact with jax and numpy only: this package is not importable in the child.
+# The loader export.py's docstring gives (read, check the SHA-256, deserialize), for `name`.
+LOADER = re.search(r"\n  (blob, card = .*?exported = jax.export.deserialize\(blob\))\n",
+                   export.__doc__, re.S)[1].replace('\n  ', '\n')
+
+# Runs an artifact with jax and numpy only, loaded as documented: this package is not
+# importable in the child (run in the artifacts' directory).
 RUNNER = '''
-import json, sys
+import hashlib, json, sys
 import jax, numpy as np
 sys.path = [p for p in sys.path if p not in ('', '.')]
-directory, name = sys.argv[1], sys.argv[2]
-exported = jax.export.deserialize(open(f'{directory}/{name}.jaxexport', 'rb').read())
-card = json.load(open(f'{directory}/{name}.json'))
-inputs = np.load(f'{directory}/inputs.npz')
+name = sys.argv[1]
+exec(sys.argv[2].replace('stream_step', name))
+inputs = np.load('inputs.npz')
 if name == 'stream_step':
   state = [np.zeros(a.shape, a.dtype) for a in exported.in_avals[:card['state_leaves']]]
   wave, hop, outs = inputs['wave'], card['samples'][-1], []
@@ -33,7 +40,7 @@ if name == 'stream_step':
 else:
   result = exported.call(inputs['wave'])
 assert not any(m.startswith('convssl_jax') for m in sys.modules)
-np.savez(f'{directory}/outputs.npz', **{k: np.asarray(v) for k, v in result.items()})
+np.savez('outputs.npz', **{k: np.asarray(v) for k, v in result.items()})
 '''
 
 
@@ -52,7 +59,7 @@ def _wave(seconds, seed=0):
 
 def _run_alone(directory, name, wave):
   np.savez(directory / 'inputs.npz', wave=wave)
-  done = subprocess.run([sys.executable, '-c', RUNNER, str(directory), name], cwd=directory,
+  done = subprocess.run([sys.executable, '-c', RUNNER, name, LOADER], cwd=directory,
                         capture_output=True, text=True, timeout=300, check=False)
   assert done.returncode == 0, done.stderr[-3000:]
   return dict(np.load(directory / 'outputs.npz'))
@@ -104,3 +111,24 @@ def test_the_exported_mono_step_reads_va_and_history(tmp_path):
   for key in want:
     got = np.concatenate([o[key] for o in outs], axis=1)
     np.testing.assert_allclose(got, want[key], atol=1e-5, err_msg=key)
+
+
+def test_a_damaged_artifact_is_refused_by_load_and_by_the_documented_loader(tmp_path):
+  model, objective = _model()
+  path = export.export_forward(model, objective, tmp_path, window_s=2.0)
+  card = json.loads((tmp_path / 'forward.json').read_text())
+  assert card['sha256'] == hashlib.sha256(path.read_bytes()).hexdigest()
+  exported, loaded_card = export.load(path)
+  assert loaded_card == card and exported.in_avals[0].shape == (1, 2, 32000)
+  blob = bytearray(path.read_bytes())
+  blob[len(blob) // 2] ^= 0x04  # one flipped bit
+  path.write_bytes(bytes(blob))
+  with pytest.raises(errors.InputError, match=rf'^{path}: damaged, its SHA-256 is not the one '
+                     r'in forward.json; export it again'):
+    export.load(path)
+  np.savez(tmp_path / 'inputs.npz', wave=_wave(2.0))
+  done = subprocess.run([sys.executable, '-c', RUNNER, 'forward', LOADER], cwd=tmp_path,
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert done.returncode == 1
+  assert done.stderr.strip().splitlines()[-1] == (
+      "ValueError: forward.jaxexport is damaged (its SHA-256 is not its card's)")

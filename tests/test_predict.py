@@ -2,19 +2,22 @@
 
 import csv
 import json
+import pathlib
 import re
+import shutil
 
+import jax
 import numpy as np
 import pytest
 import soundfile as sf
 
 from configs import vap
-from convssl_jax import errors, predict, trainer
+from convssl_jax import errors, model_state, predict, trainer
 from convssl_jax.data import audio as audio_lib
 from convssl_jax.data import va as va_lib
 from convssl_jax.events import TurnTakingEvents
 from data_builders.synthetic_dialogs import generator
-from tests import processes
+from tests import checkpoint_damage, processes
 
 HZ = 50
 
@@ -217,3 +220,77 @@ def test_one_frame_of_audio_predicts_and_writes_one_row(trained, tmp_path):
   assert len(written['csv'].read_text().splitlines()) == 2
   assert [p.name for p in written['png']] == ['one.png'] and written['png'][0].stat().st_size > 0
   assert written['html'].stat().st_size > 0 and written['TextGrid'].stat().st_size > 0
+
+
+def _copy_checkpoints(workdir, to, best_only=False):
+  shutil.copytree(workdir / 'checkpoints', to / 'checkpoints',
+                  ignore=None if not best_only else lambda d, names: [
+                      n for n in names if n.isdigit() and pathlib.Path(d).name == 'checkpoints'])
+  return to
+
+
+def _truncate_data_files(directory):
+  files = [p for p in directory.rglob('*') if p.is_file() and p.parent.name == 'd']
+  assert files
+  for path in files:
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 8])
+
+
+def test_predict_with_a_damaged_best_uses_the_latest_intact_checkpoint(tiny_run, trained,
+                                                                      dialog, tmp_path):
+  config, workdir = tiny_run
+  copy = _copy_checkpoints(workdir, tmp_path / 'run')
+  best = next(p for p in (copy / 'checkpoints' / 'best').iterdir() if p.name.isdigit())
+  model = trained[1]
+  abstract = trainer.Trainer(config, model.mesh).abstract_stored_state()
+  # An exponent bit: read back silently, the model's outputs were garbage.
+  checkpoint_damage.flip_a_stored_bit(best, abstract, part=trainer.MODEL, bit=30)
+  wav = _wav(tmp_path / 'd.wav', dialog.audio[:3 * 16000])
+  out = processes.run('run.py', '--config=configs/vap.py:tiny', f'--workdir={copy}',
+                      f'--config.data.data_dir={config.data.data_dir}', '--mode=predict',
+                      f'--audio={wav}', f'--output={tmp_path / "out"}')
+  assert out.returncode == 0, out.stderr[-3000:]
+  warnings = [line for line in out.stderr.splitlines() if 'checkpoint' in line.lower()]
+  assert len(warnings) == 1 and re.search(
+      r'The best checkpoint in .*best cannot be used \(step \d+: damaged, its checksums do not '
+      r'match: 1 of \d+ arrays differ from what was saved \(0/.*\)\); using the newest intact '
+      r'training checkpoint, step 4, in its place', warnings[0]), out.stderr[-3000:]
+  # The latest checkpoint is the best one's step here: the intact best's predictions.
+  expected = predict.predict_file(model, config, wav)
+  written = json.loads((tmp_path / 'out' / 'd.json').read_text())
+  for i, speaker in enumerate('AB'):
+    for curve in ('p_now', 'vad'):
+      np.testing.assert_allclose(written[f'{curve}_{speaker}'], expected[curve][:, i], atol=1e-5)
+
+
+def test_the_latest_intact_checkpoint_stands_in_for_a_truncated_best(tiny_run, trained,
+                                                                   tmp_path, caplog):
+  config, workdir = tiny_run
+  copy = _copy_checkpoints(workdir, tmp_path / 'run')
+  _truncate_data_files(copy / 'checkpoints' / 'best')
+  with caplog.at_level('WARNING'):
+    model, step = trainer.restore_model(config, copy, 'best')  # as eval and predict do
+  assert step == 4 and 'OUT_OF_RANGE' in caplog.text and 'in its place' in caplog.text
+  for a, b in zip(jax.tree.leaves(model.params), jax.tree.leaves(trained[1].params)):
+    np.testing.assert_array_equal(np.asarray(jax.random.key_data(a) if model_state.is_key(a)
+                                             else a),
+                                  np.asarray(jax.random.key_data(b) if model_state.is_key(b)
+                                             else b))
+
+
+def test_a_truncated_best_and_no_other_checkpoint_is_one_line_and_exit_2(tiny_run, dialog,
+                                                                        tmp_path):
+  config, workdir = tiny_run
+  copy = _copy_checkpoints(workdir, tmp_path / 'run', best_only=True)
+  _truncate_data_files(copy / 'checkpoints' / 'best')
+  out = processes.run('run.py', '--config=configs/vap.py:tiny', f'--workdir={copy}',
+                      f'--config.data.data_dir={config.data.data_dir}', '--mode=predict',
+                      f'--audio={_wav(tmp_path / "d.wav", dialog.audio[:16000])}',
+                      f'--output={tmp_path / "out"}')
+  assert out.returncode == 2, out.stderr[-3000:]
+  assert 'Traceback' not in out.stderr and 'Event loop is closed' not in out.stderr
+  last = out.stderr.strip().splitlines()[-1]
+  assert re.fullmatch(r'error: no checkpoint in .*/run/checkpoints/best could be restored '
+                      r'\(tried steps \[\d+\]\): step \d+: ValueError: OUT_OF_RANGE: .*\. Move the '
+                      r'directory away to start over\.', last), last
+  assert not (tmp_path / 'out').exists()

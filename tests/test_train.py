@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from configs import vap
-from convssl_jax import train, trainer as trainer_lib
-from tests import processes
+from convssl_jax import checkpoints, parallelism, train, trainer as trainer_lib
+from tests import checkpoint_damage, processes
 
 
 @pytest.fixture(scope='module')
@@ -125,6 +125,20 @@ def test_a_latest_checkpoint_that_fails_to_restore_is_skipped_for_the_previous(
   _assert_same_losses(tmp_path, uninterrupted, range(7, 13))
 
 
+def test_a_bit_flipped_latest_checkpoint_is_skipped_for_the_previous(tmp_path, data_dir,
+                                                                    uninterrupted, caplog):
+  shutil.copytree(uninterrupted / 'checkpoints', tmp_path / 'checkpoints')
+  config = _config(data_dir, **UNINTERRUPTED)
+  abstract = trainer_lib.Trainer(config, parallelism.make_mesh()).abstract_stored_state()
+  checkpoint_damage.flip_a_stored_bit(tmp_path / 'checkpoints' / '12', abstract)
+  with caplog.at_level('WARNING'):
+    train.train_and_evaluate(config, tmp_path)  # from 6: redoes 7..12
+  assert any('Checkpoint step 12' in r.getMessage() and 'differ from what was saved'
+             in r.getMessage() for r in caplog.records)
+  assert sorted(_log(tmp_path)) == list(range(7, 13))
+  _assert_same_losses(tmp_path, uninterrupted, range(7, 13))
+
+
 def _run_py(*flags, **env):
   return processes.start('run.py', '--config=configs/vap.py:tiny', *flags, **env)
 
@@ -179,22 +193,6 @@ def test_processes_connected_at_startup_wait_for_a_late_first_collective():
     assert re.findall(r'^psum (.*)$', stdout, re.M) == expected
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, data_dir):
-  proc = _run_py(f'--workdir={tmp_path}', f'--config.data.data_dir={data_dir}',
-                 '--config.train.steps=100000', '--config.train.log_every=1',
-                 '--config.train.checkpoint_every=100000')
-  log = tmp_path / 'train_log.jsonl'
-  deadline = time.time() + 300
-  while not (log.exists() and log.read_text().count('\n') >= 2):
-    assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
-    time.sleep(0.2)
-  proc.send_signal(signal.SIGTERM)
-  _, stderr = proc.communicate(timeout=300)
-  assert proc.returncode == 0, stderr[-2000:]
-  saved = [int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()]
-  assert saved and max(saved) >= 2  # the step it stopped at, not a scheduled checkpoint
-
-
 def test_a_non_finite_step_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
   good = _config(data_dir, steps=4, log_every=2, eval_every=100, checkpoint_every=4)
   train.train_and_evaluate(good, tmp_path)
@@ -208,6 +206,68 @@ def test_a_non_finite_step_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
   restored = train.train_and_evaluate(_config(data_dir, steps=4), tmp_path)  # it still loads
   assert restored['step'] == 4
   assert all(np.isfinite(v) for v in restored['validation'].values())
+
+
+def test_a_non_finite_first_step_after_a_restore_blames_the_restored_checkpoint(tmp_path, data_dir):
+  train.train_and_evaluate(_config(data_dir, steps=2, log_every=1, eval_every=100,
+                                   checkpoint_every=2), tmp_path)
+  # Learning rate 1e38: step 3 is finite and applied (parameters ~1e38) and saved; step 4 is not.
+  bad = _config(data_dir, steps=12, log_every=1, eval_every=100, checkpoint_every=1,
+                learning_rate=1e38, schedule='constant')
+  with pytest.raises(train.NonFiniteError, match=r'at step 4 .*batch conversations'):
+    train.train_and_evaluate(bad, tmp_path)
+  with pytest.raises(train.NonFiniteError) as raised:  # resumes from that checkpoint
+    train.train_and_evaluate(bad, tmp_path)
+  message = str(raised.value)
+  assert 'at step 4 ' in message and 'the first step after restoring checkpoint step 3' in message
+  assert 'batch' not in message.replace('not the batch', '') and 'last good' not in message
+
+
+# run.py whose checkpoint store receives a second SIGTERM as it starts waiting for the
+# preempted run's final save (and reports whether that save was still in flight).
+SECOND_SIGTERM_SCRIPT = textwrap.dedent('''
+    import os, runpy, signal, sys
+    from convssl_jax import checkpoints
+
+    wait = checkpoints.Checkpoints.wait
+
+    def wait_after_a_second_sigterm(self):
+      saving = self._manager.is_saving_in_progress()
+      print(f'second SIGTERM while saving: {saving}', file=sys.stderr, flush=True)
+      os.kill(os.getpid(), signal.SIGTERM)
+      wait(self)
+
+    checkpoints.Checkpoints.wait = wait_after_a_second_sigterm
+    sys.argv = ['run.py', *sys.argv[1:]]
+    runpy.run_path('run.py', run_name='__main__')
+''')
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly_a_second_one_waits_for_it(tmp_path,
+                                                                               data_dir):
+  proc = processes.start('-c', SECOND_SIGTERM_SCRIPT, '--config=configs/vap.py:tiny',
+                         f'--workdir={tmp_path}', f'--config.data.data_dir={data_dir}',
+                         '--config.train.steps=100000', '--config.train.log_every=1',
+                         '--config.train.checkpoint_every=100000')
+  log = tmp_path / 'train_log.jsonl'
+  deadline = time.time() + 300
+  while not (log.exists() and log.read_text().count('\n') >= 2):
+    assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=300)
+  assert proc.returncode == 0, stderr[-2000:]
+  assert 'second SIGTERM while saving: True' in stderr
+  assert 'SIGTERM again: stopping once the checkpoint is written' in stderr
+  directory = tmp_path / 'checkpoints'
+  assert not [p.name for p in directory.iterdir() if 'tmp' in p.name]
+  saved = max(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+  assert saved >= 2  # the step it stopped at, not a scheduled checkpoint
+  config = _config(data_dir)
+  store = checkpoints.Checkpoints(directory)  # complete, and its checksums verify
+  abstract = trainer_lib.Trainer(config, parallelism.make_mesh()).abstract_stored_state()
+  assert store.restore(abstract)[0] == saved
+  store.close()
 
 
 MULTI_DEVICE_SCRIPT = textwrap.dedent('''
