@@ -50,6 +50,9 @@ flags.DEFINE_string('coordinator_address', None, 'Multi-process runs without a c
                     'host:port of process 0 (with --num_processes and --process_id).')
 flags.DEFINE_integer('num_processes', None, 'Number of processes (with --coordinator_address).')
 flags.DEFINE_integer('process_id', None, 'This process (with --coordinator_address).')
+flags.DEFINE_enum('distributed', 'auto', ['auto', 'on', 'off'], 'train, eval, cache_features, '
+                  'pretrain, units: jax.distributed across processes: auto (an explicit coordinator, '
+                  'or what SLURM, Open MPI or a Cloud TPU pod slice sets), on (always), off (never).')
 flags.DEFINE_bool('verbose', False, 'Tracebacks for user errors too.')
 
 
@@ -180,7 +183,7 @@ def setup() -> None:
   if FLAGS.mode in DISTRIBUTED_MODES:
     from convssl_jax import parallelism
     parallelism.initialize_distributed(FLAGS.config.train.fsdp, FLAGS.coordinator_address,
-                                       FLAGS.num_processes, FLAGS.process_id)
+                                       FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed)
 
 
 def main(argv):
