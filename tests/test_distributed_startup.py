@@ -15,6 +15,8 @@ from jax._src.clusters import cloud_tpu_cluster
 from convssl_jax import errors, parallelism
 from tests import processes
 
+pytestmark = pytest.mark.gpu_image  # also under the accelerator image's versions (.ci/run)
+
 SRUN_TASK = {'SLURM_JOB_ID': '4242', 'SLURM_STEP_NODELIST': 'node[07-08]', 'SLURM_NTASKS': '2',
              'SLURM_PROCID': '1', 'SLURM_LOCALID': '0'}
 SALLOC_SHELL = {'SLURM_JOB_ID': '4242', 'SLURM_NODELIST': 'node[07-08]', 'SLURM_NTASKS': '2'}
@@ -54,18 +56,20 @@ def _on_cloud_tpu_vm(monkeypatch, metadata=None):
 
 
 def _jax_would_start_with():
-  """(coordinator, processes, process id) as jax.distributed.initialize() derives them here."""
+  """(coordinator, processes, process id, local device ids) as jax.distributed.initialize()
+  derives them here."""
   with warnings.catch_warnings():  # (jax's own: a Kubernetes pod without the kubernetes package)
     warnings.simplefilter('ignore')
     return clusters.ClusterEnv.auto_detect_unset_distributed_params(None, None, None, None, None,
-                                                                    5)[:3]
+                                                                    5)
 
 
+# jax binds a SLURM or Open MPI task to the one GPU of its local rank (README "SLURM"); TPUs never.
 @pytest.mark.parametrize('env, cluster, jax_finds', [
-    (SRUN_TASK, 'SlurmCluster', ('node07:', 2, 1)),
-    (MPIRUN_RANK, 'OmpiCluster', ('10.0.0.1:', 4, 3)),
-    (GKE_TPU_WORKER, 'GkeTpuCluster', ('localhost:8482', 2, 1)),
-    ({}, 'GceTpuCluster', ('localhost:8482', 2, 1)),
+    (SRUN_TASK, 'SlurmCluster', ('node07:', 2, 1, [0])),
+    (MPIRUN_RANK, 'OmpiCluster', ('10.0.0.1:', 4, 3, [1])),
+    (GKE_TPU_WORKER, 'GkeTpuCluster', ('localhost:8482', 2, 1, None)),
+    ({}, 'GceTpuCluster', ('localhost:8482', 2, 1, None)),
 ])
 def test_auto_starts_where_jax_finds_the_other_processes(started, monkeypatch, env, cluster,
                                                          jax_finds):
@@ -75,8 +79,8 @@ def test_auto_starts_where_jax_finds_the_other_processes(started, monkeypatch, e
     _on_cloud_tpu_vm(monkeypatch, GCE_METADATA if cluster == 'GceTpuCluster' else None)
   assert parallelism.initialize_distributed(fsdp=2) == cluster
   assert started == [('initialize', (None, None, None)), ('connect', 2)]
-  coordinator, count, index = _jax_would_start_with()  # so initialize() itself will succeed
-  assert coordinator.startswith(jax_finds[0]) and (count, index) == jax_finds[1:]
+  coordinator, *found = _jax_would_start_with()  # so initialize() itself will succeed
+  assert coordinator.startswith(jax_finds[0]) and found == list(jax_finds[1:])
 
 
 @pytest.mark.parametrize('env, tpu_vm', [({}, False), (SALLOC_SHELL, False),
