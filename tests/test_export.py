@@ -15,6 +15,8 @@ from convssl_jax import errors, export, inference, models, objective as objectiv
 from convssl_jax.data import va as va_lib
 from convssl_jax.models import transformer
 
+pytestmark = pytest.mark.gpu_image  # also under the accelerator image's versions (.ci/run)
+
 RATE, CONTEXT = 16000, 20
 
 # Runs an artifact with jax and numpy only: this package is not importable in the child.
