@@ -32,7 +32,8 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 DEADLINE=$(( $(date +%s) + ${BUDGET_S:-560} ))
 if ls .whl/*.whl >/dev/null 2>&1; then
-  if ! $PY -m pip install -q --no-index --no-deps --no-compile --target "$work/site" .whl/*.whl; then
+  if ! $PY -m pip install -q --no-index --no-deps --no-compile --target "$work/site" .whl/*.whl
+  then
     echo "gpu_all.sh: stopped: the wheels in .whl do not install here (above); gather them again" \
       "with 'bash benchmarks/gpu_wheels.sh'"
     exit 2
@@ -50,7 +51,8 @@ fi
 { command -v nvidia-smi >/dev/null && \
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   $PY -c 'import jax; from importlib.metadata import version as v
-print(", ".join(f"{p} {v(p)}" for p in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")))
+names = "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"
+print(", ".join(f"{p} {v(p)}" for p in names))
 print(jax.devices())'
   [ -f .whl/MANIFEST ] && echo "wheels: $(tr '\n' ' ' < .whl/MANIFEST)"
 } > "$OUT/machine.txt" 2>&1
@@ -69,7 +71,8 @@ section() {  # name, then train_step.py flags; skipped once the deadline is near
   local rc=${PIPESTATUS[0]}
   echo "rc $rc for $name"
   printf '%s\t%s\n' "$name" "$rc" >> "$work/sections.tsv"
-  { echo "== $name (rc $rc)"; grep -v '^I[0-9]' "$work/$name.err" | tail -n 30; } >> "$OUT/stderr.log"
+  { echo "== $name (rc $rc)"; grep -v '^I[0-9]' "$work/$name.err" | tail -n 30; } \
+    >> "$OUT/stderr.log"
   cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
   $PY benchmarks/gpu_summary.py "$OUT" "$work/sections.tsv" >/dev/null
 }

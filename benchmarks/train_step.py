@@ -54,7 +54,7 @@ flags.DEFINE_integer('warmup', 2, 'Untimed calls (the first compiles).')
 flags.DEFINE_integer('steps', 10, 'Timed calls.')
 flags.DEFINE_multi_string('set', [], 'Config override KEY=VALUE (e.g. model.encoder.unroll=8).')
 flags.DEFINE_bool('record', True, 'Append rows to benchmarks/RESULTS.md.')
-flags.DEFINE_string('label', '', "Added to every row as 'section' (benchmarks/gpu_all.sh's sections).")
+flags.DEFINE_string('label', '', "Added to every row as 'section' (gpu_all.sh's sections).")
 flags.DEFINE_string('profile_dir', '', 'If set: trace 3 more calls of each train/cached/infer '
                     'case with jax.profiler into DIR/<case> and add the top device ops to the row.')
 FLAGS = flags.FLAGS
