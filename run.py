@@ -55,6 +55,8 @@ flags.DEFINE_string('model_dir', None, 'predict, stream, export: a converted VAP
 flags.DEFINE_bool('pace', True, "stream: release a file's audio in real time.")
 flags.DEFINE_float('context_s', None, 'stream, export: attention context in seconds (default: the '
                    "model's own, else data.window_s, the longest it was trained on).")
+flags.DEFINE_list('export_platforms', ['cpu', 'cuda', 'tpu'], 'export: the platforms the artifacts '
+                  'are lowered for (of cpu, cuda, rocm, tpu); each runs on any of them.')
 flags.DEFINE_string('compilation_cache', '~/.cache/convssl_jax/xla',
                     'Persistent XLA compilation cache (reruns and resumes skip compiling); '
                     "'' turns it off. $JAX_COMPILATION_CACHE_DIR, when set, wins.")
@@ -62,6 +64,9 @@ flags.DEFINE_string('coordinator_address', None, 'Multi-process runs without a c
                     'host:port of process 0 (with --num_processes and --process_id).')
 flags.DEFINE_integer('num_processes', None, 'Number of processes (with --coordinator_address).')
 flags.DEFINE_integer('process_id', None, 'This process (with --coordinator_address).')
+flags.DEFINE_enum('distributed', 'auto', ['auto', 'on', 'off'], 'train, eval, cache_features, '
+                  'pretrain, units: jax.distributed across processes: auto (an explicit coordinator, '
+                  'or what SLURM, Open MPI or a Cloud TPU pod slice sets), on (always), off (never).')
 flags.DEFINE_bool('verbose', False, 'Tracebacks for user errors too.')
 
 
@@ -138,10 +143,12 @@ def export(config) -> None:
   from convssl_jax import export as export_lib
   model, config, source = _load(config)
   output = FLAGS.output or pathlib.Path(FLAGS.workdir) / 'export'
-  written, skipped = export_lib.export_model(model, config, output, FLAGS.context_s)
+  written, skipped = export_lib.export_model(model, config, output, FLAGS.context_s,
+                                             FLAGS.export_platforms)
   if skipped:
     print(f'the streaming step is not exported: {skipped}')
-  print(f'model: {source} -> ' + ', '.join(map(str, written)))
+  print(f'model: {source} -> ' + ', '.join(map(str, written))
+        + f' (for {", ".join(FLAGS.export_platforms)})')
 
 
 def cache_features(config) -> None:
@@ -230,7 +237,7 @@ def setup(config) -> None:
   if FLAGS.mode in DISTRIBUTED_MODES:
     from convssl_jax import parallelism
     parallelism.initialize_distributed(config.train.fsdp, FLAGS.coordinator_address,
-                                       FLAGS.num_processes, FLAGS.process_id)
+                                       FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed)
 
 
 def main(argv):

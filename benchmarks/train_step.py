@@ -54,6 +54,7 @@ flags.DEFINE_integer('warmup', 2, 'Untimed calls (the first compiles).')
 flags.DEFINE_integer('steps', 10, 'Timed calls.')
 flags.DEFINE_multi_string('set', [], 'Config override KEY=VALUE (e.g. model.encoder.unroll=8).')
 flags.DEFINE_bool('record', True, 'Append rows to benchmarks/RESULTS.md.')
+flags.DEFINE_string('label', '', "Added to every row as 'section' (gpu_all.sh's sections).")
 flags.DEFINE_string('profile_dir', '', 'If set: trace 3 more calls of each train/cached/infer '
                     'case with jax.profiler into DIR/<case> and add the top device ops to the row.')
 FLAGS = flags.FLAGS
@@ -202,7 +203,7 @@ def attention_case(config, implementation: str) -> tuple[float, float]:
 
   step = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
   step, flops = compile_with_flops(step, q, k, v)
-  return timed(step, (q, k, v), carry_first=False)[0], flops
+  return timed(step, (q, k, v), 0)[0], flops
 
 
 def run_case(kind: str, dtype: str, case: str, train_ms: dict) -> list[dict]:
@@ -262,6 +263,7 @@ def main(_):
           rows = [{'benchmark': 'train_step', 'case': case, 'model': kind, 'dtype': dtype,
                    'error': f'{type(e).__name__}: {str(e)[:500]}'}]
         for row in rows:
+          row = {'section': FLAGS.label, **row} if FLAGS.label else row
           if FLAGS.record:
             results.record('train_step', row, ('jax', 'flax'))
           else:

@@ -10,12 +10,13 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from convssl_jax import errors
+
 BATCH_AXES = ('data', 'fsdp')
-# Environment variables of the cluster managers jax.distributed reads itself.
-CLUSTER_VARIABLES = ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE', 'TPU_WORKER_ID', 'CLOUD_TPU_TASK_ID',
-                     'JAX_COORDINATOR_ADDRESS')
+DISTRIBUTED = ('auto', 'on', 'off')
 
 
 def make_mesh(fsdp: int = 1) -> jax.sharding.Mesh:
@@ -27,18 +28,53 @@ def make_mesh(fsdp: int = 1) -> jax.sharding.Mesh:
   return jax.make_mesh((n // fsdp, fsdp), BATCH_AXES, axis_types=auto)
 
 
+def cluster_environment() -> str | None:
+  """The multi-process environment this process runs in, as `jax.distributed.initialize()` finds it
+  (jax's own detection, jax._src.clusters, in its order), or None: Open MPI's mpirun; a task of a
+  SLURM job step (srun sets SLURM_JOB_ID, SLURM_STEP_NODELIST, SLURM_NTASKS, SLURM_PROCID and
+  SLURM_LOCALID; an salloc shell is no step); a Cloud TPU VM (libtpu and TPU chips, which jax detects at
+  import) of a GKE slice (TPU_WORKER_HOSTNAMES or TPU_PROCESS_ADDRESSES[_PATH]) or a GCE one (the
+  metadata server's agent-worker-number, asked only on such a VM); $JAX_COORDINATOR_ADDRESS.
+  Not Kubernetes alone (KUBERNETES_SERVICE_HOST is in every pod) nor mpi4py (opt-in in jax)."""
+  if os.environ.get('JAX_COORDINATOR_ADDRESS'):
+    return 'JAX_COORDINATOR_ADDRESS'
+  from jax._src import clusters  # what initialize() reads, so that 'auto' starts where it can
+  for env in (clusters.OmpiCluster, clusters.SlurmCluster, clusters.GkeTpuCluster,
+              clusters.GceTpuCluster):
+    if env.is_env_present():
+      return env.__name__
+  return None
+
+
 def initialize_distributed(fsdp: int = 1, coordinator_address: str | None = None,
-                           num_processes: int | None = None, process_id: int | None = None) -> None:
-  """jax.distributed for multi-process runs: an explicit coordinator, or what TPU pods, SLURM and
-  Open MPI put in the environment (jax detects those itself); then the mesh's device groups
-  connected. Alone (none of these), nothing happens."""
+                           num_processes: int | None = None, process_id: int | None = None,
+                           mode: str = 'auto') -> str | None:
+  """jax.distributed for multi-process runs, then the mesh's device groups connected; returns what
+  started it (None: a single process). `mode` (--distributed): 'auto' starts with an explicit
+  coordinator or in a `cluster_environment`, 'on' always (jax finds the rest, else a ConfigError
+  names the flags to give), 'off' never."""
+  if mode not in DISTRIBUTED:
+    raise errors.ConfigError(f'--distributed={mode}: give one of {", ".join(DISTRIBUTED)}')
+  if mode == 'off':
+    if coordinator_address:
+      raise errors.ConfigError('--distributed=off with --coordinator_address: drop one of them')
+    return None
   if coordinator_address:
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
-  elif any(v in os.environ for v in CLUSTER_VARIABLES):
-    jax.distributed.initialize()
+    how = '--coordinator_address'
   else:
-    return
+    how = cluster_environment() or ('--distributed=on' if mode == 'on' else None)
+  if how is None:
+    return None
+  try:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  except ValueError as err:  # nothing said where the other processes are, or how many
+    raise errors.ConfigError(
+        f'--distributed={mode}: {err} Give --coordinator_address=HOST:PORT --num_processes=N '
+        f'--process_id=I, or start under srun, mpirun or on a TPU pod slice') from err
+  logging.info('jax.distributed (%s): process %d of %d', how, jax.process_index(),
+               jax.process_count())
   connect_processes(fsdp)
+  return how
 
 
 def connect_processes(fsdp: int = 1) -> None:

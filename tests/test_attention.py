@@ -8,6 +8,8 @@ from flax import nnx
 
 from convssl_jax.models import transformer
 
+pytestmark = pytest.mark.gpu_image  # also under the accelerator image's versions (.ci/run)
+
 DIM, HEADS, T = 16, 4, 24
 
 
@@ -62,7 +64,8 @@ def test_active_attention_dropout_takes_the_explicit_path_and_drops_weights():
   train = transformer.attention(q, k, v, bias, 0.5, dropout)
   dropout.eval()
   np.testing.assert_allclose(transformer.attention(q, k, v, bias, 0.5, dropout),
-                             transformer.attention(q, k, v, bias, 0.5, dropout, 'einsum'), rtol=1e-6)
+                             transformer.attention(q, k, v, bias, 0.5, dropout, 'einsum'),
+                             rtol=1e-6, atol=1e-6)  # (jax 0.11.2: 6e-8 apart on values near 0)
   assert not np.allclose(train, transformer.attention(q, k, v, bias, 0.5, dropout))
 
 
@@ -70,3 +73,49 @@ def test_unknown_attention_implementation_is_refused_by_name():
   with pytest.raises(ValueError, match="'flash'"):
     transformer.attention(*(_inputs(1, HEADS, 2, 4),) * 3, jnp.zeros((HEADS, 2, 2)), 1.0,
                           nnx.Dropout(0.0), 'flash')
+
+
+def _uncompilable_kernel(q, k, v, bias, mask, scale):
+  """Stands for a cuDNN kernel that traces and lowers but that XLA cannot compile: a custom call
+  (forward, and backward through a custom VJP) that no platform implements."""
+  del scale
+
+  def call(*args):
+    return jax.ffi.ffi_call('convssl_test_no_such_kernel',
+                            [jax.ShapeDtypeStruct(t.shape, t.dtype) for t in (q, k, v)])(*args)
+
+  @jax.custom_vjp
+  def kernel(q, k, v):
+    return call(q, k, v, bias, mask)[0]
+
+  kernel.defvjp(lambda q, k, v: (kernel(q, k, v), None), lambda _, g: tuple(call(g, g, g)))
+  return kernel(q, k, v)
+
+
+def _train_value_and_grad(model, x):
+  loss = lambda m, x: jnp.sum(jnp.sin(m(x)))
+  return nnx.jit(nnx.value_and_grad(loss))(model, x)
+
+
+@pytest.mark.parametrize('kernel', ['fails to compile', 'refused while tracing'])
+def test_auto_attention_falls_back_to_xla_when_the_fused_kernel_fails(monkeypatch, caplog, kernel):
+  # On the CPU, 'auto' is made to try the fused kernel: one that XLA cannot compile, or cuDNN's own,
+  # which refuses to trace here ("cuDNN is not detected").
+  monkeypatch.setattr(transformer, '_cudnn_backend', lambda dtype: True)
+  if kernel == 'fails to compile':
+    monkeypatch.setattr(transformer, '_fused', _uncompilable_kernel)
+  transformer.fused_attention_compiles.cache_clear()
+  fused, explicit = _pair(lambda impl: transformer.GPT(
+      DIM, HEADS, 2, context=5, dropout=0.0, attention=impl, rngs=nnx.Rngs(0)))
+  x = _inputs(3, T, DIM, seed=4)
+  with caplog.at_level('WARNING'):
+    (value, grads), (want, want_grads) = (_train_value_and_grad(m, x) for m in (fused, explicit))
+  np.testing.assert_allclose(value, want, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads, want_grads)
+  assert 'does not compile' in caplog.text and "XLA's attention runs instead" in caplog.text
+  # One check per attention shape, however many layers and calls use it.
+  assert transformer.fused_attention_compiles.cache_info().currsize == 1
+  if kernel == 'fails to compile':  # without the check, the whole step fails to compile
+    monkeypatch.setattr(transformer, 'fused_attention_compiles', lambda *args: True)
+    with pytest.raises(Exception, match='convssl_test_no_such_kernel'):
+      _train_value_and_grad(fused, x)

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -14,6 +15,9 @@ from flax import nnx
 from configs import vap as vap_config
 from convssl_jax import errors, export, inference, models, objective as objective_lib
 from convssl_jax.data import va as va_lib
+from convssl_jax.models import transformer
+
+pytestmark = pytest.mark.gpu_image  # also under the accelerator image's versions (.ci/run)
 
 RATE, CONTEXT = 16000, 20
 
@@ -72,7 +76,8 @@ def test_the_exported_stream_step_runs_alone_and_equals_the_streamer(tmp_path):
   export.export_stream_step(streamer, tmp_path, objective.frame_hz)
   card = json.loads((tmp_path / 'stream_step.json').read_text())
   assert card['samples'] == [1, 2, 320] and card['outputs'] == ['p_bc', 'p_future', 'p_now', 'vad']
-  got = _run_alone(tmp_path, 'stream_step', wave)
+  assert card['platforms'] == ['cpu', 'cuda', 'tpu']
+  got = _run_alone(tmp_path, 'stream_step', wave)  # the CPU lowering
   want = streamer.push(wave)
   for key in want:
     np.testing.assert_allclose(got[key], want[key], atol=1e-5, err_msg=key)
@@ -82,6 +87,8 @@ def test_the_exported_forward_runs_alone_and_equals_the_model(tmp_path):
   model, objective = _model()
   wave = _wave(2.0, seed=1)
   export.export_forward(model, objective, tmp_path, window_s=2.0)
+  exported = jax.export.deserialize((tmp_path / 'forward.jaxexport').read_bytes())
+  assert exported.platforms == ('cpu', 'cuda', 'tpu')
   got = _run_alone(tmp_path, 'forward', wave)
   out = model(jnp.asarray(wave))
   want = objective_lib.frame_outputs(objective, out, frames=100)
@@ -90,7 +97,6 @@ def test_the_exported_forward_runs_alone_and_equals_the_model(tmp_path):
 
 
 def test_the_exported_mono_step_reads_va_and_history(tmp_path):
-  import jax
   model, objective = _model('tiny,mono')
   streamer = inference.Streamer(model, objective, batch=1)
   export.export_stream_step(streamer, tmp_path, objective.frame_hz)
@@ -132,3 +138,38 @@ def test_a_damaged_artifact_is_refused_by_load_and_by_the_documented_loader(tmp_
   assert done.returncode == 1
   assert done.stderr.strip().splitlines()[-1] == (
       "ValueError: forward.jaxexport is damaged (its SHA-256 is not its card's)")
+
+
+def test_an_artifact_runs_only_on_the_platforms_it_was_exported_for(tmp_path):
+  model, objective = _model()
+  wave = _wave(1.0, seed=3)
+  for platforms in (('tpu',), ('cuda', 'cpu')):
+    (directory := tmp_path / '-'.join(platforms)).mkdir()
+    export.export_forward(model, objective, directory, window_s=1.0, platforms=platforms)
+  tpu, both = (jax.export.deserialize((tmp_path / name / 'forward.jaxexport').read_bytes())
+               for name in ('tpu', 'cuda-cpu'))
+  assert (tpu.platforms, both.platforms) == (('tpu',), ('cuda', 'cpu'))
+  with pytest.raises(ValueError, match='exported for platforms'):
+    tpu.call(wave)
+  want = objective_lib.frame_outputs(objective, model(jnp.asarray(wave)), frames=50)
+  for key, value in both.call(wave).items():
+    np.testing.assert_allclose(value, want[key], atol=1e-5, err_msg=key)
+
+
+def test_export_never_traces_the_cuda_only_attention_kernel(tmp_path, monkeypatch):
+  # As on a GPU in bf16, 'auto' attention would take cuDNN's kernel, whose custom call lowers for
+  # CUDA alone; an export for several platforms traces XLA's attention instead.
+  traced = []
+  monkeypatch.setattr(transformer, '_cudnn_backend', lambda dtype: True)
+  monkeypatch.setattr(transformer, '_fused', lambda *args: traced.append(args) or args[0])
+  model, objective = _model()
+  export.export_forward(model, objective, tmp_path, window_s=1.0)
+  assert not traced
+  model(jnp.asarray(_wave(0.1)))  # (outside an export, 'auto' does try it)
+  assert traced
+
+
+@pytest.mark.parametrize('platforms', [('cpu', 'gpu'), ('cpu', 'cpu'), ()])
+def test_unknown_or_repeated_platforms_are_refused_naming_the_flag(platforms):
+  with pytest.raises(errors.ConfigError, match='--export_platforms=.*one or more of cpu, cuda'):
+    export.check_platforms(platforms)

@@ -68,6 +68,7 @@ def _assert_close(got, want):
 MIXED = (1, 319, 17, 800, 3, 1000, 160, 5)
 
 
+@pytest.mark.gpu_image
 @pytest.mark.parametrize('sizes', [(320,), (319,), (RATE,), MIXED], ids=str)
 def test_stereo_stream_equals_offline_for_any_hop_sizes_with_one_compile(sizes):
   model, objective = _setup()
@@ -120,6 +121,7 @@ def test_state_is_constant_in_size_over_a_long_stream():
   assert streamer.compilations == 1
 
 
+@pytest.mark.gpu_image
 def test_mono_stream_with_va_equals_offline():
   """The mono model reads each frame's VA and history; VA and audio arrive unevenly."""
   model, objective = _setup('tiny,mono')

@@ -278,7 +278,22 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent('''
     from configs import vap
     from convssl_jax import parallelism, trainer
 
-    def losses(devices, fsdp):
+    def placement(state):
+      """Each parameter's and optimizer leaf's global shape, PartitionSpec, and per device (in
+      mesh order) the shape and start offsets of the shard it holds."""
+      at = {device.id: i for i, device in enumerate(state.mesh.devices.flat)}
+      out = {}
+      for part, tree in (('params', state.model.params), ('opt', state.opt_state)):
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+          shards = sorted(leaf.addressable_shards, key=lambda s: at[s.device.id])
+          name = jax.tree_util.keystr(path, simple=True, separator='/').removesuffix('/value')
+          starts = lambda s: [i.start or 0 for i in s.index[:leaf.ndim]]  # (keys: + their data)
+          out[f'{part}/{name}'] = {
+              'shape': list(leaf.shape), 'spec': list(leaf.sharding.spec),
+              'shards': [[list(s.data.shape), starts(s)] for s in shards]}
+      return out
+
+    def run(devices, fsdp):
       config = vap.get_config('tiny')
       config.data.batch_size = 8
       mesh = jax.make_mesh((devices // fsdp, fsdp), parallelism.BATCH_AXES,
@@ -292,18 +307,57 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent('''
                  'va': (rng.uniform(size=(8, 150, 2)) > 0.5).astype(np.float32)}
         m = state.train_step(state.model.to_device(batch))
         out.append(float(m['loss']))
-      return out
+      return {'losses': out, 'placement': placement(state)}  # after the steps (donated state)
 
-    print(json.dumps({'1': losses(1, 1), '8': losses(8, 1), '8fsdp2': losses(8, 2)}))
+    print(json.dumps({'1': run(1, 1), '8': run(8, 1), '8fsdp2': run(8, 2)}))
 ''')
 
 
-def test_one_device_data_parallel_and_fsdp_give_the_same_losses():
+def _moments(placement, name):
+  """The Adam first and second moments of parameter `name` (optimizer leaves .../mu/NAME, nu)."""
+  return [v for k, v in placement.items()
+          if k.startswith('opt/') and (k.endswith(f'/mu/{name}') or k.endswith(f'/nu/{name}'))]
+
+
+def test_one_device_data_parallel_and_fsdp_give_the_same_losses_and_place_the_state():
   out = processes.run('-c', MULTI_DEVICE_SCRIPT, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
-  losses = json.loads(out.stdout.strip().splitlines()[-1])
-  np.testing.assert_allclose(losses['8'], losses['1'], rtol=2e-5)
-  np.testing.assert_allclose(losses['8fsdp2'], losses['1'], rtol=2e-5)
+  runs = json.loads(out.stdout.strip().splitlines()[-1])
+  np.testing.assert_allclose(runs['8']['losses'], runs['1']['losses'], rtol=2e-5)
+  np.testing.assert_allclose(runs['8fsdp2']['losses'], runs['1']['losses'], rtol=2e-5)
+  fsdp, data_parallel = runs['8fsdp2']['placement'], runs['8']['placement']
+  # By hand: the tiny model's head projection [32, 256] is split into 2 x 128 columns over 'fsdp';
+  # on the (data 4, fsdp 2) mesh, device (d, f) (mesh order 2d + f) holds columns 128f..128f+127,
+  # and so do its Adam moments. Its bias (256 values) and the LSTM's, under 4,096 values, stay whole.
+  kernel = 'vap_head/proj/kernel'
+  halves = [[[32, 128], [0, 128 * (i % 2)]] for i in range(8)]
+  for leaf in [fsdp[f'params/{kernel}'], *_moments(fsdp, kernel)]:
+    assert leaf['spec'] == [None, 'fsdp'] and leaf['shards'] == halves
+  assert len(_moments(fsdp, kernel)) == 2
+  assert fsdp['params/vap_head/proj/bias']['shards'] == [[[256], [0]]] * 8
+  # A conv kernel [8, 32, 32] (width, in, out) splits its last largest axis: [8, 32, 16] a device.
+  assert fsdp['params/encoder/convs/1/kernel']['shards'] == [
+      [[8, 32, 16], [0, 0, 16 * (i % 2)]] for i in range(8)]
+  # Every leaf: with fsdp=2 each array of >= 4,096 values is halved along one axis (device (d, f)
+  # holding half f) and the rest are whole; a parameter's moments live where it does; data
+  # parallel keeps every leaf whole on every device.
+  split = 0
+  for name, leaf in fsdp.items():
+    shape, shards = leaf['shape'], leaf['shards']
+    if np.prod(shape) < 4096:
+      assert shards == [[shape, [0] * len(shape)]] * 8, name
+      continue
+    (axis,) = [a for a, p in enumerate(leaf['spec']) if p == 'fsdp']
+    half = shape[axis] // 2
+    want = [[shape[:axis] + [half] + shape[axis + 1:],
+             [half * (i % 2) if a == axis else 0 for a in range(len(shape))]] for i in range(8)]
+    assert shards == want, name
+    split += 1
+    if name.startswith('params/'):
+      assert [m['shards'] for m in _moments(fsdp, name[len('params/'):])] == [want] * 2, name
+  assert split == 3 * 8  # the tiny model's 8 large parameters and their 16 moments
+  for name, leaf in data_parallel.items():
+    assert leaf['shards'] == [[leaf['shape'], [0] * len(leaf['shape'])]] * 8, name
 
 
 def test_the_plateau_scale_scales_every_update():

@@ -15,21 +15,26 @@ ALiBi is written in its relative form m_h * (j - i); the references add m_h * j,
 same softmax (a constant per query row). `context` bounds how far back a frame may attend.
 
 Attention runs through `jax.nn.dot_product_attention` with ALiBi as an additive bias and the
-causal/context mask as a mask (cuDNN's fused kernel on a GPU for bf16/fp16, XLA's otherwise),
-except while attention-weight dropout is active, which that function does not offer: then the
-explicit einsum/softmax path runs (`attention='einsum'` forces it). Both give the same numbers.
+causal/context mask as a mask (cuDNN's fused kernel on a GPU for bf16/fp16 where it compiles for
+the shape, XLA's otherwise), except while attention-weight dropout is active, which that function
+does not offer: then the explicit einsum/softmax path runs (`attention='einsum'` forces it). All
+give the same numbers.
 
 `gpt_step` / `stereo_step` run a GPT / StereoTransformer with a bounded context incrementally, n
 frames a step, over a fixed-size ring-buffer key/value cache per attention (`init_cache`,
 `init_stereo_cache`); the outputs equal the offline ones.
 """
 
+import contextlib
+import contextvars
+import functools
 import math
 from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from flax import nnx
 
 from convssl_jax.models import layers
@@ -68,6 +73,53 @@ def causal_alibi_bias(slopes: np.ndarray, length: int, context: int | None = Non
 
 
 AttentionImpl = Literal['auto', 'einsum']
+_PORTABLE = contextvars.ContextVar('portable_attention', default=False)
+
+
+@contextlib.contextmanager
+def portable_attention():
+  """Within it, 'auto' attention traces XLA's implementation on every backend, never cuDNN's
+  custom call, so that what is traced lowers for any platform (multi-platform `jax.export`)."""
+  token = _PORTABLE.set(True)
+  try:
+    yield
+  finally:
+    _PORTABLE.reset(token)
+
+
+def _cudnn_backend(dtype) -> bool:
+  """A GPU, and bf16/fp16: where cuDNN's fused kernel may run."""
+  return jax.default_backend() == 'gpu' and dtype in (jnp.bfloat16, jnp.float16)
+
+
+def _fused_candidate(dtype) -> bool:
+  """Whether 'auto' tries cuDNN's fused kernel: where it may run, outside `portable_attention`."""
+  return not _PORTABLE.get() and _cudnn_backend(dtype)
+
+
+def _fused(q, k, v, bias, mask, scale):
+  """cuDNN's fused attention ([B, T, heads, hd] layout)."""
+  return jax.nn.dot_product_attention(q, k, v, bias, mask, scale=scale, implementation='cudnn')
+
+
+@functools.lru_cache(maxsize=None)
+def fused_attention_compiles(q, k, v, bias, mask, scale: float) -> bool:
+  """Whether `_fused` traces, lowers and compiles, forward and backward (training differentiates
+  it), for these shapes and dtypes (jax.ShapeDtypeStruct). cuDNN refuses some shapes while tracing
+  and others only when XLA compiles the custom call, which would fail the whole step; checked once
+  per shape, by compiling the attention alone. A failure is logged once and XLA's runs instead."""
+  def forward_backward(q, k, v, bias, mask):
+    out, vjp = jax.vjp(lambda q, k, v: _fused(q, k, v, bias, mask, scale), q, k, v)
+    return out, vjp(out)
+
+  try:
+    jax.jit(forward_backward).lower(q, k, v, bias, mask).compile()
+  except Exception as err:  # pylint: disable=broad-except  # any failure: XLA's path instead
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    logging.warning('cuDNN attention for q %s %s does not compile (%s: %s); XLA\'s attention runs '
+                    'instead (the same numbers)', q.shape, q.dtype, type(err).__name__, first[:200])
+    return False
+  return True
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, scale: float,
@@ -84,12 +136,11 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, scale: 
   visible = bias > -jnp.inf
   bias = jnp.where(visible, bias, 0.0)[None]
   q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))  # the function's [B, T, heads, hd]
-  if jax.default_backend() == 'gpu' and q.dtype in (jnp.bfloat16, jnp.float16):
-    try:  # cuDNN's fused kernel; it refuses (at trace time) shapes it does not support
-      return jax.nn.dot_product_attention(q, k, v, bias.astype(q.dtype), visible[None],
-                                          scale=scale, implementation='cudnn')
-    except (NotImplementedError, RuntimeError):
-      pass
+  if _fused_candidate(q.dtype):
+    fused_bias, mask = bias.astype(q.dtype), visible[None]
+    shapes = (jax.ShapeDtypeStruct(t.shape, t.dtype) for t in (q, k, v, fused_bias, mask))
+    if fused_attention_compiles(*shapes, scale):
+      return _fused(q, k, v, fused_bias, mask, scale)
   return jax.nn.dot_product_attention(q, k, v, bias, visible[None], scale=scale)
 
 
