@@ -61,7 +61,6 @@ STAMP = struct.Struct('<d')
 MAX_BLOCK_S = 1.0  # audio in one message at most
 RATES = (8000, 192000)  # microphone rates accepted
 LOOPBACK_NAMES = ('127.0.0.1', 'localhost', '[::1]')
-READ_BLOCK = 4096  # frames read from a recording at a time
 
 
 class Malformed(Exception):
@@ -73,40 +72,6 @@ class Malformed(Exception):
 
 
 # --- audio sources and the queue ------------------------------------------------------------
-
-class FileReader:
-  """An audio file read forward in pieces at 16 kHz (resampled as it goes), so memory stays bounded
-  whatever its length: `take(n)` -> [channels, n] float32, zeros past the end (`ended` then)."""
-
-  def __init__(self, path):
-    self.path = path
-    self._file = sf.SoundFile(str(path))
-    self.channels = self._file.channels
-    rate = self._file.samplerate
-    self._resampler = (None if rate == SAMPLE_RATE else soxr.ResampleStream(
-        rate, SAMPLE_RATE, self.channels, dtype='float32', quality='HQ'))
-    self._pending = np.zeros((0, self.channels), np.float32)
-    self._read_all = False
-    self.ended = False
-
-  def take(self, n: int) -> np.ndarray:
-    while len(self._pending) < n and not self._read_all:
-      block = self._file.read(READ_BLOCK, dtype='float32', always_2d=True)
-      self._read_all = len(block) < READ_BLOCK
-      if self._resampler is not None:
-        block = self._resampler.resample_chunk(block, last=self._read_all)
-      if not np.isfinite(block).all():
-        raise audio_lib.AudioError(f'{self.path}: the audio contains NaN or infinite samples')
-      self._pending = np.concatenate([self._pending, block])
-    out, self._pending = self._pending[:n], self._pending[n:]
-    if len(out) < n:
-      self.ended = True
-      out = np.concatenate([out, np.zeros((n - len(out), self.channels), np.float32)])
-    return np.ascontiguousarray(out.T)
-
-  def close(self) -> None:
-    self._file.close()
-
 
 @dataclasses.dataclass
 class Block:
@@ -235,7 +200,10 @@ class Session:
     samples = np.ascontiguousarray(samples.T)
     if self.channels == 1:
       n = samples.shape[1]
-      other = self.partner.take(n)[:1] if self.partner else np.zeros((1, n), np.float32)
+      other = np.zeros((1, n), np.float32)
+      if self.partner is not None:  # its first channel, silence after its end
+        taken = self.partner.take(n)[0]
+        other[0, :len(taken)] = taken
       samples = np.concatenate([samples, other])
     return Block(samples, stamp, arrived)
 
@@ -406,11 +374,11 @@ class Server:
       raise web.HTTPNotFound(text='no such recording\n')
     return web.FileResponse(path)
 
-  def open_recording(self, name, role: str) -> FileReader:
+  def open_recording(self, name, role: str) -> audio_lib.BlockReader:
     path = self.recordings.get(name)
     if path is None:
       raise Malformed(f'{role} {str(name)[:40]!r} is not one of the recordings offered', 1008)
-    return FileReader(path)
+    return audio_lib.BlockReader(path)
 
   async def _websocket(self, request):
     origin = request.headers.get('Origin')
@@ -479,7 +447,9 @@ class Server:
     start, sent = loop.time(), 0
     try:
       while not session.file.ended:
-        session.queue.put(Block(session.file.take(hop), None, time.perf_counter()))
+        samples = session.file.take(hop)
+        if samples.shape[1]:
+          session.queue.put(Block(samples, None, time.perf_counter()))
         sent += hop
         await asyncio.sleep(max(0.0, start + sent / SAMPLE_RATE - loop.time()))
     except audio_lib.AudioError as err:  # the file goes bad part-way: what came before stands
