@@ -347,6 +347,7 @@ class Server:
     app = web.Application(middlewares=[check_host])
     app.router.add_get('/', self._page)
     app.router.add_get('/capture.js', self._capture)
+    app.router.add_get('/favicon.ico', lambda request: web.Response(status=204))
     app.router.add_get('/recording/{name}', self._recording)
     app.router.add_get('/ws', self._websocket)
     return app

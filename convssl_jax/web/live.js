@@ -233,7 +233,8 @@
 
   // Microphones, audio graph and playback let go (the socket closes once the server is done).
   function release() {
-    if (!session) return;
+    if (!session || session.released) return;
+    session.released = true;
     if (session.node) session.node.port.postMessage('stop');
     for (const stream of session.streams) for (const track of stream.getTracks()) track.stop();
     if (session.context) session.context.close();
