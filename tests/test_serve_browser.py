@@ -6,8 +6,10 @@ within 1e-4; the microphone's audio is the fake device's file; the bar, meters a
 The server is the real command in a child process on the `tiny` model of `tiny_run`. Skipped,
 with the reason, where Chromium or chromedriver is missing.
 
-With CONVSSL_SCREENSHOT=PATH the microphone test also saves its screenshot there (docs/serve.png:
-README "Live in the browser")."""
+With CONVSSL_SCREENSHOT=PATH the microphone test streams 12 s (not 3) and saves its screenshot
+there; CONVSSL_SCREENSHOT_RUN=WORKDIR (a trained `tiny` run) replaces the 4-step model and
+CONVSSL_SCREENSHOT_DIALOG=WAV (stereo) gives the microphone its channel A and the partner its
+channel B (docs/serve.png: README "Live in the browser")."""
 
 import os
 import re
@@ -24,6 +26,8 @@ from tests.browser import wait_for
 
 RATE = 16000
 CURVES = test_serve.CURVES
+CONTEXT_S = 20  # the server's attention, and predict's one window: equal for sessions under 20 s
+SCREENSHOT = os.environ.get('CONVSSL_SCREENSHOT')
 
 
 @pytest.fixture(scope='module')
@@ -31,11 +35,14 @@ def recordings(tmp_path_factory):
   """A folder with the partner and the dialog the server offers, and the fake microphone's WAV."""
   root = tmp_path_factory.mktemp('serve_browser')
   (root / 'recordings').mkdir()
-  sf.write(root / 'recordings' / 'partner.wav', test_serve.speech_like(5.0, 1, 2), RATE,
-           subtype='PCM_16')
+  microphone, partner = test_serve.speech_like(3.0, 1, 11), test_serve.speech_like(5.0, 1, 2)
+  if dialog := os.environ.get('CONVSSL_SCREENSHOT_DIALOG'):
+    wave = sf.read(dialog, dtype='float32')[0][:20 * RATE]
+    microphone, partner = wave[:, :1], wave[:, 1:]
+  sf.write(root / 'recordings' / 'partner.wav', partner, RATE, subtype='PCM_16')
   sf.write(root / 'recordings' / 'dialog.wav', test_serve.speech_like(2.5, 2, 1), RATE,
            subtype='PCM_16')
-  sf.write(root / 'microphone.wav', test_serve.speech_like(3.0, 1, 11), RATE, subtype='PCM_16')
+  sf.write(root / 'microphone.wav', microphone, RATE, subtype='PCM_16')
   return root
 
 
@@ -45,10 +52,12 @@ def live(tiny_run, recordings, tmp_path_factory):
   if reason := browser.unavailable():
     pytest.skip(f'browser test: {reason}')
   config, workdir = tiny_run
+  workdir = os.environ.get('CONVSSL_SCREENSHOT_RUN') or workdir
   output = recordings / 'out'
   server = processes.start('run.py', '--mode=serve', '--config=configs/vap.py:tiny',
                            f'--workdir={workdir}', f'--config.data.data_dir={config.data.data_dir}',
-                           '--port=0', f'--audio={recordings / "recordings"}', f'--output={output}')
+                           '--port=0', f'--audio={recordings / "recordings"}', f'--output={output}',
+                           f'--context_s={CONTEXT_S}')
   try:
     lines = []
     for line in server.stderr:
@@ -90,6 +99,9 @@ def received(driver) -> dict[str, np.ndarray]:
 
 
 def assert_equal_to_predict(got, model, config, wav):
+  """The frames equal offline predict of `wav` in one window of CONTEXT_S seconds."""
+  config = config.copy_and_resolve_references()
+  config.data.window_s = CONTEXT_S
   want = predict.predict_file(model, config, wav)
   assert len(got['vad']) == len(want['vad']) > 0
   for key in CURVES:
@@ -102,7 +114,8 @@ def test_the_microphone_and_a_partner_live_give_offline_predicts_frames(driver, 
   open_live(driver, url)
   driver.execute_script('document.getElementById("input-b").value = "partner:partner.wav"')
   driver.find_element('id', 'start').click()
-  wait_for(driver, 'return (live.frames.vad || []).length >= 150', timeout=60)  # 3 s
+  seconds = 12 if SCREENSHOT else 3
+  wait_for(driver, f'return (live.frames.vad || []).length >= {50 * seconds}', timeout=90)
   shot = tmp_path / 'serve.png'
   driver.save_screenshot(str(shot))
   status, bar, vad_a, last_p_future, last_vad = driver.execute_script(
@@ -116,7 +129,7 @@ def test_the_microphone_and_a_partner_live_give_offline_predicts_frames(driver, 
   assert errors == [], errors
 
   got = received(driver)
-  assert len(got['vad']) == done['frames'] <= 4.5 * 50  # within the tiny model's 5-s window
+  assert len(got['vad']) == done['frames'] < (CONTEXT_S - 2) * 50
   wav = done['written'][0]
   assert_equal_to_predict(got, model, config, wav)
   # What the page showed when photographed: its last frame then, and the round trip.
@@ -131,8 +144,8 @@ def test_the_microphone_and_a_partner_live_give_offline_predicts_frames(driver, 
   mic = sf.read(recordings / 'microphone.wav', dtype='float32')[0]
   assert best_match(heard[:, 0], mic) > 0.85
   assert best_match(heard[:, 0], partner) < 0.3  # not any noise
-  if target := os.environ.get('CONVSSL_SCREENSHOT'):
-    shutil.copy(shot, target)
+  if SCREENSHOT:
+    shutil.copy(shot, SCREENSHOT)
 
 
 def best_match(heard: np.ndarray, source: np.ndarray) -> float:
