@@ -273,12 +273,19 @@ def test_a_full_server_turns_a_client_away_saying_so(server):
   assert code == 1013 and messages == []
 
 
-def test_serve_refuses_the_mono_model_and_names_the_missing_extra(tiny_run, monkeypatch):
-  config, _ = tiny_run
+def test_serve_refuses_what_cannot_stream_and_names_the_missing_extra(tiny_run, monkeypatch):
+  """The mono model (it reads voice activity a microphone does not give); an encoder that looks
+  ahead (CPC_audio's padding, as converted VoiceActivityProjection models have): one line each."""
+  config, workdir = tiny_run
   mono = config.copy_and_resolve_references()
   mono.model.kind = 'mono'
   with pytest.raises(errors.UserError, match='mono model'):
     serve.server_for(None, mono)
+  ahead = config.copy_and_resolve_references()
+  ahead.model.encoder.padding = 'reference'
+  model, ahead, _ = trainer.load(ahead, workdir=workdir)
+  with pytest.raises(errors.UserError, match="--mode=serve: streaming needs the encoder's 'causal"):
+    serve.server_for(model, ahead)
   monkeypatch.setattr(serve, 'web', None)
   with pytest.raises(errors.UserError, match=r'pip install .*aiohttp'):
     serve.require()
