@@ -335,8 +335,9 @@ class Server:
     ports = {f':{self.port}', ''} if self.port == 80 else {f':{self.port}'}
     return host in {n + p for n in names for p in ports}
 
-  @property
-  def app(self):
+  def application(self):
+    """The aiohttp application: the page, the capture worklet, the recordings, the WebSocket."""
+
     @web.middleware
     async def check_host(request, handler):
       if not self._allowed_host(request.host):
@@ -347,7 +348,7 @@ class Server:
     app = web.Application(middlewares=[check_host])
     app.router.add_get('/', self._page)
     app.router.add_get('/capture.js', self._capture)
-    app.router.add_get('/favicon.ico', lambda request: web.Response(status=204))
+    app.router.add_get('/favicon.ico', self._no_content)
     app.router.add_get('/recording/{name}', self._recording)
     app.router.add_get('/ws', self._websocket)
     return app
@@ -364,6 +365,9 @@ class Server:
         meta=json.dumps(meta).replace('</', '<\\/'),
         plot_js=(viewer.WEB / 'plot.js').read_text(), live_js=(viewer.WEB / 'live.js').read_text())
     return web.Response(text=viewer.page('convssl-jax live', body), content_type='text/html')
+
+  async def _no_content(self, request):  # the browser's favicon request: none, and no 404
+    return web.Response(status=204)
 
   async def _capture(self, request):
     return web.Response(text=(viewer.WEB / 'capture.js').read_text(),
@@ -492,11 +496,11 @@ class Server:
 
   async def start(self) -> str:
     """Binds and serves in the running event loop; returns the page's URL."""
-    self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+    self._runner = web.AppRunner(self.application(), access_log=None, handle_signals=False)
     await self._runner.setup()
     site = web.TCPSite(self._runner, self.host, self.port)
     await site.start()
-    self.port = site._server.sockets[0].getsockname()[1]  # the port chosen for port 0
+    self.port = self._runner.addresses[0][1]  # the port chosen for port 0
     shown = '127.0.0.1' if _wildcard(self.host) else self.host
     return f'http://{shown}:{self.port}/'
 
