@@ -6,6 +6,7 @@ Flags and dispatch only; each mode is a library call (README "Layout"):
   predict         per-frame curves for --audio (a file or folder; --va): JSON, CSV, PNG and an
                   interactive HTML page per file, a folder's index.html (predict.py, viewer.py)
   stream          the model live on --audio=FILE|-|mic with a terminal bar (live.py)
+  serve           a local web page: the microphone live in the browser (serve.py)
   export          jax.export artifacts: the streaming step and the offline forward (export.py)
   summary, data   the model's shapes and parameters; the corpus's splits (built if needed)
   cache_features  the frozen encoder's features of every training window (feature_cache.py)
@@ -37,24 +38,31 @@ try:
   _UNKNOWN_AT_START = False
 except (KeyError, AttributeError):  # without --config, the default is read here, with the
   _UNKNOWN_AT_START = True          # --config.a.b overrides: one names no field (parse_flags)
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'stream', 'export', 'summary',
-                                    'data', 'cache_features', 'pretrain', 'units', 'config'],
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'stream', 'serve', 'export',
+                                    'summary', 'data', 'cache_features', 'pretrain', 'units',
+                                    'config'],
                   'What to run.')
 flags.DEFINE_string('workdir', 'workdir', 'Checkpoints, TensorBoard events and metrics go here.')
 flags.DEFINE_string('audio', None, 'predict: an audio file (stereo: one speaker per channel; mono: '
-                    'speaker A) or a folder of them. stream: a file, - (stdin PCM) or mic.')
+                    'speaker A) or a folder of them. stream: a file, - (stdin PCM) or mic. serve: '
+                    'recordings (a file or folder) offered as partners and to stream as if live.')
 flags.DEFINE_string('va', None, 'predict, stream: a VA list (JSON [[[start, end], ...] of A, [...] '
                     'of B], or a TextGrid) for one --audio file; needed by the mono model. A '
                     "folder's files use the <name>.json or <name>.TextGrid beside each.")
 flags.DEFINE_string('va_tiers', '', "predict, stream: a TextGrid's speaker tiers, 'A_TIER,B_TIER' "
                     "('A_TIER,' or ',B_TIER': the other silent); default: recognised (MFA too).")
 flags.DEFINE_string('output', None, 'predict: where the JSON, CSV and PNG go (default '
-                    'WORKDIR/predictions); stream: the same, written at the end, if given.')
-flags.DEFINE_string('model_dir', None, 'predict, stream, export: a converted VAP model (python -m '
-                    'checkpoints_convert vap|conv_ssl SRC DIR) in place of the trained one.')
+                    "WORKDIR/predictions); stream, serve: the same (serve: and each session's "
+                    'audio), written at the end, if given.')
+flags.DEFINE_string('model_dir', None, 'predict, stream, serve, export: a converted VAP model '
+                    '(python -m checkpoints_convert vap|conv_ssl SRC DIR) in place of the trained '
+                    'one.')
 flags.DEFINE_bool('pace', True, "stream: release a file's audio in real time.")
-flags.DEFINE_float('context_s', None, 'stream, export: attention context in seconds (default: the '
-                   "model's own, else data.window_s, the longest it was trained on).")
+flags.DEFINE_string('host', '127.0.0.1', 'serve: the address to listen on (another than loopback '
+                    'is warned about: anyone who reaches it can use the model).')
+flags.DEFINE_integer('port', 8000, 'serve: the port (0: any free one).')
+flags.DEFINE_float('context_s', None, 'stream, serve, export: attention context in seconds '
+                   "(default: the model's own, else data.window_s, the longest it was trained on).")
 flags.DEFINE_list('export_platforms', ['cpu', 'cuda', 'tpu'], 'export: the platforms the artifacts '
                   'are lowered for (of cpu, cuda, rocm, tpu); each runs on any of them.')
 flags.DEFINE_string('compilation_cache', '~/.cache/convssl_jax/xla',
@@ -139,6 +147,15 @@ def stream(config) -> None:
               pace=FLAGS.pace, output=FLAGS.output, source=source)
 
 
+def serve(config) -> None:
+  from convssl_jax import serve as serve_lib
+  serve_lib.require()  # aiohttp, before the model loads
+  model, config, source = _load(config)
+  print(f'model: {source}', file=sys.stderr)
+  serve_lib.serve(model, config, audio=FLAGS.audio, output=FLAGS.output, host=FLAGS.host,
+                  port=FLAGS.port, context_s=FLAGS.context_s, source=source)
+
+
 def export(config) -> None:
   from convssl_jax import export as export_lib
   model, config, source = _load(config)
@@ -191,12 +208,14 @@ def show_config(config) -> None:
 
 
 MODES = {'train': train, 'eval': evaluate, 'predict': predict, 'stream': stream,
-         'export': export, 'summary': summary, 'data': data, 'cache_features': cache_features,
-         'pretrain': pretrain, 'units': units, 'config': show_config}
+         'serve': serve, 'export': export, 'summary': summary, 'data': data,
+         'cache_features': cache_features, 'pretrain': pretrain, 'units': units,
+         'config': show_config}
 DISTRIBUTED_MODES = ('train', 'eval', 'cache_features', 'pretrain', 'units')
 BATCHED_MODES = ('train', 'eval', 'predict', 'cache_features', 'pretrain')
 # The modes that take --workdir's recorded config when --config is not given.
-WORKDIR_MODES = ('train', 'eval', 'predict', 'stream', 'export', 'cache_features', 'config')
+WORKDIR_MODES = ('train', 'eval', 'predict', 'stream', 'serve', 'export', 'cache_features',
+                 'config')
 LOCKING_MODES = ('train', 'eval', 'cache_features', 'pretrain')  # they write into --workdir
 
 

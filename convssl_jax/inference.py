@@ -9,6 +9,7 @@ the VA history's last 60 s), and runs one jit-compiled fixed-hop step. `Streamin
 the audio front-end alone.
 """
 
+import copy
 from typing import Any
 
 import jax
@@ -48,6 +49,13 @@ class _HopBuffer:
   def compilations(self) -> int:
     """How many times the step has been compiled (1 after the first hop, whatever came since)."""
     return self._step._cache_size()
+
+  def fork(self, state) -> '_HopBuffer':
+    """A buffer from `state` with nothing pending that shares this one's compiled step."""
+    other = copy.copy(self)
+    other.state = jax.tree.map(lambda x: jnp.array(x, copy=True), state)
+    other._pending = self._pending[:, :0]
+    return other
 
   def run(self, hops, *extra) -> list:
     """Steps over `hops` (from `hops()`, each with its slice of `extra`) and drops them."""
@@ -149,9 +157,9 @@ class Streamer(_BufferedStream):
     # What the model reads besides audio, per step: the mono model's VA (and VA history).
     self.va_inputs = model.va_inputs(rows, frames_per_step)
     self.reads_va = bool(self.va_inputs)
-    self._history = None
-    if len(self.va_inputs) > 1:
-      self._history = va_lib.VAHistory(objective.frame_hz, history_times, rows)
+    self._new_history = lambda: (va_lib.VAHistory(objective.frame_hz, history_times, rows)
+                                 if len(self.va_inputs) > 1 else None)
+    self._history = self._new_history()
     graphdef, params = nnx.split(model)
 
     def step(params, state, samples, *va):
@@ -172,6 +180,16 @@ class Streamer(_BufferedStream):
                                *self.va_inputs)
     self._empty = {k: np.zeros((rows, 0, *v.shape[2:]), v.dtype) for k, v in shapes.items()}
     self._va = np.zeros((rows, 0, 2), np.float32)  # VA frames not yet heard
+
+  def fork(self) -> 'Streamer':
+    """A new stream from the start on the same model, sharing this one's compiled step: one more
+    client's stream (run.py --mode=serve) without compiling again. Streams are independent: each
+    may be pushed from its own thread."""
+    other = copy.copy(self)
+    other._buffer = self._buffer.fork(self.initial_state)
+    other._va = self._va[:, :0]
+    other._history = self._new_history()
+    return other
 
   def push(self, samples, va=None) -> dict[str, np.ndarray]:
     """samples [(B,) 2, n] (and for the mono model va [(B,) k, 2]) -> outputs [(B,) frames, 2]."""

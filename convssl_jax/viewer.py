@@ -138,7 +138,7 @@ def _clock(seconds: float) -> str:
   return f'{hours}:{minutes:02d}:{s:02d}' if hours else f'{minutes}:{s:02d}'
 
 
-def _page(title: str, body: str) -> str:
+def page(title: str, body: str) -> str:
   """An HTML page (web/page.html) with the viewer's style, `title` (text) and `body` (HTML)."""
   return string.Template((WEB / 'page.html').read_text()).substitute(
       title=html.escape(title), style=(WEB / 'viewer.css').read_text(), body=body)
@@ -167,7 +167,7 @@ def write_html(result: Mapping[str, Any], path, *, audio=None,
       meta=json.dumps(meta).replace('</', '<\\/'),
       frames=base64.encodebytes(packed).decode('ascii'),
       plot_js=(WEB / 'plot.js').read_text(), viewer_js=(WEB / 'viewer.js').read_text())
-  path.write_text(_page(title, body), encoding='utf-8')
+  path.write_text(page(title, body), encoding='utf-8')
   return path
 
 
@@ -200,6 +200,6 @@ def write_index(entries: Iterable[Mapping[str, Any]], path) -> pathlib.Path:
           f'<table>\n<thead><tr>{header}</tr></thead>\n<tbody>\n' + '\n'.join(rows)
           + '\n</tbody>\n</table>')
   path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(_page(f'{path.parent.name or "predictions"}: {len(entries)} files', body),
+  path.write_text(page(f'{path.parent.name or "predictions"}: {len(entries)} files', body),
                   encoding='utf-8')
   return path

@@ -9,6 +9,7 @@ and network logs kept for `console_errors` and `requests`.
 
 import json
 import shutil
+import time
 
 CHROMIUM = ('chromium', 'chromium-browser')
 FLAGS = ('--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
@@ -47,6 +48,17 @@ def start(profile_dir, width: int = 1400, height: int = 900, extra_flags: tuple[
     options.add_argument(flag)
   options.set_capability('goog:loggingPrefs', {'browser': 'ALL', 'performance': 'ALL'})
   return webdriver.Chrome(options=options, service=Service(shutil.which('chromedriver')))
+
+
+def wait_for(driver, script: str, timeout: float = 30.0):
+  """The value of `script` once it is truthy (polled), else a failure after `timeout` seconds."""
+  end = time.monotonic() + timeout
+  while not (value := driver.execute_script(script)):
+    if time.monotonic() > end:
+      import pytest  # pylint: disable=import-outside-toplevel
+      pytest.fail(f'still false after {timeout} s: {script}')
+    time.sleep(0.05)
+  return value
 
 
 def console_errors(driver) -> list[str]:

@@ -136,6 +136,33 @@ def test_mono_stream_with_va_equals_offline():
   _assert_close(got, want)
 
 
+@pytest.mark.parametrize('variant', ['tiny', 'tiny,mono'])
+def test_forks_stream_independently_from_the_start_without_compiling_again(variant):
+  """Forks (one per client of run.py --mode=serve) pushed in turn, each on its own audio, and
+  their parent afterwards: each equals the offline model on its own audio; one compilation."""
+  model, objective = _setup(variant)
+  waves = [_wave(1.0, seed=s) for s in (4, 5, 6)]
+  frames = 50
+  va = np.zeros((1, frames, 2), np.float32)
+  va[0, 5:25, 0] = va[0, 20:45, 1] = 1
+  va = va if variant.endswith('mono') else None
+  parent = inference.Streamer(model, objective, batch=1)
+  first = parent.push(waves[2][..., :700], **({} if va is None else {'va': va[:, :2]}))
+  forks = [parent.fork(), parent.fork()]
+  outs = [[], []]
+  for start in range(0, RATE, 800):  # the forks' pushes interleaved
+    for i, fork in enumerate(forks):
+      kwargs = {} if va is None else {'va': va[:, start // 320:(start + 800) // 320]}
+      outs[i].append(fork.push(waves[i][..., start:start + 800], **kwargs))
+  got = [{k: np.concatenate([o[k] for o in out], axis=-2) for k in out[0]} for out in outs]
+  rest = {} if va is None else {'va': va[:, 2:]}
+  last = parent.push(waves[2][..., 700:], **rest)  # the 60 samples left over before the forks
+  got.append({k: np.concatenate([first[k], last[k]], axis=-2) for k in first})
+  for g, wave in zip(got, waves):
+    _assert_close(g, _offline(model, objective, wave, va))
+  assert parent.compilations == 1 and all(f.compilations == 1 for f in forks)
+
+
 def test_push_checks_its_input():
   model, objective = _setup()
   streamer = inference.Streamer(model, objective)

@@ -4,14 +4,13 @@ it is clicked, zooms by its buttons and the wheel around the pointer, draws from
 pyramid, and logs no console errors; an hour of frames opens and zooms. Skipped, with the reason,
 where Chromium or chromedriver is missing."""
 
-import time
-
 import numpy as np
 import pytest
 import soundfile as sf
 
 from convssl_jax import viewer
 from tests import browser, viewer_results
+from tests.browser import wait_for
 
 HZ = 50
 
@@ -24,16 +23,6 @@ def page(tmp_path_factory):
   sf.write(root / 'd.wav', audio, 16000)
   legend = {'file': root / 'd.wav', 'model': 'none (curves made from the VA)', 'checkpoint': '-'}
   return viewer.write_html(result, root / 'd.html', audio=root / 'd.wav', legend=legend), result
-
-
-def wait_for(driver, script: str, timeout: float = 30.0):
-  """The value of `script` once it is truthy (polled), else a failure after `timeout` seconds."""
-  end = time.monotonic() + timeout
-  while not (value := driver.execute_script(script)):
-    if time.monotonic() > end:
-      pytest.fail(f'still false after {timeout} s: {script}')
-    time.sleep(0.05)
-  return value
 
 
 def open_page(driver, path):

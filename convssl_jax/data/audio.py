@@ -19,6 +19,7 @@ SAMPLE_RATE = 16_000  # what the models hear; other rates are resampled when rea
 INT16_SCALE = 32768.0
 _MAX_WAV_CHUNKS = 64
 _MAX_EXPANSION = 64  # decoded float32 bytes per file byte believed before decoding (FLAC: ~5)
+_READ_BLOCK = 4096  # frames a BlockReader decodes at a time
 
 
 class AudioError(errors.InputError):
@@ -119,6 +120,42 @@ def as_stereo(wave, *, source) -> np.ndarray:
   if wave.shape[1] == 1:
     wave = np.concatenate([wave, np.zeros_like(wave)], axis=1)
   return wave
+
+
+class BlockReader:
+  """An audio file read forward in pieces at 16 kHz (resampled as it goes), so memory stays bounded
+  whatever its length (a live session's partner or file): `take(n)` -> the next [channels, n]
+  float32, fewer at the end (`ended` then). At 16 kHz its samples are `read_audio`'s."""
+
+  def __init__(self, path):
+    self.path = path
+    try:
+      self._file = sf.SoundFile(os.fsencode(path))
+    except RuntimeError as err:  # soundfile's LibsndfileError and friends
+      raise AudioError(f'{path}: cannot decode audio ({err})') from err
+    self.channels = self._file.channels
+    rate = self._file.samplerate
+    self._resampler = (None if rate == SAMPLE_RATE else soxr.ResampleStream(
+        rate, SAMPLE_RATE, self.channels, dtype='float32', quality='HQ'))
+    self._pending = np.zeros((0, self.channels), np.float32)
+    self._read_all = False
+    self.ended = False
+
+  def take(self, n: int) -> np.ndarray:
+    while len(self._pending) < n and not self._read_all:
+      block = self._file.read(_READ_BLOCK, dtype='float32', always_2d=True)
+      self._read_all = len(block) < _READ_BLOCK
+      if self._resampler is not None:
+        block = self._resampler.resample_chunk(block, last=self._read_all)
+      if not np.isfinite(block).all():
+        raise AudioError(f'{self.path}: the audio contains NaN or infinite samples')
+      self._pending = np.concatenate([self._pending, block])
+    out, self._pending = self._pending[:n], self._pending[n:]
+    self.ended = len(out) < n
+    return np.ascontiguousarray(out.T)
+
+  def close(self) -> None:
+    self._file.close()
 
 
 def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:

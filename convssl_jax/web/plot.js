@@ -55,6 +55,12 @@ const ConvsslPlot = (() => {
       }
     }
 
+    // Empties the series (a live page's next session).
+    clear() {
+      this.length = 0;
+      this.pyramid = [];
+    }
+
     // {min, max, size} of level k (0: the frames themselves); k past the top is the top.
     level(k) {
       k = Math.min(k, this.pyramid.length);
