@@ -118,7 +118,11 @@ def transcript_path(root: pathlib.Path, session: str) -> pathlib.Path:
 class Fisher(conversation.ConversationBuilder):
   """Fisher English Part 1 (see data_builders/README.md)."""
 
-  VERSION = tfds.core.Version('1.0.0')
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+      '1.1.0': 'each conversation records whether it is a monologue (feature and metadata `monologue`; here always a dialog).',
+      '1.0.0': 'Initial release.',
+  }
   MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
   Fisher English Training Speech Part 1: the audio (LDC2004S13, the two zip parts concatenated
   and unzipped) and the transcripts (LDC2004T19, fe_03_p1_tran_LDC2004T19.tgz), side by side:
