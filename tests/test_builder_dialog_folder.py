@@ -39,7 +39,7 @@ def folder(tmp_path):
 
 
 def _dataset_dir(data_dir, config='default'):
-  return data_dir / 'dialog_folder' / config / '1.1.0'
+  return data_dir / 'dialog_folder' / config / str(DialogFolder.VERSION)
 
 
 def test_stores_audio_va_words_and_index(folder, tmp_path):
@@ -67,6 +67,43 @@ def test_stores_audio_va_words_and_index(folder, tmp_path):
                                                             strict=True)}
   assert durations == {'stereo': 2.0, 'mono': 1.5, 'extra_0': 1.0, 'extra_1': 1.0}
   assert builder.info.metadata['skipped'] == {'train': [], 'validation': [], 'test': []}
+
+
+def _monologues(builder) -> dict[str, bool]:
+  return {s: m for v in builder.info.metadata['splits'].values()
+          for s, m in zip(v['sessions'], v['monologue'], strict=True)}
+
+
+def test_a_mono_file_without_b_or_a_listed_session_is_a_monologue(folder, tmp_path, caplog):
+  root, _ = folder
+  builder = fx.prepare(DialogFolder, tmp_path / 'data', root)
+  # 'mono': a mono file, no VA for B; the stereo files have B's VA.
+  assert _monologues(builder) == {'stereo': False, 'mono': True, 'extra_0': False,
+                                  'extra_1': False}
+  examples = {k: v for split in dialog_folder.SPLITS for k, v in fx.examples(builder, split).items()}
+  assert {k: bool(v['monologue']) for k, v in examples.items()} == _monologues(builder)
+  # A listed stereo recording without VA for B is one too; its B channel (here a tone) is stored
+  # as silence, with a warning.
+  (root / 'extra_1.json').write_text('[[[0.1, 0.4]], []]')
+  (root / 'monologues.txt').write_text('extra_1\n')
+  caplog.set_level('WARNING')
+  builder = fx.prepare(DialogFolder, tmp_path / 'data', root)  # a changed folder: rebuilt
+  assert _monologues(builder)['extra_1'] and not _monologues(builder)['extra_0']
+  [stored] = [v for split in dialog_folder.SPLITS
+              for k, v in fx.examples(builder, split).items() if k == 'extra_1']
+  assert not stored['audio'][:, 1].any() and stored['audio'][:, 0].any()
+  assert "a monologue whose channel B is not silent; B is stored as silence" in caplog.text
+
+
+@pytest.mark.parametrize('listed, match', [
+    ('extra_0\n', r"extra_0\.json: a monologue, but speaker B has voice activity"),
+    ('mono\nnope\n', r"monologues\.txt:2: session 'nope' has no audio file"),
+])
+def test_a_bad_monologue_list_is_refused_naming_the_line_or_file(folder, tmp_path, listed, match):
+  root, _ = folder
+  (root / 'monologues.txt').write_text(listed)
+  with pytest.raises(errors.InputError, match=match):
+    fx.prepare(DialogFolder, tmp_path / 'data', root)
 
 
 def test_ratio_split_is_seeded_and_complete():
@@ -403,7 +440,7 @@ def test_an_unexpected_error_keeps_its_traceback_and_names_the_file(folder, tmp_
 
 
 def _lock(data_dir) -> pathlib.Path:
-  return data_dir / 'dialog_folder' / 'default' / '.build-1.1.0.lock'
+  return data_dir / 'dialog_folder' / 'default' / f'.build-{DialogFolder.VERSION}.lock'
 
 
 def test_stale_incomplete_folders_are_removed_but_not_a_live_builds(folder, tmp_path):
@@ -412,7 +449,7 @@ def test_stale_incomplete_folders_are_removed_but_not_a_live_builds(folder, tmp_
   waited for, and only then are the folders it leaves removed."""
   root, _ = folder
   data_dir = tmp_path / 'data'
-  stale = data_dir / 'dialog_folder' / 'default' / 'incomplete.K1LLED_1.1.0'
+  stale = data_dir / 'dialog_folder' / 'default' / f'incomplete.K1LLED_{DialogFolder.VERSION}'
   (stale / 'sub').mkdir(parents=True)
   (stale / 'sub' / 'dialog_folder-train.array_record-00000-of-00001').write_bytes(b'x' * 100)
   other_version = stale.with_name('incomplete.OLDONE_1.0.0')

@@ -35,7 +35,7 @@ def cheap_f0(monkeypatch):
 
 
 def _dataset_dir(data_dir, config='original'):
-  return data_dir / 'switchboard' / config / '1.1.0'
+  return data_dir / 'switchboard' / config / str(Switchboard.VERSION)
 
 
 @pytest.mark.parametrize('raw, clean', [
@@ -61,6 +61,7 @@ def test_original_split_va_words_audio_and_index(tmp_path):
   assert {s: v['sessions'] for s, v in index.items()} == {
       'train': ['2005', '3010'], 'validation': ['4150'], 'test': ['4700']}
   assert all(v['durations'] == [2.5] * len(v['sessions']) for v in index.values())
+  assert all(v['monologue'] == [False] * len(v['sessions']) for v in index.values())  # dialogs
   examples = {**fx.examples(builder, 'train'), **fx.examples(builder, 'validation'),
               **fx.examples(builder, 'test')}
   for session, ex in examples.items():
