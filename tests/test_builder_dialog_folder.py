@@ -95,17 +95,6 @@ def test_a_mono_file_without_b_or_a_listed_session_is_a_monologue(folder, tmp_pa
   assert "a monologue whose channel B is not silent; B is stored as silence" in caplog.text
 
 
-@pytest.mark.parametrize('listed, match', [
-    ('extra_0\n', r"extra_0\.json: a monologue, but speaker B has voice activity"),
-    ('mono\nnope\n', r"monologues\.txt:2: session 'nope' has no audio file"),
-])
-def test_a_bad_monologue_list_is_refused_naming_the_line_or_file(folder, tmp_path, listed, match):
-  root, _ = folder
-  (root / 'monologues.txt').write_text(listed)
-  with pytest.raises(errors.InputError, match=match):
-    fx.prepare(DialogFolder, tmp_path / 'data', root)
-
-
 def test_ratio_split_is_seeded_and_complete():
   sessions = [f's{i:02d}' for i in range(20)]
   split = dialog_folder.ratio_split(sessions, (0.6, 0.2, 0.2), seed=0)
@@ -137,14 +126,19 @@ def test_split_lists(folder, tmp_path):
       'train': ['stereo', 'mono'], 'test': ['extra_1']}  # extra_0 is in no list: left out
 
 
-@pytest.mark.parametrize('content, match', [
-    ('stereo\nnope\n', r'train\.txt:2: session .nope. has no audio file'),
-    ('stereo\nstereo\n', r'train\.txt:2: session .stereo. is already listed in train\.txt:1'),
+@pytest.mark.parametrize('name, content, match', [
+    ('train.txt', 'stereo\nnope\n', r'train\.txt:2: session .nope. has no audio file'),
+    ('train.txt', 'stereo\nstereo\n',
+     r'train\.txt:2: session .stereo. is already listed in train\.txt:1'),
+    ('monologues.txt', 'mono\nnope\n', r"monologues\.txt:2: session 'nope' has no audio file"),
+    ('monologues.txt', 'extra_0\n',
+     r'extra_0\.json: a monologue, but speaker B has voice activity'),
 ])
-def test_bad_split_list(folder, tmp_path, content, match):
+def test_a_bad_split_or_monologue_list_is_refused_naming_the_line(folder, tmp_path, name, content,
+                                                                  match):
   root, _ = folder
-  (root / 'train.txt').write_text(content)
-  with pytest.raises(ValueError, match=match):
+  (root / name).write_text(content)
+  with pytest.raises(errors.InputError, match=match):
     fx.prepare(DialogFolder, tmp_path / 'data', root)
 
 
