@@ -2,6 +2,7 @@
 
   python run.py --config=configs/ulm.py --mode=units --config.data.units_dir=UNITS \
       --config.units.encoder_checkpoint=ENCODER   # features -> k-means -> units dataset
+      [--config.units.layer=6]                    # a converted HuBERT / wav2vec2 / WavLM
   python run.py --config=configs/ulm.py --config.data.units_dir=UNITS --workdir=W
                                                   # train on units, evaluate like configs/vap.py
 
@@ -39,16 +40,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.update(vap_loss_weight=0.6, unit_loss_weight=0.4, vad_loss_weight=0.0)
   config.units = ml_collections.ConfigDict(dict(
       data=vap.data_config(vap.STEREO),  # the audio corpus the units come from
-      # A `checkpoints_convert` output or a `--mode=pretrain` WORKDIR/encoder; '' = a random
-      # causal CPC of width encoder_dim (a baseline).
+      # A `checkpoints_convert` output (cpc, hubert, wav2vec2, wavlm) or a `--mode=pretrain`
+      # WORKDIR/encoder; '' = a random causal CPC of width encoder_dim (a baseline).
       encoder_checkpoint='',
       encoder_dim=256,  # the random CPC's width (without encoder_checkpoint)
-      padding='',  # '' = the checkpoint's own ('reference' for converted CPC_audio weights)
-      layer='lstm',  # 'lstm' (CPC's c) | 'conv' (CPC's z)
+      padding='',  # CPC: '' = the checkpoint's own ('reference' for converted CPC_audio weights)
+      # CPC: 'lstm' (c) | 'conv' (z); HuBERT / wav2vec2 / WavLM: a transformer layer '1'..'L'
+      # (torchaudio's extract_features()[k - 1]; conv_ssl took '6' of HuBERT Base).
+      layer='lstm',
       chunk_s=20.0,  # encoder pass length: memory is bounded by batch x chunk
+      context_s=2.0,  # HuBERT family: audio heard on either side of a chunk (not kept)
       batch_conversations=4,  # conversations per encoder pass
       kmeans=ml_collections.ConfigDict(dict(
-          max_frames=200_000,  # frames sampled evenly from the training split
+          max_frames=200_000,  # frames sampled evenly from the training split ...
+          # ... and no more than this many GB (10^9 bytes) of float32 features: conv_ssl's
+          # --kmeans_max_feature_memory (its default 20)
+          max_feature_memory_gb=20.0,
           batch_size=0,  # 0 = full-batch Lloyd; > 0 = mini-batch k-means with batches this big
           iterations=100,  # Lloyd (or mini-batch) steps at most ...
           tol=1e-4)),  # ... stopping once the inertia improves by less than this (relative)

@@ -7,6 +7,7 @@ once per dialog on its whole VA (`TurnTakingEvents`, `max_frame` = the dialog's 
 silent future after its end as horizon) and shared by every model and baseline. As in the
 reference, every dialog is scored in both speaker orders, and the S-pred, BC-pred and S/L
 thresholds are chosen on validation and applied unchanged on test (S/H stays at 0.5).
+Monologues (a corpus's conversations of one speaker) are left out: they hold no turn-taking.
 
 The reference scores events inside each 10 or 20 s training chunk instead, so events near chunk
 borders are lost (they need 3 s of context inside the chunk) or counted twice; here every event
@@ -147,7 +148,8 @@ def evaluate(config, workdir, baselines: dict[str, tuple[Any, Any]] | None = Non
   Returns {split: {model name: metrics.score(...)}} plus the thresholds per model.
   """
   workdir = pathlib.Path(workdir)
-  data = data or corpora.open_corpora(config, SPLITS)
+  # Turn-taking is scored on dialogs: a monologue has holds only, and no VAP term in training.
+  data = {s: c.dialogs() for s, c in (data or corpora.open_corpora(config, SPLITS)).items()}
   evaluation = Evaluation.for_config(config)
   samples, steps, excerpt = {}, {}, None
   for name, (cfg, wd) in {'model': (config, workdir), **(baselines or {})}.items():

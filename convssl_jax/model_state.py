@@ -19,9 +19,9 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from convssl_jax import errors, objective as objective_lib, parallelism
-from convssl_jax.models import factory, pretrained
+from convssl_jax.models import factory, pretrained, vap
 
-TARGETS = ('va', 'f0')  # what every model's losses read besides its inputs
+TARGETS = ('va', 'f0', 'speakers')  # what every model's losses read besides its inputs
 
 
 def loss_weights(train_cfg, terms) -> dict[str, float]:
@@ -33,15 +33,42 @@ def loss_weights(train_cfg, terms) -> dict[str, float]:
   return {k: train_cfg[f'{k}_loss_weight'] for k in terms}
 
 
-def losses(model, batch: dict[str, jax.Array], objective: objective_lib.VAPObjective, train_cfg):
-  """Per-example total loss [B] and metrics [B]: the model's loss terms (`model.losses`) weighed
-  by `train.<term>_loss_weight`, each term also unweighted as '<term>_loss', and its metrics."""
+def _sums(values, weight) -> dict[str, tuple[jax.Array, jax.Array]]:
+  """{name: (sum of the values of the examples that have it, their count)}, each example
+  counted with `weight` [B]."""
+  out = {}
+  for name, v in values.items():
+    value, present = (v.value, v.present) if isinstance(v, vap.Masked) else (v, None)
+    counted = weight if present is None else weight * present
+    out[name] = (jnp.sum(jnp.where(counted > 0, value * counted, 0.0)), jnp.sum(counted))
+  return out
+
+
+def loss_sums(model, batch: dict[str, jax.Array], objective: objective_lib.VAPObjective,
+              weight: jax.Array | None = None) -> dict[str, dict[str, tuple]]:
+  """{'terms': ..., 'metrics': ...}: per name, (sum, count) over the examples of the batch that
+  have it (`model.losses`; a `Masked` value only where present), each example counted with
+  `weight` [B] (default 1). Sums of several batches add up; `summary` turns them into means."""
   frames = batch['va'].shape[1] - objective.horizon_frames
   out = model.forward(batch, frames)
   terms, metrics = model.losses(out, batch, objective, frames)
-  weights = loss_weights(train_cfg, terms)
-  total = sum(weights[k] * v for k, v in terms.items())
-  return total, {**{f'{k}_loss': v for k, v in terms.items()}, **metrics}
+  weight = jnp.ones(batch['va'].shape[0], jnp.float32) if weight is None else weight
+  return {'terms': _sums(terms, weight), 'metrics': _sums(metrics, weight)}
+
+
+def summary(sums: dict[str, dict[str, tuple]], train_cfg) -> dict[str, jax.Array]:
+  """`loss_sums` -> {'loss', '<term>_loss' per term, the metrics}: each the mean over the
+  examples that have it (NaN where none has), as the reference would average a term that only
+  some examples have; 'loss' is the sum of the term means weighed by `train.<term>_loss_weight`,
+  a term no example has adding nothing. A monologue's window thus adds to the CPC, F0 and VAD
+  means but not to the VAP mean, whatever else is in its batch."""
+  weights = loss_weights(train_cfg, sums['terms'])
+  means = {name: (jnp.where(count > 0, total / jnp.maximum(count, 1e-9), jnp.nan), count > 0)
+           for kind in ('terms', 'metrics') for name, (total, count) in sums[kind].items()}
+  loss = sum(weights[k] * jnp.where(has, mean, 0.0)
+             for k, (mean, has) in means.items() if k in sums['terms'])
+  return {'loss': loss, **{f'{k}_loss': means[k][0] for k in sums['terms']},
+          **{k: means[k][0] for k in sums['metrics']}}
 
 
 def is_key(x) -> bool:
@@ -121,14 +148,14 @@ class ModelState:
 
   @functools.cached_property
   def eval_step(self):
-    """jit: (params, batch, weight [B]) -> the weighted sums of the loss and metrics."""
-    graphdef, objective, train_cfg = self.graphdef, self.objective, self.config.train
+    """jit: (params, batch, weight [B]) -> `loss_sums` of the batch, each example counted with
+    its weight (0 for padding)."""
+    graphdef, objective = self.graphdef, self.objective
 
     def eval_step(params, batch, weight):
       model = nnx.merge(graphdef, params)
       model.eval()
-      total, metrics = losses(model, batch, objective, train_cfg)
-      return {k: jnp.sum(v * weight) for k, v in {'loss': total, **metrics}.items()}
+      return loss_sums(model, batch, objective, weight)
 
     return jax.jit(eval_step, in_shardings=(self.sharding, self.batch_sharding,
                                             self.batch_sharding))

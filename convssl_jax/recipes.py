@@ -75,7 +75,8 @@ def data_config(kind: str = STEREO) -> ml_collections.ConfigDict:
   d.beam_runner = ''  # build through Apache Beam with this runner, e.g. 'DirectRunner'
   d.beam_options = ''  # Beam's pipeline flags as one string (data_builders/README.md)
   d.synthetic = ml_collections.ConfigDict(dict(  # size of the built-in corpus
-      train=96, validation=16, test=16, duration_s=60.0, cue_reliability=0.9))
+      train=96, validation=16, test=16, duration_s=60.0, cue_reliability=0.9,
+      monologues=0))  # generated monologues added to train (the monologue rule's experiment)
   d.window_s = 20.0 if kind == STEREO else 10.0  # model input windows, seconds
   d.overlap_s = 2.0  # between consecutive training windows (evaluation windows cover each dialog)
   d.batch_size = 8  # global, over all devices and hosts

@@ -13,10 +13,12 @@ import signal
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from convssl_jax import checkpoints, corpora, evaluate, feature_cache, parallelism, progress
+from convssl_jax import checkpoints, corpora, evaluate, feature_cache, model_state, parallelism
+from convssl_jax import progress
 from convssl_jax import trainer as trainer_lib
 from convssl_jax.data import pipeline
 from convssl_jax.data import va as va_lib
@@ -46,24 +48,33 @@ class Preemption:
 
 
 def evaluate_loss(model, dataset) -> dict[str, float]:
-  """Mean losses and frame accuracy of a ModelState over every window of `dataset`
-  (`eval_dataset`'s batches)."""
-  sums, count = {}, 0.0
+  """Mean losses and metrics of a ModelState over every window of `dataset` (`eval_dataset`'s
+  batches), each over the windows that have it (`model_state.summary`: no VAP term from a
+  monologue's windows)."""
+  sums = None
   for batch in dataset:
     out = model.eval_step(model.params, model.to_device(batch),
                           jax.make_array_from_process_local_data(model.batch_sharding,
                                                                  batch['weight']))
-    sums = {k: sums.get(k, 0.0) + v for k, v in out.items()}
-    count += float(batch['weight'].sum())
-  count = parallelism.global_sum(count)
-  return {k: float(v) / count for k, v in jax.device_get(sums).items()}
+    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+  means = model_state.summary(jax.device_get(sums), model.config.train)
+  return {k: float(v) for k, v in means.items()}
+
+
+def _mean_of_steps(values) -> float:
+  """The mean of a logged value over the steps that have it (NaN: no example of a step had it,
+  e.g. the VAP term of a batch of monologues); NaN when none has."""
+  values = np.asarray(values, np.float64)
+  return float(values[~np.isnan(values)].mean()) if not np.isnan(values).all() else float('nan')
 
 
 def class_frequency_loss(objective: VAPObjective, train, validation, frame_hz: int,
                          max_conversations: int = 128) -> float:
   """Cross-entropy on the validation frames of always predicting the training-set class
   frequencies: the loss a model that ignores its input can reach (discrete head). Large corpora
-  are represented by a fixed random sample of `max_conversations` per split."""
+  are represented by a fixed random sample of `max_conversations` per split; monologues, which
+  have no VAP term, are left out."""
+  train, validation = train.dialogs(), validation.dialogs()
 
   def counts(corpus):
     total = np.zeros(objective.n_classes)
@@ -173,7 +184,8 @@ def train_and_evaluate(config, workdir, label: str = '') -> dict[str, Any]:
   if has_vap and config.eval.get('during_training'):
     evaluate.check_context(config)  # now, not at the first validation
     events = evaluate.Evaluation.for_config(config)
-    turn_taking = lambda: evaluate.training_scores(model, config, data['validation'], events)
+    turn_taking = lambda: evaluate.training_scores(model, config, data['validation'].dialogs(),
+                                                   events)
   if has_vap and trainer.objective.head == 'discrete':
     baseline = class_frequency_loss(trainer.objective, data['train'], data['validation'],
                                     config.model.frame_hz)
@@ -204,7 +216,7 @@ def train_and_evaluate(config, workdir, label: str = '') -> dict[str, Any]:
             f'{m["grad_norm"]}); batch conversations {sessions}. The step was not applied and '
             f'no checkpoint was written after it; the last good checkpoint is step '
             f'{store.latest_step()}.')
-    means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0] if k != 'finite'}
+    means = {k: _mean_of_steps([m[k] for m in fetched]) for k in fetched[0] if k != 'finite'}
     last = pending[-1][0]  # the learning rate of the last step run, as its optimizer applied it
     logger.train(last + 1, means, d.batch_size * d.window_s,
                  float(schedule(last)) * meta['plateau_scale'])

@@ -127,8 +127,9 @@ class Trainer:
       model.train()
 
       def loss_fn(model):
-        total, metrics = model_state_lib.losses(model, batch, objective, train_cfg)
-        return total.mean(), {k: v.mean() for k, v in metrics.items()}
+        means = model_state_lib.summary(model_state_lib.loss_sums(model, batch, objective),
+                                        train_cfg)
+        return means.pop('loss'), means  # each term the mean over the examples that have it
 
       # Only the trained parameters are differentiated: a frozen encoder gets no gradient.
       grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt), has_aux=True)

@@ -2,18 +2,24 @@
 
 `build_units(config, workdir)` (`run.py --config=configs/ulm.py --mode=units`):
 
-1. features: a CPC encoder (a converted or pretrained one, `units.encoder_checkpoint`) runs over
-   every conversation channel, chunk by chunk (`FeatureExtractor`: bounded memory, equal to one
-   pass over the whole conversation), giving the chosen layer ('conv' = z, 'lstm' = c) at 100 Hz,
-   mean-pooled to the model's frame rate;
+1. features: the encoder of `units.encoder_checkpoint` runs over every conversation channel and
+   gives the layer `units.layer`, mean-pooled to the model's frame rate: a CPC encoder (a
+   converted or pretrained one) chunk by chunk (`FeatureExtractor`: bounded memory, equal to one
+   pass over the whole conversation), layer 'conv' (z) or 'lstm' (c) at 100 Hz; or a converted
+   HuBERT / wav2vec2 / WavLM encoder (`SSLFeatureExtractor`: windows with context on both sides,
+   as these attend over their whole input), transformer layer k (torchaudio's
+   `extract_features()[k - 1]`) at 50 Hz, frame t in step with VA frame t;
 2. k-means (`kmeans`: k-means++ initialisation, then full-batch Lloyd or mini-batch updates, jit,
-   rows sharded over the devices) on up to `units.kmeans.max_frames` frames sampled evenly from
-   the training split;
-3. every conversation's frames -> nearest centroid, written with its VA and F0 as the units
-   dataset (`data/unit_store.py`) in `data.units_dir`, with the codebook.
+   rows sharded over the devices) on frames sampled evenly from the training split (the same
+   share of every conversation's speakers' channels), as many as `units.kmeans.max_frames` and
+   the float32 feature budget `units.kmeans.max_feature_memory_gb` (conv_ssl's
+   `--kmeans_max_feature_memory`) allow;
+3. every conversation's frames -> nearest centroid, written with its VA, F0 and monologue flag
+   as the units dataset (`data/unit_store.py`) in `data.units_dir`, with the codebook.
 
-The reference's early ULM used sklearn's MiniBatchKMeans with k-means++ (reference/vap_spec.md
-section 9); these are the same algorithms in JAX.
+The reference's early ULM used sklearn's MiniBatchKMeans with k-means++ on HuBERT Base layer 6,
+wav2vec2, WavLM or CPC features (reference/vap_spec.md section 9); these are the same algorithms
+in JAX.
 """
 
 import functools
@@ -31,10 +37,10 @@ from convssl_jax import corpora as corpora_lib, errors, progress
 from convssl_jax.data import audio as audio_lib
 from convssl_jax.data import unit_store
 from convssl_jax.data import va as va_lib
-from convssl_jax.models import cpc, pretrained
+from convssl_jax.models import cpc, pretrained, ssl_encoders
 
 HOP = int(np.prod(cpc.STRIDES))  # samples per 100-Hz encoder frame
-LAYERS = ('conv', 'lstm')
+LAYERS = ('conv', 'lstm')  # CPC's; a HuBERT-family encoder's are its transformer layers 1..L
 
 
 # k-means.
@@ -157,11 +163,13 @@ class FeatureExtractor:
   conversation, which see zeros past its end in place of the padding)."""
 
   CONTEXT = 4  # 100-Hz frames of audio before a chunk (the receptive field is < 2 frames back)
+  rate_hz = 100
 
   def __init__(self, encoder: cpc.CPCEncoder, layer: str, chunk_frames: int):
     if layer not in LAYERS:
-      raise errors.ConfigError(f'units.layer must be one of {LAYERS}, got {layer!r}')
-    self.chunk_frames = chunk_frames
+      raise errors.ConfigError(f'units.layer must be one of {LAYERS} for a CPC encoder, got '
+                               f'{layer!r}')
+    self.chunk_frames, self.dim = chunk_frames, encoder.convs[-1].out_features
     self.lookahead = 2 if encoder.padding == 'reference' else 0  # frames (311 samples)
     graphdef, self.params = nnx.split(encoder)
     context = self.CONTEXT
@@ -195,66 +203,184 @@ class FeatureExtractor:
       out.append(np.asarray(y, np.float32))
     return np.concatenate(out, axis=1)[:, :frames]
 
+  def conversations(self, audio: list[np.ndarray]) -> list[np.ndarray]:
+    """Conversations' channels [2, S_i] -> their features [2, S_i // 160, D], in one batch (the
+    shorter ones zero-padded: the encoder is causal, so padding changes none of their frames)."""
+    waves = np.zeros((2 * len(audio), max(a.shape[1] for a in audio)), np.float32)
+    for g, a in enumerate(audio):
+      waves[2 * g:2 * g + 2, :a.shape[1]] = a
+    features = self(waves)
+    return [features[2 * g:2 * g + 2, :a.shape[1] // HOP] for g, a in enumerate(audio)]
 
-def pool(features: np.ndarray, frame_hz: int) -> np.ndarray:
-  """100-Hz features [..., T, D] -> [..., T // r, D] at `frame_hz` (r = 100 / frame_hz): each
-  model frame is the mean of the r encoder frames inside it, so it sees nothing after its end."""
-  if 100 % frame_hz:
-    raise errors.ConfigError('units need a frame rate that divides 100 Hz, got '
-                             f'model.frame_hz={frame_hz}')
-  r = 100 // frame_hz
+
+class SSLFeatureExtractor:
+  """A HuBERT / wav2vec2 / WavLM layer over whole conversations at the encoder's rate (50 Hz).
+
+  These encoders attend over their whole input, so a long conversation is cut into windows of
+  `chunk + 2 context` frames; each frame is taken from the window in which it has `context`
+  frames of audio on either side (or all there is, at the conversation's ends), so memory is
+  bounded and every compiled window has one shape. A conversation that fits in one window is
+  one pass over it, right-padded with field - hop zeros exactly as the VAP model's front-end
+  hears it: S samples give S // hop frames, frame t covering samples [hop t, hop t + field), in
+  step with VA frame t. `rows` windows go through the encoder at a time. (Base models' group-norm
+  extractors and Large models' waveform standardisation see a window's statistics.)
+  """
+
+  def __init__(self, encoder: ssl_encoders.SSLEncoder, chunk_frames: int, context_frames: int,
+               rows: int):
+    c = encoder.config
+    self.hop, self.extra = c.hop, c.receptive_field - c.hop
+    self.rate_hz, self.dim = audio_lib.SAMPLE_RATE // c.hop, c.dim
+    self.chunk, self.context, self.rows = chunk_frames, context_frames, rows
+    graphdef, self.params = nnx.split(encoder)
+    self._run = jax.jit(lambda params, waves: nnx.merge(graphdef, params)(waves))
+
+  @property
+  def window(self) -> int:
+    return self.chunk + 2 * self.context
+
+  def plan(self, frames: int) -> list[tuple[int, int, int]]:
+    """(window start, first kept frame, end of the kept frames) covering `frames` frames once:
+    window i starts at i chunk while it ends before the last frame, a last window ends there."""
+    if frames <= self.window:
+      return [(0, 0, frames)]
+    plan, start = [], 0
+    while start + self.window < frames:
+      first = 0 if not plan else start + self.context
+      plan.append((start, first, start + self.context + self.chunk))
+      start += self.chunk
+    plan.append((frames - self.window, plan[-1][2], frames))
+    return plan
+
+  def __call__(self, wave: np.ndarray) -> np.ndarray:
+    """One conversation's channels [C, S] float32 (16 kHz) -> features [C, S // hop, D]."""
+    channels, samples = wave.shape
+    frames = samples // self.hop
+    padded = np.concatenate([wave, np.zeros((channels, self.extra), np.float32)], axis=1)
+    plan = self.plan(frames)
+    if len(plan) == 1:  # the whole conversation, as the VAP model's front-end hears it
+      pieces, rows, length = padded, channels, frames
+    else:  # windows of one shape (a group-norm extractor's statistics are the window's)
+      length = self.window
+      pieces = np.concatenate([padded[:, self.hop * s:self.hop * (s + length) + self.extra]
+                               for s, _, _ in plan])
+      rows = self.rows
+    out = []
+    for i in range(0, len(pieces), rows):
+      batch = np.zeros((rows, pieces.shape[1]), np.float32)
+      batch[:len(pieces[i:i + rows])] = pieces[i:i + rows]
+      out.append(np.asarray(self._run(self.params, jnp.asarray(batch)), np.float32))
+    windows = np.concatenate(out)[:len(pieces)].reshape(len(plan), channels, length, self.dim)
+    features = np.zeros((channels, frames, self.dim), np.float32)
+    for (start, first, end), window in zip(plan, windows):
+      features[:, first:end] = window[:, first - start:end - start]
+    return features
+
+  def conversations(self, audio: list[np.ndarray]) -> list[np.ndarray]:
+    """Conversations' channels [2, S_i] -> their features [2, S_i // hop, D], each on its own."""
+    return [self(a) for a in audio]
+
+
+def pooling(rate_hz: int, frame_hz: int) -> int:
+  """Encoder frames per model frame; ConfigError unless the model's rate divides the encoder's."""
+  if rate_hz % frame_hz:
+    raise errors.ConfigError(f'units need a frame rate that divides {rate_hz} Hz (the '
+                             f"encoder's), got model.frame_hz={frame_hz}")
+  return rate_hz // frame_hz
+
+
+def pool(features: np.ndarray, frame_hz: int, rate_hz: int = 100) -> np.ndarray:
+  """Features [..., T, D] at `rate_hz` -> [..., T // r, D] at `frame_hz` (r = rate / frame_hz):
+  each model frame is the mean of the r encoder frames inside it, so it sees nothing after its
+  end."""
+  r = pooling(rate_hz, frame_hz)
   t = features.shape[-2] // r
   return features[..., :t * r, :].reshape(*features.shape[:-2], t, r, -1).mean(-2)
 
 
-def load_unit_encoder(units_cfg, seed: int = 0) -> cpc.CPCEncoder:
-  """The encoder whose features become units: a `checkpoints_convert` or `--mode=pretrain`
-  export (with its stored padding unless `units.padding` says otherwise), or a random causal
-  CPC of width `units.encoder_dim` when `units.encoder_checkpoint` is ''."""
-  if units_cfg.encoder_checkpoint:
-    config = pretrained.read_config(units_cfg.encoder_checkpoint)
+def ssl_layer(units_cfg, config: ssl_encoders.SSLConfig, name: str) -> int:
+  """`units.layer` as the transformer layer k in 1..L of a converted HuBERT-family encoder."""
+  layer = str(units_cfg.layer)
+  if not layer.isdigit() or not 1 <= int(layer) <= config.num_layers:
+    raise errors.ConfigError(
+        f'units.layer={layer!r}: the {name} encoder in {units_cfg.encoder_checkpoint} takes a '
+        f"transformer layer 1..{config.num_layers} (torchaudio's extract_features()[k - 1]; "
+        'conv_ssl took layer 6 of HuBERT Base), e.g. --config.units.layer=6')
+  if units_cfg.padding:
+    raise errors.ConfigError(f'units.padding={units_cfg.padding!r} is for CPC encoders; the '
+                             f'{name} encoder has none: leave it empty')
+  return int(layer)
+
+
+def load_unit_encoder(units_cfg, seed: int = 0) -> cpc.CPCEncoder | ssl_encoders.SSLEncoder:
+  """The encoder whose features become units: a `checkpoints_convert` output (CPC, HuBERT,
+  wav2vec2 or WavLM; a HuBERT-family one computing layers up to `units.layer` only) or a
+  `--mode=pretrain` export (CPC with its stored padding unless `units.padding` says otherwise),
+  or a random causal CPC of width `units.encoder_dim` when `units.encoder_checkpoint` is ''."""
+  directory = units_cfg.encoder_checkpoint
+  if directory:
+    config = pretrained.read_config(directory)
+    if config.get('name') in ssl_encoders.NAMES:
+      layer = ssl_layer(units_cfg, pretrained.ssl_config(directory), config['name'])
+      return pretrained.load_encoder(directory, output_layer=layer)
     padding = units_cfg.padding or config.get('padding', 'reference')
-    return pretrained.load_encoder(units_cfg.encoder_checkpoint, padding=padding)
+    return pretrained.load_encoder(directory, padding=padding)
   logging.warning('units.encoder_checkpoint is empty: units from a randomly initialised encoder')
   return cpc.CPCEncoder(dim=units_cfg.encoder_dim, padding=units_cfg.padding or 'causal',
                         rngs=nnx.Rngs(seed))
 
 
-def conversation_features(extractor: FeatureExtractor, corpus, indices, frame_hz: int,
-                          batch: int, desc: str | None = None):
+def feature_extractor(encoder, units_cfg) -> FeatureExtractor | SSLFeatureExtractor:
+  """The extractor of `units.layer` of `encoder`, in `units.chunk_s` pieces."""
+  if isinstance(encoder, ssl_encoders.SSLEncoder):
+    hz = audio_lib.SAMPLE_RATE // encoder.config.hop
+    return SSLFeatureExtractor(encoder, round(units_cfg.chunk_s * hz),
+                               round(units_cfg.context_s * hz), 2 * units_cfg.batch_conversations)
+  return FeatureExtractor(encoder, units_cfg.layer, round(units_cfg.chunk_s * 100))
+
+
+def conversation_features(extractor, corpus, indices, frame_hz: int, batch: int,
+                          desc: str | None = None):
   """Yields (index, the stored example, features [2, T, D] at frame_hz) of the corpus's
-  conversations `indices`, `batch` conversations (2 channels each) per encoder pass; with
-  `desc`, under a progress bar so named."""
+  conversations `indices`, read `batch` conversations at a time; with `desc`, under a progress
+  bar so named."""
   indices = list(indices)
   for i in progress.bar(range(0, len(indices), batch), desc=desc, unit='batch',
                         enabled=desc is not None):
     group = indices[i:i + batch]
     examples = [corpus.source[int(j)] for j in group]
     audio = [audio_lib.from_int16(e['audio']).T for e in examples]  # [2, S]
-    longest = max(a.shape[1] for a in audio)
-    waves = np.zeros((2 * len(group), longest), np.float32)
-    for g, a in enumerate(audio):
-      waves[2 * g:2 * g + 2, :a.shape[1]] = a
-    features = pool(extractor(waves), frame_hz)
-    for g, (j, example) in enumerate(zip(group, examples)):
+    for j, example, features in zip(group, examples, extractor.conversations(audio)):
       frames = va_lib.num_frames(corpus.durations[j], frame_hz)
-      yield j, example, features[2 * g:2 * g + 2, :frames]
+      yield j, example, pool(features, frame_hz, extractor.rate_hz)[:, :frames]
+
+
+def max_sample_frames(units_cfg, dim: int) -> int:
+  """The frames k-means may take: `units.kmeans.max_frames`, and no more than the float32
+  features of `units.kmeans.max_feature_memory_gb` (10^9 bytes, conv_ssl's unit) hold."""
+  k = units_cfg.kmeans
+  return int(min(k.max_frames, k.max_feature_memory_gb * 1e9 // (4 * dim)))
 
 
 def sample_frames(extractor, corpus, frame_hz: int, max_frames: int, batch: int,
                   seed: int) -> np.ndarray:
-  """Up to about `max_frames` feature rows [N, D], the same share of every conversation's
-  frames of both channels (at random, seeded), without holding more than one batch's features."""
-  total = sum(2 * va_lib.num_frames(d, frame_hz) for d in corpus.durations)
-  share = min(1.0, max_frames / max(total, 1))
-  rows = []
+  """Up to `max_frames` feature rows [N, extractor.dim], the same share of every conversation's
+  frames of the channels that hold a speaker (a monologue's pretend partner is left out), at
+  random (seeded), written into one array of the sample's size: memory is the sample plus one
+  batch's features."""
+  channels = [[0] if m else [0, 1] for m in corpus.monologue]
+  frames = [len(c) * va_lib.num_frames(d, frame_hz) for c, d in zip(channels, corpus.durations)]
+  share = min(1.0, max_frames / max(sum(frames), 1))
+  sizes = [int(share * n) for n in frames]
+  sample, filled = np.empty((sum(sizes), extractor.dim), np.float32), 0
   for j, _, features in conversation_features(extractor, corpus, range(len(corpus.durations)),
                                               frame_hz, batch, desc='units: k-means sample'):
-    flat = features.reshape(-1, features.shape[-1])
-    rng = np.random.default_rng([seed, j])
-    take = rng.choice(len(flat), size=int(round(share * len(flat))), replace=False)
-    rows.append(flat[np.sort(take)])
-  return np.concatenate(rows)
+    flat = features[channels[j]].reshape(-1, features.shape[-1])
+    take = np.random.default_rng([seed, j]).choice(len(flat), size=min(sizes[j], len(flat)),
+                                                   replace=False)
+    sample[filled:filled + len(take)] = flat[np.sort(take)]
+    filled += len(take)
+  return sample[:filled]
 
 
 def build_units(config) -> pathlib.Path:
@@ -267,8 +393,9 @@ def build_units(config) -> pathlib.Path:
   started = time.perf_counter()
   corpora = corpora_lib.open_data(u.data, corpora_lib.SPLITS, frame_hz=frame_hz)
   encoder = load_unit_encoder(u, config.seed)
-  extractor = FeatureExtractor(encoder, u.layer, int(u.chunk_s * 100))
-  x = sample_frames(extractor, corpora['train'], frame_hz, u.kmeans.max_frames,
+  extractor = feature_extractor(encoder, u)
+  pooling(extractor.rate_hz, frame_hz)  # the rates fit, or say so before any work
+  x = sample_frames(extractor, corpora['train'], frame_hz, max_sample_frames(u, extractor.dim),
                     u.batch_conversations, config.seed)
   logging.info('k-means: k=%d on %d frames of %d dims', k, len(x), x.shape[1])
   centroids, inertia = kmeans(x, k, seed=config.seed, iterations=u.kmeans.iterations,
@@ -289,13 +416,15 @@ def build_units(config) -> pathlib.Path:
         ids = np.asarray(assign(np.pad(flat, ((0, rows - len(flat)), (0, 0))),
                                 codebook)[0])[:len(flat)]
         yield ({'units': ids.reshape(2, -1).T.astype(np.int16), 'va': example['va'],
-                'f0': example['f0'], 'session': corpus.sessions[j]}, corpus.durations[j])
+                'f0': example['f0'], 'session': corpus.sessions[j],
+                'monologue': bool(corpus.monologue[j])}, corpus.durations[j])
     if jax.process_index() == 0:
       splits[split] = unit_store.write_split(out, split, records())
   if jax.process_index() == 0:
     unit_store.write_meta(out, {
         'n_units': k, 'unit_hz': frame_hz, 'layer': u.layer, 'dim': int(x.shape[1]),
-        'encoder_checkpoint': u.encoder_checkpoint, 'padding': encoder.padding,
+        'encoder_checkpoint': u.encoder_checkpoint, 'encoder_hz': extractor.rate_hz,
+        'padding': encoder.padding if isinstance(encoder, cpc.CPCEncoder) else None,
         'corpus': u.data.name, 'kmeans_frames': len(x), 'inertia_per_frame': inertia / len(x),
         'splits': splits})
   logging.info('units dataset in %s (%.0f s)', out, time.perf_counter() - started)

@@ -77,7 +77,7 @@ def prepare(data) -> list:
 
       s = data.synthetic
       config = SyntheticDialogsConfig.sized(s.train, s.validation, s.test, s.duration_s,
-                                            s.cue_reliability)
+                                            s.cue_reliability, s.monologues)
       # TFDS takes a predefined config by name only.
       kwargs['config'] = config.name if config.name in cls.builder_configs else config
     elif builder_config:

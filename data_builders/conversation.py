@@ -2,9 +2,12 @@
 
 An example holds the whole conversation: 16 kHz int16 stereo audio (channel 0 = speaker A), the
 VA segments and words of both speakers in seconds, and F0 per speaker at 100 Hz (0 = unvoiced),
-computed once here so training never runs a pitch tracker. Builders write `array_record` without
-TensorFlow, in generation order (`disable_shuffling`), and record each split's sessions and
-durations in the dataset's metadata so the input pipeline can plan windows without reading audio.
+computed once here so training never runs a pitch tracker, and whether it is a monologue: one
+speaker in channel A and a pretend partner in B who is always quiet (conv_ssl's README, "Model"),
+so that training leaves the turn-taking terms of its windows out. Builders write `array_record`
+without TensorFlow, in generation order (`disable_shuffling`), and record each split's sessions,
+durations and monologue flags in the dataset's metadata so the input pipeline can plan windows
+without reading audio.
 One build of a dataset runs at a time (a lock file beside its version folders; a second waits),
 and it first removes the `incomplete.*` folders that killed builds of that version left behind.
 A builder that knows its inputs (`_changed_since_built`) rebuilds a dataset whose inputs changed.
@@ -52,6 +55,7 @@ def features() -> tfds.features.FeaturesDict:
       'va': tfds.features.Tensor(shape=(None, 3), dtype=np.float64, encoding=_RAW),  # [ch, s, e]
       'f0': tfds.features.Tensor(shape=(None, 2), dtype=np.float32, encoding=_RAW),  # Hz, 0 = unvoiced
       'words': tfds.features.Text(),  # JSON [[channel, start_s, end_s, word], ...]
+      'monologue': tfds.features.Scalar(dtype=np.bool_),  # B is a pretend, silent partner
   })
 
 
@@ -78,19 +82,29 @@ def read_telephone_audio(path: pathlib.Path) -> np.ndarray:
 
 def conversation(*, session: str, dataset: str, audio: np.ndarray, sample_rate: int, va,
                  source: str, f0: np.ndarray | None = None, words: Iterable = (),
-                 f0_tracker: str = f0_lib.DEFAULT_TRACKER) -> dict:
+                 f0_tracker: str = f0_lib.DEFAULT_TRACKER, monologue: bool = False) -> dict:
   """One stored example. `audio` [S, C] (C = 1 gets a silent partner channel), any rate;
   `va` a VA list; `f0` [T, 2] at F0_HZ, or None to track it (`f0_tracker`, one of
-  f0.TRACKERS) on the audio at its own rate."""
+  f0.TRACKERS) on the audio at its own rate. A `monologue` is speaker A's alone: its VA for B
+  must be empty (InputError naming `source`), and its channel B is stored as digital silence
+  (a warning if it was not)."""
   audio = np.asarray(audio, np.float32)
   if audio.ndim != 2 or audio.shape[1] not in (1, 2):
     raise errors.InputError(f'{source}: expected mono or stereo audio, got shape {audio.shape}')
   if audio.shape[1] == 1:
     audio = np.concatenate([audio, np.zeros_like(audio)], axis=1)
-  if f0 is None:
-    f0 = f0_lib.track_f0(audio, sample_rate, f0_tracker)
   duration = audio.shape[0] / sample_rate
   segments = va_lib.va_segments(va, source=source, duration_s=duration)
+  if monologue:
+    if np.any(segments[:, 0] == 1):
+      raise errors.InputError(f'{source}: a monologue, but speaker B has voice activity; give '
+                              'B an empty list, or do not count the recording as a monologue')
+    if np.any(audio[:, 1]):
+      logging.warning('%s: a monologue whose channel B is not silent; B is stored as silence',
+                      source)
+      audio[:, 1] = 0.0
+  if f0 is None:
+    f0 = f0_lib.track_f0(audio, sample_rate, f0_tracker)
   if sample_rate != SAMPLE_RATE:
     audio = audio_lib.resample(audio, sample_rate, SAMPLE_RATE)
   return {
@@ -100,6 +114,7 @@ def conversation(*, session: str, dataset: str, audio: np.ndarray, sample_rate: 
       'va': segments,
       'f0': np.asarray(f0, np.float32).reshape(-1, 2),
       'words': json.dumps([[int(c), float(s), float(e), str(w)] for c, s, e, w in words]),
+      'monologue': bool(monologue),
   }
 
 
@@ -128,10 +143,17 @@ def _load_indexed(item: tuple[int, tuple[str, Callable[[], dict]]]):
   return (index, session, *_load(load))
 
 
-def _index_entry(loaded) -> tuple[int, str, float | None, str | None]:
-  """(index, session, duration or None, error or None) of a loaded conversation."""
+def _summary(example: dict | None) -> tuple[float | None, bool | None]:
+  """(duration in seconds, whether it is a monologue) of a loaded example; Nones if it failed."""
+  if example is None:
+    return None, None
+  return len(example['audio']) / SAMPLE_RATE, bool(example['monologue'])
+
+
+def _index_entry(loaded) -> tuple[int, str, float | None, bool | None, str | None]:
+  """(index, session, duration, monologue, error) of a loaded conversation."""
   index, session, example, error = loaded
-  return index, session, None if example is None else len(example['audio']) / SAMPLE_RATE, error
+  return index, session, *_summary(example), error
 
 
 def _keyed_example(loaded) -> Iterator[tuple[int, dict]]:
@@ -260,8 +282,8 @@ class ConversationBuilder(tfds.core.GeneratorBasedBuilder):
       path = self._index_path(split)
       entries = json.loads(path.read_text())
       path.unlink()
-      for _ in self._account(split, ((session, duration, error, None)
-                                     for _, session, duration, error in entries)):
+      for _ in self._account(split, ((session, duration, monologue, error, None)
+                                     for _, session, duration, monologue, error in entries)):
         pass
 
   def _index_path(self, split: str) -> epath.Path:
@@ -291,8 +313,8 @@ class ConversationBuilder(tfds.core.GeneratorBasedBuilder):
     loads = [load for _, load in pairs]
     results = (self._pool.imap(_load, loads) if self._pool and len(loads) > 1 else
                map(_load, loads))
-    loaded = ((session, None if example is None else len(example['audio']) / SAMPLE_RATE,
-               error, example) for (session, _), (example, error) in zip(pairs, results))
+    loaded = ((session, *_summary(example), error, example)
+              for (session, _), (example, error) in zip(pairs, results))
     yield from self._account(split, loaded)
 
   @staticmethod
@@ -316,16 +338,17 @@ class ConversationBuilder(tfds.core.GeneratorBasedBuilder):
     return load()  # pylint: disable=no-value-for-parameter
 
   def _account(self, split: str, loaded) -> Iterator[tuple[str, dict]]:
-    """Records (session, duration, error, example) in order as the split's sessions and
-    durations in metadata, yielding (session, example) of those that loaded.
+    """Records (session, duration, monologue, error, example) in order as the split's sessions,
+    durations and monologue flags in metadata, yielding (session, example) of those that loaded.
 
     An error stops the build, unless `skip_bad`: then it is logged and listed under
     metadata['skipped'][split]. A split without a conversation is an error.
     """
     meta = self.info.metadata
-    index = meta.setdefault('splits', {})[split] = {'sessions': [], 'durations': []}
+    index = meta.setdefault('splits', {})[split] = {'sessions': [], 'durations': [],
+                                                    'monologue': []}
     skipped = meta.setdefault('skipped', {})[split] = []
-    for session, duration, error, example in loaded:
+    for session, duration, monologue, error, example in loaded:
       if error is not None:
         if not self.skip_bad:
           raise errors.InputError(error)
@@ -334,6 +357,7 @@ class ConversationBuilder(tfds.core.GeneratorBasedBuilder):
         continue
       index['sessions'].append(session)
       index['durations'].append(duration)
+      index['monologue'].append(monologue)
       yield session, example
     if not index['sessions']:
       raise errors.InputError(f'{self.name}: split {split!r} has no conversations'

@@ -36,7 +36,6 @@ def _dataset_dir(data_dir, config='default'):
   return data_dir / 'dialog_folder' / config / str(DialogFolder.VERSION)
 
 
-
 def test_stores_audio_va_words_and_index(folder, tmp_path):
   root, written = folder
   builder = fx.prepare(DialogFolder, tmp_path / 'data', root)
@@ -62,6 +61,32 @@ def test_stores_audio_va_words_and_index(folder, tmp_path):
                                                             strict=True)}
   assert durations == {'stereo': 2.0, 'mono': 1.5, 'extra_0': 1.0, 'extra_1': 1.0}
   assert builder.info.metadata['skipped'] == {'train': [], 'validation': [], 'test': []}
+
+
+def _monologues(builder) -> dict[str, bool]:
+  return {s: m for v in builder.info.metadata['splits'].values()
+          for s, m in zip(v['sessions'], v['monologue'], strict=True)}
+
+
+def test_a_mono_file_without_b_or_a_listed_session_is_a_monologue(folder, tmp_path, caplog):
+  root, _ = folder
+  builder = fx.prepare(DialogFolder, tmp_path / 'data', root)
+  # 'mono': a mono file, no VA for B; the stereo files have B's VA.
+  assert _monologues(builder) == {'stereo': False, 'mono': True, 'extra_0': False,
+                                  'extra_1': False}
+  examples = {k: v for split in dialog_folder.SPLITS for k, v in fx.examples(builder, split).items()}
+  assert {k: bool(v['monologue']) for k, v in examples.items()} == _monologues(builder)
+  # A listed stereo recording without VA for B is one too; its B channel (here a tone) is stored
+  # as silence, with a warning.
+  (root / 'extra_1.json').write_text('[[[0.1, 0.4]], []]')
+  (root / 'monologues.txt').write_text('extra_1\n')
+  caplog.set_level('WARNING')
+  builder = fx.prepare(DialogFolder, tmp_path / 'data', root)  # a changed folder: rebuilt
+  assert _monologues(builder)['extra_1'] and not _monologues(builder)['extra_0']
+  [stored] = [v for split in dialog_folder.SPLITS
+              for k, v in fx.examples(builder, split).items() if k == 'extra_1']
+  assert not stored['audio'][:, 1].any() and stored['audio'][:, 0].any()
+  assert "a monologue whose channel B is not silent; B is stored as silence" in caplog.text
 
 
 def test_ratio_split_is_seeded_and_complete():
@@ -95,14 +120,19 @@ def test_split_lists(folder, tmp_path):
       'train': ['stereo', 'mono'], 'test': ['extra_1']}  # extra_0 is in no list: left out
 
 
-@pytest.mark.parametrize('content, match', [
-    ('stereo\nnope\n', r'train\.txt:2: session .nope. has no audio file'),
-    ('stereo\nstereo\n', r'train\.txt:2: session .stereo. is already listed in train\.txt:1'),
+@pytest.mark.parametrize('name, content, match', [
+    ('train.txt', 'stereo\nnope\n', r'train\.txt:2: session .nope. has no audio file'),
+    ('train.txt', 'stereo\nstereo\n',
+     r'train\.txt:2: session .stereo. is already listed in train\.txt:1'),
+    ('monologues.txt', 'mono\nnope\n', r"monologues\.txt:2: session 'nope' has no audio file"),
+    ('monologues.txt', 'extra_0\n',
+     r'extra_0\.json: a monologue, but speaker B has voice activity'),
 ])
-def test_bad_split_list(folder, tmp_path, content, match):
+def test_a_bad_split_or_monologue_list_is_refused_naming_the_line(folder, tmp_path, name, content,
+                                                                  match):
   root, _ = folder
-  (root / 'train.txt').write_text(content)
-  with pytest.raises(ValueError, match=match):
+  (root / name).write_text(content)
+  with pytest.raises(errors.InputError, match=match):
     fx.prepare(DialogFolder, tmp_path / 'data', root)
 
 

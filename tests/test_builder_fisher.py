@@ -51,6 +51,7 @@ def test_splits_va_words_audio_and_index(tmp_path):
   assert {s: v['sessions'] for s, v in index.items()} == {
       'train': ['00001'], 'validation': ['05100'], 'test': ['05500']}
   assert all(v['durations'] == [2.5] for v in index.values())
+  assert all(v['monologue'] == [False] for v in index.values())  # dialogs
   for split, (session,) in [(s, v['sessions']) for s, v in index.items()]:
     ex = fx.examples(builder, split)[session]
     fx.assert_va(ex['va'], EXPECTED_VA)
@@ -89,7 +90,7 @@ def test_bad_transcript_line_names_file_and_line(tmp_path, case):
   data_dir = tmp_path / 'data'
   with pytest.raises(ValueError, match=re.escape(f'{path}:10: ') + '.*' + match):
     fx.prepare(Fisher, data_dir, manual)
-  assert not (data_dir / 'fisher' / '1.1.0').exists()
+  assert not (data_dir / 'fisher' / str(Fisher.VERSION)).exists()
 
 
 def test_bad_audio_and_missing_transcript(tmp_path):
@@ -118,7 +119,7 @@ def test_skip_bad_then_rerun_after_fixing(tmp_path):
   data_dir = tmp_path / 'data'
   with pytest.raises(ValueError, match='fe_03_05100.txt:10:'):
     fx.prepare(Fisher, data_dir, manual)
-  assert not (data_dir / 'fisher' / '1.1.0').exists()
+  assert not (data_dir / 'fisher' / str(Fisher.VERSION)).exists()
   fx.write_fisher_transcript(manual, '05100')
   builder = fx.prepare(Fisher, data_dir, manual)
   assert builder.info.splits.total_num_examples == 4

@@ -29,7 +29,7 @@ EXPECTED_VA = [[[0.45, 1.2], [1.3, 1.5], [1.52, 2.1]], [[0.3, 0.5], [1.0, 1.6], 
 
 
 def _dataset_dir(data_dir, config='original'):
-  return data_dir / 'switchboard' / config / '1.2.0'
+  return data_dir / 'switchboard' / config / str(Switchboard.VERSION)
 
 
 @pytest.mark.parametrize('raw, clean', [
@@ -55,6 +55,7 @@ def test_original_split_va_words_audio_and_index(tmp_path):
   assert {s: v['sessions'] for s, v in index.items()} == {
       'train': ['2005', '3010'], 'validation': ['4150'], 'test': ['4700']}
   assert all(v['durations'] == [2.5] * len(v['sessions']) for v in index.values())
+  assert all(v['monologue'] == [False] * len(v['sessions']) for v in index.values())  # dialogs
   examples = {**fx.examples(builder, 'train'), **fx.examples(builder, 'validation'),
               **fx.examples(builder, 'test')}
   for session, ex in examples.items():

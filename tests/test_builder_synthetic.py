@@ -16,7 +16,8 @@ def test_built_corpus_stores_the_generated_dialogs_and_feeds_the_pipeline(tmp_pa
   assert {k: v.num_examples for k, v in builder.info.splits.items()} == {
       'train': 2, 'validation': 1, 'test': 1}
   assert builder.info.metadata['splits']['train'] == {
-      'sessions': ['train_00000', 'train_00001'], 'durations': [8.0, 8.0]}
+      'sessions': ['train_00000', 'train_00001'], 'durations': [8.0, 8.0],
+      'monologue': [False, False]}
 
   stored = builder.as_data_source(split='validation')[0]
   dialog = generator.generate_dialog(1_000_000, generator.DialogConfig(duration_s=8.0))
@@ -56,3 +57,27 @@ def test_no_f0_tracker_recorded(tmp_path):
       data_dir=str(tmp_path), config=SyntheticDialogsConfig.sized(1, 1, 1, 2.0), num_workers=1)
   builder.download_and_prepare(download_config=conversation.download_config())
   assert 'f0_tracker' not in builder.info.metadata
+
+
+def test_training_monologues_are_added_after_the_dialogs_and_recorded_as_monologues(tmp_path):
+  config = SyntheticDialogsConfig.sized(1, 1, 1, 8.0, monologues=2)
+  assert config.name == 'n1-1-1_d8_r0.9_m2'
+  builder = builder_class('synthetic_dialogs')(data_dir=str(tmp_path), config=config,
+                                               num_workers=1)
+  builder.download_and_prepare(download_config=conversation.download_config())
+  splits = builder.info.metadata['splits']
+  assert splits['train']['sessions'] == ['train_00000', 'train_monologue_00000',
+                                         'train_monologue_00001']
+  assert splits['train']['monologue'] == [False, True, True]
+  assert splits['validation']['monologue'] == splits['test']['monologue'] == [False]
+  source = builder.as_data_source(split='train')
+  dialog = generator.generate_dialog(0, generator.DialogConfig(duration_s=8.0))
+  np.testing.assert_array_equal(source[0]['audio'], audio_lib.to_int16(dialog.audio))
+  assert not source[0]['monologue']
+  for i in (1, 2):
+    stored = source[i]
+    assert stored['monologue'] and not stored['audio'][:, 1].any() and stored['audio'][:, 0].any()
+    assert not np.any(stored['va'][:, 0] == 1) and np.any(stored['va'][:, 0] == 0)
+  corpus = pipeline.Corpus.from_builder(builder, 'train')
+  np.testing.assert_array_equal(corpus.monologue, [False, True, True])
+  assert corpus.dialogs().sessions == ('train_00000',)

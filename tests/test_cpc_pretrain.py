@@ -69,18 +69,25 @@ def test_scpc_plus_trains_cpc_vap_vad_and_f0_and_a_silent_partner_adds_no_cpc_te
   audio[1, 1] = 0.0  # example 1: a monologue, its partner channel silent
   batch = {'audio': jnp.asarray(audio),
            'va': jnp.asarray(rng.uniform(size=(2, 150, 2)) > 0.5, jnp.float32),
-           'f0': jnp.asarray(rng.uniform(0, 200, (2, 50, 2)), jnp.float32)}
+           'f0': jnp.asarray(rng.uniform(0, 200, (2, 50, 2)), jnp.float32),
+           'speakers': jnp.asarray([[1.0, 1.0], [1.0, 0.0]])}
   objective = objective_lib.for_model(config.model)
-  total, metrics = nnx.jit(lambda m, b: model_state.losses(m, b, objective, config.train))(
-      model, batch)
-  assert {'cpc_loss', 'vap_loss', 'vad_loss', 'f0_loss', 'cpc_accuracy'} <= metrics.keys()
-  np.testing.assert_allclose(total, sum(metrics[f'{k}_loss'] for k in ('cpc', 'vap', 'vad', 'f0')),
-                             rtol=1e-4)
-  # The CPC term of the monologue is its speaker's channel alone.
+  means = nnx.jit(lambda m, b: model_state.summary(model_state.loss_sums(m, b, objective),
+                                                   config.train))(model, batch)
+  assert {'cpc_loss', 'vap_loss', 'vad_loss', 'f0_loss', 'cpc_accuracy'} <= means.keys()
+  np.testing.assert_allclose(means['loss'], sum(means[f'{k}_loss']
+                                                for k in ('cpc', 'vap', 'vad', 'f0')), rtol=1e-4)
+  # The CPC term of the monologue is its speaker's channel alone; it has CPC, VAD and F0 terms
+  # but no VAP term.
   out = nnx.jit(lambda m, a: m(a))(same_negatives, batch['audio'])
   np.testing.assert_array_equal(out['cpc']['active'], [[True, True], [True, False]])
+  terms, _ = same_negatives.losses(out, batch, objective, 50)
   alone, _ = cpc_objective.infonce(out['cpc']['scores'][1, 0])
-  np.testing.assert_allclose(metrics['cpc_loss'][1], alone, rtol=1e-4)
+  np.testing.assert_allclose(terms['cpc'][1], alone, rtol=1e-4)
+  np.testing.assert_allclose(means['cpc_loss'], np.mean(terms['cpc']), rtol=1e-4)
+  np.testing.assert_array_equal(terms['vap'].present, [True, False])
+  np.testing.assert_allclose(means['vap_loss'], terms['vap'].value[0], rtol=1e-5)
+  np.testing.assert_allclose(means['f0_loss'], np.mean(terms['f0']), rtol=1e-5)
 
 
 def test_config_variants_and_their_errors():

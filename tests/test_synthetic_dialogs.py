@@ -293,3 +293,20 @@ def test_report_scores_on_200_dialogs():
         f"KS p: shift vs hold pause {pause_p:.3f}, final vs non-final IPU {ipu_p:.3f}\n"
         f"generation: {cpu:.3f} s CPU per 60 s dialog")
   assert logistic < 0.6 and listener > 0.85
+
+
+def test_a_monologue_is_speaker_a_alone_with_holds_and_the_cues_and_a_digitally_silent_b():
+  """What monologues would teach a model whose VAP term they trained: the speaker goes on after
+  every pause, after a falling F0 (a sentence end) as after a level one."""
+  config = generator.DialogConfig(duration_s=60.0, monologue=True)
+  monologues = [generator.generate_dialog(seed, config) for seed in range(8)]
+  again = generator.generate_dialog(0, config)
+  np.testing.assert_array_equal(again.audio, monologues[0].audio)  # deterministic
+  for m in monologues:
+    assert m.va_list[1] == [] and m.backchannel_list == [[], []]
+    assert not m.audio[:, 1].any() and not m.f0[:, 1].any() and m.audio[:, 0].any()
+    assert {e.kind for e in m.events} == {'hold'} and len(m.events) > 10
+  table = event_table(monologues)
+  falling = np.mean(table['slope'] < LISTENER_CUT)
+  # A turn-final IPU (0.4 of them) carries the falling cue with 0.9, a turn-internal one with 0.1.
+  assert 0.3 < falling < 0.55, falling

@@ -6,6 +6,8 @@ conversation (TFDS array_record, one example per dialog)
   -> per-channel peak normalisation (the reference's rule)
   -> VA frames at the model's frame rate + H horizon frames (silence past the dialog's end)
   -> VA history (5 bins, computed on the whole dialog) -> F0 at the frame rate
+  -> which channels hold a speaker ('speakers' [2]: [1, 0] for a monologue, whose B is a pretend
+     partner; the losses leave its turn-taking terms out)
   -> channel swap (training, probability p) -> mono mix (mono models)
   -> batches of this process's share of the global batch.
 
@@ -42,10 +44,20 @@ F0_HZ = 100
 
 @dataclasses.dataclass(frozen=True)
 class Corpus:
-  """One split of a built corpus: random-access conversations and their sessions and durations."""
+  """One split of a built corpus: random-access conversations and their sessions, durations and
+  monologue flags (a monologue's channel B is a pretend partner, always quiet; None: all are
+  dialogs)."""
   source: Any
   sessions: tuple[str, ...]
   durations: np.ndarray
+  monologue: np.ndarray | None = None
+
+  def __post_init__(self):
+    flags = np.zeros(len(self.durations), bool) if self.monologue is None else self.monologue
+    object.__setattr__(self, 'monologue', np.asarray(flags, bool))
+    if self.monologue.shape != (len(self.durations),):
+      raise ValueError(f'{len(self.monologue)} monologue flags for {len(self.durations)} '
+                       'conversations')
 
   @classmethod
   def from_builder(cls, builder, split: str) -> 'Corpus':
@@ -53,8 +65,12 @@ class Corpus:
     if index is None:
       raise ValueError(f'{builder.name}: split {split!r} has no window index in its metadata; '
                        f'known splits: {sorted(builder.info.metadata.get("splits", {}))}')
+    if 'monologue' not in index:
+      raise ValueError(f'{builder.name} {builder.version} at {builder.data_dir} does not record '
+                       'which conversations are monologues; build it again with this version '
+                       'of the builder')
     return cls(builder.as_data_source(split=split), tuple(index['sessions']),
-               np.asarray(index['durations'], np.float64))
+               np.asarray(index['durations'], np.float64), np.asarray(index['monologue'], bool))
 
   @classmethod
   def from_builders(cls, builders, split: str) -> 'Corpus':
@@ -65,7 +81,29 @@ class Corpus:
     parts = [cls.from_builder(b, split) for b in builders]
     return cls(ConcatSource([p.source for p in parts]),
                tuple(f'{b.name}/{s}' for b, p in zip(builders, parts) for s in p.sessions),
-               np.concatenate([p.durations for p in parts]))
+               np.concatenate([p.durations for p in parts]),
+               np.concatenate([p.monologue for p in parts]))
+
+  def dialogs(self) -> 'Corpus':
+    """The dialogs alone (turn-taking is scored on dialogs: a monologue has only holds)."""
+    if not self.monologue.any():
+      return self
+    keep = np.flatnonzero(~self.monologue)
+    return Corpus(SubsetSource(self.source, keep), tuple(self.sessions[i] for i in keep),
+                  self.durations[keep], self.monologue[keep])
+
+
+class SubsetSource:
+  """Random access to the records `indices` of a source (picklable for grain workers)."""
+
+  def __init__(self, source, indices):
+    self.source, self.indices = source, np.asarray(indices, np.int64)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int):
+    return self.source[int(self.indices[index])]
 
 
 class ConcatSource:
@@ -151,6 +189,8 @@ class LoadWindow:
         'va': va,
         'va_history': va_lib.va_history(va, spec.frame_hz, spec.history_times),
         'f0': windows_lib.f0_at_frame_rate(example['f0'], F0_HZ, spec.frame_hz),
+        # 1 for a channel that holds a speaker, 0 for a monologue's pretend partner (B)
+        'speakers': np.array([1.0, 0.0 if self.corpus.monologue[index] else 1.0], np.float32),
     }
     with self._lock:
       self._decoded[index] = conversation
@@ -169,6 +209,7 @@ class LoadWindow:
         'va': va,
         'va_history': windows_lib.cut_frames(conv['va_history'], first, spec.frames, pad_value=0.5),
         'f0': windows_lib.cut_frames(conv['f0'], first, spec.frames),
+        'speakers': conv['speakers'],
     }
     signal = np.swapaxes(signal, 0, 1)  # channels-first [2, S]: all audio work is per channel
     swap = self.swap or (rng is not None and rng.uniform() < self.channel_swap)

@@ -2,9 +2,10 @@
 
 A record is one conversation: 'units' [T, 2] int16 (one k-means unit per speaker and frame at
 `unit_hz`), 'va' [n, 3] (the corpus's VA segments, channel/start/end seconds, unchanged), 'f0'
-[T0, 2] (100 Hz) and 'session', stored as an `np.savez` archive (no pickle). `meta.json` holds
-each split's sessions and durations (so windows are planned without reading records), the codebook
-size, the frame rate and where the units came from. `pipeline.open_corpora` reads it when
+[T0, 2] (100 Hz), 'session' and 'monologue' (the corpus's flag), stored as an `np.savez` archive
+(no pickle). `meta.json` holds each split's sessions, durations and monologue flags (so windows
+are planned without reading records), the codebook size, the frame rate and where the units came
+from. `pipeline.open_corpora` reads it when
 `data.name='units'`.
 """
 
@@ -17,7 +18,7 @@ import numpy as np
 
 META = 'meta.json'
 CODEBOOK = 'codebook.npy'
-FIELDS = ('units', 'va', 'f0', 'session')
+FIELDS = ('units', 'va', 'f0', 'session', 'monologue')
 
 
 def encode(record: dict) -> bytes:
@@ -30,6 +31,7 @@ def decode(data: bytes) -> dict[str, np.ndarray]:
   with np.load(io.BytesIO(data), allow_pickle=False) as archive:
     record = {k: archive[k] for k in FIELDS}
   record['session'] = str(record['session'])
+  record['monologue'] = bool(record['monologue'])
   return record
 
 
@@ -59,18 +61,19 @@ def split_path(directory, split: str) -> pathlib.Path:
 
 def write_split(directory, split: str, records) -> dict:
   """Writes `records` (an iterable of (dict with FIELDS, the conversation's duration in seconds))
-  as `split`; returns the split's index {'sessions', 'durations'} for meta.json."""
+  as `split`; returns the split's index {'sessions', 'durations', 'monologue'} for meta.json."""
   from array_record.python.array_record_module import ArrayRecordWriter
 
   path = split_path(directory, split)
   path.parent.mkdir(parents=True, exist_ok=True)
   writer = ArrayRecordWriter(str(path), 'group_size:1')
-  index = {'sessions': [], 'durations': []}
+  index = {'sessions': [], 'durations': [], 'monologue': []}
   try:
     for record, duration in records:
       writer.write(encode(record))
       index['sessions'].append(str(record['session']))
       index['durations'].append(float(duration))
+      index['monologue'].append(bool(record['monologue']))
   finally:
     writer.close()
   return index
@@ -90,8 +93,8 @@ def read_meta(directory) -> dict:
 
 
 def open_splits(directory, splits, *, frame_hz: int, n_units: int | None = None) -> dict:
-  """{split: (source, sessions, durations)}, after checking the units fit the model (meta.json
-  read once for all splits)."""
+  """{split: (source, sessions, durations, monologue flags)}, after checking the units fit the
+  model (meta.json read once for all splits)."""
   meta = read_meta(directory)
   if meta['unit_hz'] != frame_hz:
     raise ValueError(f'{directory}: units at {meta["unit_hz"]} Hz, the model runs at '
@@ -102,5 +105,9 @@ def open_splits(directory, splits, *, frame_hz: int, n_units: int | None = None)
   if missing := [s for s in splits if s not in meta['splits']]:
     raise ValueError(f'{directory}: no split {missing[0]!r}; it has {sorted(meta["splits"])}')
   index = meta['splits']
+  if any('monologue' not in index[s] for s in splits):
+    raise ValueError(f'{directory}: a units dataset that does not record which conversations '
+                     'are monologues; build it again (--mode=units)')
   return {s: (UnitsSource(split_path(directory, s)), tuple(index[s]['sessions']),
-              np.asarray(index[s]['durations'], np.float64)) for s in splits}
+              np.asarray(index[s]['durations'], np.float64),
+              np.asarray(index[s]['monologue'], bool)) for s in splits}

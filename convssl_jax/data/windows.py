@@ -107,14 +107,14 @@ def f0_at_frame_rate(f0: np.ndarray, f0_hz: float, frame_hz: float) -> np.ndarra
 def swap_channels(example: dict) -> dict:
   """The speaker-swap augmentation: a copy of `example` with speakers A and B exchanged.
 
-  Swaps the channels (last axis) of 'audio' [..., S, C] (a mono [..., S, 1] stays as is), 'va'
-  and 'f0', and maps 'va_history' h -> 1 - h, which equals recomputing it on the swapped VA.
-  Absent keys are skipped; other keys are copied unchanged.
+  Swaps the channels (last axis) of 'audio' [..., S, C] (a mono [..., S, 1] stays as is), 'va',
+  'f0' and 'speakers', and maps 'va_history' h -> 1 - h, which equals recomputing it on the
+  swapped VA. Absent keys are skipped; other keys are copied unchanged.
   """
   out = dict(example)
   if 'audio' in out and np.ndim(out['audio']) < 2:
     raise ValueError('swap_channels needs audio [..., S, C], got a 1-D array')
-  for key in ('audio', 'va', 'f0'):
+  for key in ('audio', 'va', 'f0', 'speakers'):
     if key in out:
       out[key] = np.ascontiguousarray(np.asarray(out[key])[..., ::-1])
   if 'va_history' in out:

@@ -80,7 +80,14 @@ def f0_loss(f0_pred: dict[str, jax.Array], f0_hz: jax.Array) -> jax.Array:
   return voicing + regression
 
 
-def vad_loss(vad_logits: jax.Array, va: jax.Array) -> jax.Array:
-  """The stereo model's VAD loss: BCE of the per-speaker logits against the current frames' VA."""
-  return optax.sigmoid_binary_cross_entropy(vad_logits.astype(jnp.float32),
-                                            va.astype(jnp.float32)).mean()
+def vad_loss(vad_logits: jax.Array, va: jax.Array, speakers: jax.Array | None = None
+             ) -> jax.Array:
+  """The stereo model's VAD loss: BCE of the per-speaker logits [B, N, 2] against the current
+  frames' VA, averaged over the frames of the channels that hold a speaker (`speakers` [B, 2]
+  {0, 1}; a monologue's pretend partner has no VAD term; None: both channels)."""
+  bce = optax.sigmoid_binary_cross_entropy(vad_logits.astype(jnp.float32),
+                                           va.astype(jnp.float32))
+  if speakers is None:
+    return bce.mean()
+  weight = jnp.broadcast_to(speakers[..., None, :].astype(jnp.float32), bce.shape)
+  return (bce * weight).sum() / jnp.maximum(weight.sum(), 1.0)

@@ -15,7 +15,7 @@ import optax
 from flax import nnx
 
 from convssl_jax.models import frontends, layers
-from convssl_jax.models.vap import StereoBody, both, compute_dtype, per_example
+from convssl_jax.models.vap import StereoBody, both, compute_dtype, per_example, speakers
 from convssl_jax.objective import VAPObjective
 
 
@@ -49,14 +49,20 @@ class UnitLM(frontends.UnitFrontend, StereoBody):
   def losses(self, out, batch, objective: VAPObjective, frames: int):
     terms, metrics = self.body_losses(out, batch, objective, frames)
     terms['unit'], metrics['unit_accuracy'] = per_example(next_unit_loss, out['units'],
-                                                          batch['units'])
+                                                          batch['units'], speakers(batch))
     return terms, metrics
 
 
-def next_unit_loss(logits: jax.Array, units: jax.Array) -> tuple[jax.Array, jax.Array]:
+def next_unit_loss(logits: jax.Array, units: jax.Array, channels: jax.Array
+                   ) -> tuple[jax.Array, jax.Array]:
   """(cross-entropy, accuracy) of predicting unit t + 1 from frame t: logits [B, N, 2, K],
-  units [B, 2, N]; the last frame has no target."""
+  units [B, 2, N]; the last frame has no target. Averaged over the channels that hold a speaker
+  (`channels` [B, 2] {0, 1}, `vap.speakers`: a monologue's silent partner has no term, as it
+  has no CPC term)."""
   targets = jnp.swapaxes(units, 1, 2)[:, 1:]  # [B, N - 1, 2]
   logits = logits[:, :-1].astype(jnp.float32)
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
-  return loss, (jnp.argmax(logits, axis=-1) == targets).mean()
+  weight = jnp.broadcast_to(channels[:, None, :].astype(jnp.float32), targets.shape)
+  total = jnp.maximum(weight.sum(), 1.0)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  hit = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+  return (loss * weight).sum() / total, (hit * weight).sum() / total

@@ -11,13 +11,17 @@ Every model class has one interface, which the trainer, evaluation, prediction a
 without asking which model it is:
   `inputs`                    the batch keys its forward may read ('audio', 'features',
                               'units', 'va', 'va_history'); its losses read the targets 'va'
-                              (with the label horizon) and 'f0';
+                              (with the label horizon), 'f0' and 'speakers' [B, 2] (1 for a
+                              channel that holds a speaker, 0 for a monologue's pretend
+                              partner; absent: every channel holds one);
   `mono_mix`                  whether it hears both channels mixed (the input pipeline mixes);
   `forward(batch, frames)`    its outputs for a batch of windows of `frames` frames (the VA holds
                               the label horizon after them);
   `losses(out, batch, objective, frames)`
-                              per-example loss terms {name: [B]} and metrics {name: [B]}; the
-                              trainer weighs the terms by `train.<name>_loss_weight`;
+                              per-example loss terms {name: [B]} and metrics {name: [B]}, or
+                              `Masked` values where some examples lack one (a monologue's window
+                              has no VAP term); the trainer averages each over the examples
+                              that have it and weighs the terms by `train.<name>_loss_weight`;
 and the live models (`MonoVAP`, `StereoVAP`) `init_stream` / `stream_step` (inference.Streamer).
 """
 
@@ -54,15 +58,40 @@ def per_example(f, *xs):
   return jax.vmap(lambda *x: f(*jax.tree.map(lambda a: a[None], x)))(*xs)
 
 
+class Masked(NamedTuple):
+  """A per-example loss term or metric `value` [B] that only the examples where `present` [B]
+  (bool) have: the trainer averages it over those."""
+  value: jax.Array
+  present: jax.Array
+
+
+def speakers(batch) -> jax.Array:
+  """[B, 2]: 1 for a channel that holds a speaker, 0 for a monologue's pretend partner (the
+  batch's 'speakers'; without it every channel holds one)."""
+  if 'speakers' in batch:
+    return batch['speakers'].astype(jnp.float32)
+  return jnp.ones((batch['va'].shape[0], 2), jnp.float32)
+
+
+def is_dialog(batch) -> jax.Array:
+  """[B] bool: the windows of dialogs. A monologue's window has no turn-taking to learn: the
+  original design gives it a partner who is always quiet and keeps its duration information out
+  of the turn-taking terms, so that the model is not biased towards holds."""
+  return jnp.all(speakers(batch) > 0, axis=-1)
+
+
 def vap_terms(out, batch, objective: VAPObjective, frames: int):
-  """({'vap': [B]}, {'frame_accuracy': [B]} for the discrete head) of the VAP logits."""
+  """({'vap'}, {'frame_accuracy'} for the discrete head) of the VAP logits, per example, for
+  the dialogs' windows only (`is_dialog`)."""
   va = batch['va']
   labels = objective.labels(va)
   logits = out['logits'][:, :frames]
+  dialog = is_dialog(batch)
   metrics = {}
   if objective.head == 'discrete':
-    metrics['frame_accuracy'] = (jnp.argmax(logits, axis=-1) == labels).mean(axis=-1)
-  return {'vap': per_example(objective.loss, logits, labels)}, metrics
+    metrics['frame_accuracy'] = Masked(
+        (jnp.argmax(logits, axis=-1) == labels).mean(axis=-1), dialog)
+  return {'vap': Masked(per_example(objective.loss, logits, labels), dialog)}, metrics
 
 
 def f0_terms(out, batch, frames: int) -> dict[str, jax.Array]:
@@ -113,8 +142,8 @@ class StereoBody(nnx.Module):
   def body_losses(self, out, batch, objective: VAPObjective, frames: int):
     """The VAP, VAD (and F0) terms and the frame accuracy, per example."""
     terms, metrics = vap_terms(out, batch, objective, frames)
-    terms['vad'] = per_example(heads.vad_loss, out['vad'][:, :frames],
-                               batch['va'][:, :frames])
+    terms['vad'] = per_example(heads.vad_loss, out['vad'][:, :frames], batch['va'][:, :frames],
+                               speakers(batch))  # not a monologue's silent partner's
     return {**terms, **f0_terms(out, batch, frames)}, metrics
 
 

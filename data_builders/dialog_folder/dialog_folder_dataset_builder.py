@@ -9,6 +9,10 @@ output JSON, whose `vad_list` is used) or `<stem>.TextGrid` (Praat; speaker tier
 precedence; optionally its words `<stem>.words.json` (`[[channel, start, end, word], ...]`). The
 session is the file stem (non-UTF-8 bytes of a name written `\\xNN`).
 
+A recording is a monologue (stored as such: training leaves its turn-taking terms out) when
+`monologues.txt` at the folder's top lists its session (one stem a line; B must then have no VA),
+or when speaker B has no VA and a silent channel (a mono file).
+
 Splits: the session lists `train.txt`, `validation.txt`, `test.txt` at the folder's top (one stem
 a line) where any exists, else a seeded random split by the config's ratios that gives every
 split with a positive ratio at least one session. Audio is read at 16 kHz, so F0 (`data.f0_tracker`)
@@ -32,6 +36,7 @@ from convssl_jax import errors
 from convssl_jax.data import audio as audio_lib
 from convssl_jax.data import json_file
 from convssl_jax.data import textgrid
+from convssl_jax.data import va as va_lib
 from convssl_jax.data import va_files
 from convssl_jax.data import f0 as f0_lib
 from data_builders import conversation
@@ -41,6 +46,7 @@ AUDIO_SUFFIXES = ('.aif', '.aiff', '.au', '.caf', '.flac', '.mp3', '.ogg', '.opu
                   '.w64', '.wav')
 # Shorter audio has no frame at 20 Hz, the slowest frame rate the models use.
 MIN_DURATION_S = 0.05
+MONOLOGUES = 'monologues.txt'  # at the folder's top: the sessions that are monologues
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -79,18 +85,23 @@ def read_words(path: pathlib.Path) -> list:
 
 def load_session(session: str, audio_path: pathlib.Path,
                  va_tiers: Sequence[str] | None = None,
-                 f0_tracker: str = f0_lib.DEFAULT_TRACKER) -> dict:
+                 f0_tracker: str = f0_lib.DEFAULT_TRACKER, listed_monologue: bool = False) -> dict:
   """One recording with its VA (and words) -> a stored example; ValueError naming the file if
-  any is bad: no VA file, empty, too short, NaN or infinite audio, more than two channels."""
+  any is bad: no VA file, empty, too short, NaN or infinite audio, more than two channels. It is
+  a monologue when `listed_monologue` or when speaker B has no VA and a silent channel."""
   va, va_path = va_files.read_va_beside(audio_path, tiers=va_tiers)
   words = read_words(audio_path.with_suffix('.words.json'))
   audio = audio_lib.read_stereo(audio_path, sample_rate=conversation.SAMPLE_RATE)
   if len(audio) < MIN_DURATION_S * conversation.SAMPLE_RATE:
     raise audio_lib.AudioError(f'{audio_path}: {len(audio) / conversation.SAMPLE_RATE:.3f} s of '
                                f'audio, shorter than a dialog can be ({MIN_DURATION_S} s)')
+  channels = va_lib.validate_va_list(va, source=str(va_path),
+                                     duration_s=len(audio) / conversation.SAMPLE_RATE)
+  silent_partner = not len(channels[1]) and not audio[:, 1].any()
   return conversation.conversation(
       session=session, dataset='dialog_folder', audio=audio, sample_rate=conversation.SAMPLE_RATE,
-      va=va, source=str(va_path), words=words, f0_tracker=f0_tracker)
+      va=va, source=str(va_path), words=words, f0_tracker=f0_tracker,
+      monologue=listed_monologue or silent_partner)
 
 
 def find_audio(root: pathlib.Path) -> dict[str, pathlib.Path]:
@@ -113,32 +124,43 @@ def _split_list_paths(root: pathlib.Path) -> dict[str, pathlib.Path]:
   return {split: root / f'{split}.txt' for split in SPLITS}
 
 
+def _session_list(path: pathlib.Path, sessions, listed: dict[str, str]):
+  """(line number, session) of each non-blank line of the list `path` (absent: none). A line is a
+  session name as `find_audio` gives it (a non-UTF-8 name raw or `\\xNN`-escaped); one without
+  audio, or one already in `listed` (session -> where, updated), is an error naming the line."""
+  text = path.read_bytes().decode('utf-8', 'surrogateescape') if path.exists() else ''
+  for number, line in enumerate(text.splitlines(), 1):
+    session = conversation.printable(line.strip())
+    if not session:
+      continue
+    if session not in sessions:
+      raise errors.InputError(f'{path}:{number}: session {session!r} has no audio file under '
+                              f'{path.parent}')
+    if session in listed:
+      raise errors.InputError(f'{path}:{number}: session {session!r} is already listed in '
+                              f'{listed[session]}')
+    listed[session] = f'{path.name}:{number}'
+    yield number, session
+
+
+def read_monologues(root: pathlib.Path, sessions) -> set[str]:
+  """The sessions `monologues.txt` at the folder's top lists (one a line; errors as the split
+  lists'); none without the file."""
+  return {session for _, session in _session_list(root / MONOLOGUES, sessions, {})}
+
+
 def read_split_lists(root: pathlib.Path, sessions) -> dict[str, list[str]] | None:
   """Each split's sessions from `<split>.txt` at the folder's top; None when there are no lists.
 
-  A line is a session name as `find_audio` gives it (a non-UTF-8 name raw or `\\xNN`-escaped).
-  A listed session without audio, or one listed twice, is an error naming the list and line;
-  sessions that no list names are left out (and logged).
+  A listed session without audio, or one listed twice, is an error naming the list and line
+  (`_session_list`); sessions that no list names are left out (and logged).
   """
   paths = _split_list_paths(root)
   if not any(path.exists() for path in paths.values()):
     return None
   splits, listed = {}, {}
   for split, path in paths.items():
-    text = path.read_bytes().decode('utf-8', 'surrogateescape') if path.exists() else ''
-    splits[split] = []
-    for number, line in enumerate(text.splitlines(), 1):
-      session = conversation.printable(line.strip())
-      if not session:
-        continue
-      if session not in sessions:
-        raise errors.InputError(f'{path}:{number}: session {session!r} has no audio file under '
-                                f'{root}')
-      if session in listed:
-        raise errors.InputError(f'{path}:{number}: session {session!r} is already listed in '
-                                f'{listed[session]}')
-      listed[session] = f'{path.name}:{number}'
-      splits[split].append(session)
+    splits[split] = [session for _, session in _session_list(path, sessions, listed)]
   unlisted = sorted(set(sessions) - set(listed))
   if unlisted:
     logging.warning('%d sessions are in no split list, left out: %s', len(unlisted), unlisted)
@@ -192,7 +214,7 @@ def fingerprint(root: pathlib.Path, audio: dict[str, pathlib.Path], options: dic
         stat = None
       files[conversation.printable(str(p.relative_to(root)))] = (
           stat and [stat.st_size, stat.st_mtime_ns])
-  for path in _split_list_paths(root).values():
+  for path in [*_split_list_paths(root).values(), root / MONOLOGUES]:
     if path.is_file():
       files[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
   return {'options': options, 'files': dict(sorted(files.items()))}
@@ -222,8 +244,10 @@ class DialogFolder(conversation.ConversationBuilder):
   a pair of names); None recognises them in each file (`textgrid.choose`).
   """
 
-  VERSION = tfds.core.Version('1.2.0')
+  VERSION = tfds.core.Version('1.3.0')
   RELEASE_NOTES = {
+      '1.3.0': 'each conversation records whether it is a monologue (feature and metadata '
+               '`monologue`): listed in monologues.txt, or a silent B without VA (a mono file)',
       '1.2.0': conversation.F0_RELEASE_NOTE,
       '1.1.0': 'TextGrids and predict\'s JSON beside the audio; every split gets a session (3 or '
                'more); empty, NaN and sub-frame audio refused; non-UTF-8 names; a changed folder '
@@ -239,7 +263,8 @@ class DialogFolder(conversation.ConversationBuilder):
                            (or predict's output JSON: its "vad_list")
     <stem>.TextGrid        or a Praat TextGrid: one interval tier per speaker (or MFA's tiers)
     <stem>.words.json      optional: [[channel, start, end, word], ...]
-  Optional split lists at the top: train.txt, validation.txt, test.txt (one stem a line).
+  Optional split lists at the top: train.txt, validation.txt, test.txt (one stem a line), and
+  monologues.txt: the recordings of one speaker (B silent), besides the mono files.
   """
 
   def __init__(self, *, va_tiers: str | Sequence[str] | None = None, **kwargs):
@@ -290,7 +315,9 @@ class DialogFolder(conversation.ConversationBuilder):
             'validation.txt, test.txt there (a split without a list is left out)') from err
     for split in [s for s, sessions in splits.items() if not sessions]:
       logging.warning('split %s has no sessions; it is left out', split)
+    monologues = read_monologues(root, audio)
     return {split: self._generate_examples(split, [
-        (s, functools.partial(load_session, s, audio[s], self.va_tiers, self.f0_tracker))
+        (s, functools.partial(load_session, s, audio[s], self.va_tiers, self.f0_tracker,
+                              s in monologues))
         for s in sessions])
             for split, sessions in splits.items() if sessions}

@@ -119,8 +119,10 @@ def transcript_path(root: pathlib.Path, session: str) -> pathlib.Path:
 class Fisher(conversation.ConversationBuilder):
   """Fisher English Part 1 (see data_builders/README.md)."""
 
-  VERSION = tfds.core.Version('1.1.0')
+  VERSION = tfds.core.Version('1.2.0')
   RELEASE_NOTES = {
+      '1.2.0': ('each conversation records whether it is a monologue (feature and metadata '
+                '`monologue`; here always a dialog).'),
       '1.1.0': conversation.F0_RELEASE_NOTE,
       '1.0.0': 'Initial release.',
   }

@@ -175,8 +175,10 @@ def kfold_split(sessions, fold: int) -> dict[str, list[str]]:
 class Switchboard(conversation.ConversationBuilder):
   """Switchboard-1 Release 2 with ms98 word alignments (see data_builders/README.md)."""
 
-  VERSION = tfds.core.Version('1.2.0')
+  VERSION = tfds.core.Version('1.3.0')
   RELEASE_NOTES = {
+      '1.3.0': ('each conversation records whether it is a monologue (feature and metadata '
+                '`monologue`; here always a dialog).'),
       '1.2.0': conversation.F0_RELEASE_NOTE,
       '1.1.0': 'fold_k leave out the aside sessions; overlapping utterances are united; damsl.',
       '1.0.0': 'Initial release.',

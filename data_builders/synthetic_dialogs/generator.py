@@ -83,6 +83,10 @@ class DialogConfig:
   speech_db: float = -24.0
   noise_floor_db: float = -60.0
   bleed_db: float = -30.0
+  # A monologue: speaker A (channel 0) alone, its IPUs and pauses drawn as above (a turn-final IPU,
+  # a sentence end with the final cues, is followed by A again), no backchannels, and channel B
+  # digital silence: the silent partner a mono recording gets.
+  monologue: bool = False
 
 
 class Event(NamedTuple):
@@ -139,6 +143,8 @@ def _pause(rng: np.random.Generator, config: DialogConfig) -> float:
 def _turn_structure(rng: np.random.Generator, config: DialogConfig) -> list[_Segment]:
   """The main IPUs in time order, each drawn without knowledge of what follows it."""
   speaker = int(rng.integers(2))
+  if config.monologue:
+    speaker = 0
   start = rng.uniform(0.3, 1.0)
   ipus = []
   while True:
@@ -147,11 +153,12 @@ def _turn_structure(rng: np.random.Generator, config: DialogConfig) -> list[_Seg
       return ipus
     final = rng.random() < 1.0 / config.mean_ipus_per_turn
     ipus.append(_Segment(speaker, start, end, final, rng.random() < config.cue_reliability))
-    if final and rng.random() < config.overlap_prob:
+    shift = final and not config.monologue
+    if shift and rng.random() < config.overlap_prob:
       start = end - rng.uniform(*config.overlap_range_s)
     else:
       start = end + _pause(rng, config)
-    speaker = 1 - speaker if final else speaker
+    speaker = 1 - speaker if shift else speaker
 
 
 def _backchannel_candidates(rng: np.random.Generator, config: DialogConfig,
@@ -379,7 +386,8 @@ def generate_dialog(seed: int, config: DialogConfig = DialogConfig()) -> Dialog:
   rng = np.random.default_rng(seed)
   f0_mean, formants = _voices(rng, config)
   ipus = _turn_structure(rng, config)
-  backchannels = _backchannels(_backchannel_candidates(rng, config, ipus), ipus)
+  backchannels = ([] if config.monologue
+                  else _backchannels(_backchannel_candidates(rng, config, ipus), ipus))
   knots = ([(s, _ipu_knots(rng, config, s, f0_mean[s.speaker])) for s in ipus]
            + [(s, _backchannel_knots(rng, s, f0_mean[s.speaker])) for s in backchannels])
   knots.sort(key=lambda pair: pair[0].start)
@@ -391,6 +399,8 @@ def generate_dialog(seed: int, config: DialogConfig = DialogConfig()) -> Dialog:
   noise = rng.standard_normal((n_samples, 2), dtype=np.float32)
   audio = (speech + np.float32(10.0 ** (config.bleed_db / 20.0)) * speech[:, ::-1]
            + np.float32(10.0 ** (config.noise_floor_db / 20.0)) * noise)
+  if config.monologue:
+    audio[:, 1] = 0.0
   hop = config.sample_rate // F0_HZ
   f0_frames = np.stack([_frame_f0(f, f > 0, hop, n_samples // hop) for f in f0], axis=1)
   return Dialog(audio=audio, va_list=_segment_list([s for s, _ in knots]),
