@@ -1,6 +1,6 @@
 """convssl-jax entry point: `python run.py --config=configs/vap.py[:variant] --mode=MODE`.
 
-Flags and dispatch only; each mode is a library call (README "Layout"):
+Flags and dispatch only; each mode is a library call (convssl_jax/modes.py, README "Layout"):
   train           build the corpus on first use, train in --workdir (resuming), then evaluate
   eval            turn-taking scores with the VA-only baseline and trivial rules (experiment.py)
   predict         per-frame curves for --audio (a file or folder; --va): JSON, CSV, PNG and an
@@ -19,11 +19,7 @@ workdir in use by another run) is one line on stderr and exit code 2; --verbose 
 traceback too. The modes that write into --workdir hold its lock (convssl_jax/workdir_lock.py).
 """
 
-import contextlib
-import importlib.util
-import json
-import os
-import pathlib
+import dataclasses
 import sys
 
 from absl import app, flags
@@ -78,207 +74,26 @@ flags.DEFINE_enum('distributed', 'auto', ['auto', 'on', 'off'], 'train, eval, ca
 flags.DEFINE_bool('verbose', False, 'Tracebacks for user errors too.')
 
 
-def _load(config):
-  """(model, config, description) of --model_dir's converted model (data fields given on the
-  command line win over its recipe's) or of --workdir's trained one."""
-  from convssl_jax import trainer
 
-  given = config_flags.get_override_values(FLAGS['config'])
-  keep = {k[len('data.'):] for k in given if k.startswith('data.')}
-  return trainer.load(config, workdir=FLAGS.workdir, model_dir=FLAGS.model_dir, keep_data=keep)
-
-
-def _va_list():
-  from convssl_jax import predict
-  from convssl_jax.data import textgrid
-  tiers = textgrid.parse_tiers(FLAGS.va_tiers)
-  return predict.read_va_list(FLAGS.va, tiers=tiers) if FLAGS.va else None
-
-
-def _report(config, results) -> None:
-  import jax
-
-  from convssl_jax import experiment
-  if results is not None and jax.process_index() == 0:
-    print(experiment.report(config, results))
-    print(f'written to {pathlib.Path(FLAGS.workdir) / "eval"}')
-
-
-def train(config) -> None:
-  from convssl_jax import experiment
-  results, evaluation = experiment.train(config, FLAGS.workdir)
-  print(json.dumps(results, indent=2))
-  _report(config, evaluation)
-
-
-def evaluate(config) -> None:
-  from convssl_jax import experiment
-  _report(config, experiment.evaluate(config, FLAGS.workdir))
-
-
-def predict(config) -> None:
-  from convssl_jax import errors, predict as predict_lib
-  from convssl_jax.data import textgrid
-  if not FLAGS.audio:
-    raise errors.UserError('--mode=predict needs --audio=FILE_OR_FOLDER')
-  folder = pathlib.Path(FLAGS.audio).is_dir()
-  if FLAGS.va and folder:
-    raise errors.UserError('--va goes with a single --audio file; a folder\'s files are read '
-                           'with the VA list or TextGrid beside each one (<name>.json, '
-                           '<name>.TextGrid)')
-  files = predict_lib.audio_files(FLAGS.audio)
-  va_list = _va_list()
-  model, config, source = _load(config)
-  print(f'model: {source}')
-  output = FLAGS.output or pathlib.Path(FLAGS.workdir) / 'predictions'
-  predict_lib.predict_files(model, config, files, va_list, output, source=source, index=folder,
-                            beside=folder, tiers=textgrid.parse_tiers(FLAGS.va_tiers))
-
-
-def stream(config) -> None:
-  from convssl_jax import errors, live
-  if not FLAGS.audio:
-    raise errors.UserError('--mode=stream needs --audio=FILE, - (stdin PCM) or mic')
-  va_list = _va_list()
-  live.check_va(live.model_config(config, FLAGS.model_dir), va_list)  # before any weights
-  model, config, source = _load(config)
-  print(f'model: {source}', file=sys.stderr)
-  live.stream(model, config, FLAGS.audio, va_list=va_list, context_s=FLAGS.context_s,
-              pace=FLAGS.pace, output=FLAGS.output, source=source)
-
-
-def serve(config) -> None:
-  from convssl_jax import serve as serve_lib
-  serve_lib.require()  # aiohttp, before the model loads
-  model, config, source = _load(config)
-  print(f'model: {source}', file=sys.stderr)
-  serve_lib.serve(model, config, audio=FLAGS.audio, output=FLAGS.output, host=FLAGS.host,
-                  port=FLAGS.port, context_s=FLAGS.context_s, source=source)
-
-
-def export(config) -> None:
-  from convssl_jax import export as export_lib
-  model, config, source = _load(config)
-  output = FLAGS.output or pathlib.Path(FLAGS.workdir) / 'export'
-  written, skipped = export_lib.export_model(model, config, output, FLAGS.context_s,
-                                             FLAGS.export_platforms)
-  if skipped:
-    print(f'the streaming step is not exported: {skipped}')
-  print(f'model: {source} -> ' + ', '.join(map(str, written))
-        + f' (for {", ".join(FLAGS.export_platforms)})')
-
-
-def cache_features(config) -> None:
-  from convssl_jax import feature_cache
-  directory = feature_cache.build(config, config.data.features
-                                  or pathlib.Path(FLAGS.workdir) / 'features')
-  print(f'feature cache: {directory}; train from it with --config.data.features={directory}')
-
-
-def summary(config) -> None:
-  from convssl_jax import experiment
-  print(experiment.summary(config))
-
-
-def data(config) -> None:
-  from convssl_jax import corpora
-  print('\n'.join(corpora.describe(config)))
-
-
-def pretrain(config) -> None:
-  from convssl_jax import pretrain as pretrain_lib
-  print(json.dumps(pretrain_lib.pretrain(config, FLAGS.workdir), indent=2))
-
-
-def units(config) -> None:
-  from convssl_jax import units as units_lib
-  print(units_lib.build_units(config))
-
-
-def show_config(config) -> None:
-  from convssl_jax import config_fields
-  if FLAGS['config'].present or not _recorded():
-    spec = config_flags.get_config_filename(FLAGS['config'])
-    title, files = spec, [spec.split(':')[0]]
-  else:
-    title, files = f'{FLAGS.workdir}/config.json', config_fields.all_config_files()
-  overrides = config_flags.get_override_values(FLAGS['config'])
-  title += ''.join(f' --config.{k}={v}' for k, v in overrides.items())
-  print(config_fields.describe(config, files, title))
-
-
-MODES = {'train': train, 'eval': evaluate, 'predict': predict, 'stream': stream,
-         'serve': serve, 'export': export, 'summary': summary, 'data': data,
-         'cache_features': cache_features, 'pretrain': pretrain, 'units': units,
-         'config': show_config}
-DISTRIBUTED_MODES = ('train', 'eval', 'cache_features', 'pretrain', 'units')
-BATCHED_MODES = ('train', 'eval', 'predict', 'cache_features', 'pretrain')
-# The modes that take --workdir's recorded config when --config is not given.
-WORKDIR_MODES = ('train', 'eval', 'predict', 'stream', 'serve', 'export', 'cache_features',
-                 'config')
-LOCKING_MODES = ('train', 'eval', 'cache_features', 'pretrain')  # they write into --workdir
-
-
-def _recorded() -> bool:
-  from convssl_jax import workdir_config
-  return (pathlib.Path(FLAGS.workdir) / workdir_config.CONFIG_FILE).is_file()
-
-
-def resolved_config():
-  """--config, or where it is not given, the config --workdir recorded when it was trained (with
-  the --config.a.b overrides); a --config given is checked against the record."""
-  from convssl_jax import workdir_config
-  if FLAGS.mode not in WORKDIR_MODES or FLAGS.model_dir:
-    return FLAGS.config
-  given = FLAGS.config if FLAGS['config'].present else None
-  if FLAGS.mode == 'config' and given is not None:
-    return given  # shown as given
-  resolved = workdir_config.resolve(FLAGS.workdir, given,
-                                    config_flags.get_override_values(FLAGS['config']))
-  return FLAGS.config if resolved is None else resolved
-
-
-def setup(config) -> None:
-  """The compilation cache; Orbax's INFO lines (dozens per checkpoint on every process) dropped;
-  the processes joined (for the modes that run on several)."""
-  import logging
-
-  import jax
-  from absl import logging as absl_logging
-
-  if FLAGS.compilation_cache and not jax.config.jax_compilation_cache_dir:
-    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(FLAGS.compilation_cache))
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
-  absl_logging.get_absl_handler().addFilter(
-      lambda record: record.levelno >= logging.WARNING or '/orbax/' not in record.pathname)
-  # JAX's "Unable to initialize backend 'tpu'/'proxy'" INFO lines on every CPU or GPU start.
-  logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
-  if FLAGS.mode in DISTRIBUTED_MODES:
-    from convssl_jax import parallelism
-    parallelism.initialize_distributed(config.train.fsdp, FLAGS.coordinator_address,
-                                       FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed)
+# The flags that are modes.Options fields of the same name and value.
+OPTION_FLAGS = ('mode', 'workdir', 'audio', 'va', 'va_tiers', 'output', 'model_dir', 'pace', 'host',
+                'port', 'context_s', 'compilation_cache', 'coordinator_address', 'num_processes',
+                'process_id', 'distributed')
 
 
 def main(argv):
-  from convssl_jax import errors
+  from convssl_jax import errors, modes
   try:
     if len(argv) > 1:
       raise errors.UserError(f'unexpected arguments: {argv[1:]}')
-    config = resolved_config()
-    if FLAGS.mode == 'config':
-      show_config(config)
-    from convssl_jax import config_check
-    config_check.check(config)  # before any work
-    if FLAGS.mode == 'config':
-      return
-    setup(config)
-    if FLAGS.mode in BATCHED_MODES:
-      import jax
-      config_check.check_devices(config, jax.device_count())
-    from convssl_jax import workdir_lock
-    with (workdir_lock.hold(FLAGS.workdir) if FLAGS.mode in LOCKING_MODES
-          else contextlib.nullcontext()):
-      MODES[FLAGS.mode](config)
+    options = modes.Options(
+        config_given=FLAGS['config'].present,
+        config_spec=config_flags.get_config_filename(FLAGS['config']),
+        overrides=config_flags.get_override_values(FLAGS['config']),
+        export_platforms=tuple(FLAGS.export_platforms),
+        **{f.name: FLAGS[f.name].value for f in dataclasses.fields(modes.Options)
+           if f.name in OPTION_FLAGS})
+    modes.run(FLAGS.config, options)
   except errors.UserError as err:
     if FLAGS.verbose:
       raise
@@ -286,78 +101,9 @@ def main(argv):
     sys.exit(2)
 
 
-def _config_argument(argv) -> str:
-  """The --config argument on the command line (the default without one)."""
-  for i, arg in enumerate(argv):
-    if arg in ('--config', '-config') and i + 1 < len(argv):
-      return argv[i + 1]
-    if arg.startswith(('--config=', '-config=')):
-      return arg.split('=', 1)[1]
-  return DEFAULT_CONFIG
-
-
-TYPE_NAMES = {'int': 'an integer', 'float': 'a number', 'bool': 'true or false',
-              'string': 'a string'}
-
-
-def _flag_error(err: Exception, argv) -> str:
-  """absl's message of a bad flag in one line: a config field's value with the type it needs, a
-  config file's own error without its traceback."""
-  message = str(err).strip()
-  flag, _, reason = message.removeprefix('flag --').partition(': ')
-  name = flag.split('=', 1)[0]
-  if name.startswith('config.') and name in FLAGS:
-    kind = FLAGS[name].parser.flag_type()
-    return f'--{flag}: {name[len("config."):]} takes {TYPE_NAMES.get(kind, kind)}'
-  if name == 'config' and 'Traceback' in reason:  # the config file's get_config raised
-    return f'--config={_config_argument(argv)}: {reason.splitlines()[-1].split(": ", 1)[-1]}'
-  return ' '.join(line.strip() for line in message.removeprefix('flag ').splitlines() if line)
-
-
-def _read_config(spec: str):
-  """The config of a --config argument FILE[:ARG], read as ml_collections reads it."""
-  path, colon, arg = spec.partition(':')
-  module_spec = importlib.util.spec_from_file_location('config_file', path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(*([arg] if colon else []))
-
-
-def _unknown_field(argv) -> str | None:
-  """What is wrong with the first --config.a.b override that names no field of the config."""
-  from convssl_jax import config_fields
-  config = _read_config(_config_argument(argv))
-  missing = object()
-  for arg in argv:
-    if arg.startswith(('--config.', '-config.', '--noconfig.')):
-      path = arg.split('=', 1)[0].split('config.', 1)[1]
-      if config_fields.lookup(config, path, missing) is missing:
-        return f'--config.{path}: {config_fields.unknown_field(config, path)}'
-  return None
-
-
 def parse_flags(argv):
-  """absl's flag parsing, with each bad flag or config field in one line (exit 2) and --help
-  exiting 0 (absl's exits 1)."""
-  message = _unknown_field(argv) if _UNKNOWN_AT_START else None
-  try:
-    if message is None:
-      args = FLAGS(argv)
-      FLAGS.config.keys()  # ml_collections defers a config file's load error to here
-      return args
-  except SystemExit as exit_:  # --help, --helpfull: the help is printed, then exit(1)
-    sys.exit(0 if exit_.code == 1 else exit_.code)
-  except OSError as err:
-    cause = str(err.__cause__ or err).strip().splitlines()[-1].strip()
-    message = f'--config={_config_argument(argv)}: the config file cannot be loaded ({cause})'
-  except flags.Error as err:
-    message = _flag_error(err, argv)
-  except (KeyError, AttributeError):  # ml_collections on a --config.a.b naming no field
-    message = _unknown_field(argv)
-    if message is None:
-      raise
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
+  from convssl_jax import flag_errors
+  return flag_errors.parse(FLAGS, argv, DEFAULT_CONFIG, _UNKNOWN_AT_START)
 
 
 if __name__ == '__main__':

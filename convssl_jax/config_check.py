@@ -22,6 +22,10 @@ from convssl_jax import errors, objective
 from convssl_jax.config_fields import flatten, lookup
 from convssl_jax.models import downsample, factory, ssl_encoders, transformer, vap
 
+# The turn-taking scores a validation during training logs (evaluate.TRAINING_NAMES' F1s) that
+# may choose the best checkpoint.
+BEST_SCORES = ('f1_hold_shift', 'f1_predict_shift', 'f1_short_long', 'f1_bc_prediction')
+
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
@@ -136,6 +140,7 @@ RULES = {
     'train.plateau_factor': number(0, 1, above=True),
     'train.plateau_patience': integer(0),
     'train.early_stopping_patience': COUNT,
+    'train.best_metric': choice(('loss', *BEST_SCORES)),
     'train.*_loss_weight': number(0),
     'train.fsdp': COUNT,
     'train.log_every': COUNT,
@@ -168,6 +173,10 @@ def _rule(path: str) -> Rule | None:
 
 def _between_fields(config) -> None:
   """The rules that tie fields together."""
+  best = lookup(config, 'train.best_metric')
+  if best in BEST_SCORES and not lookup(config, 'eval.during_training'):
+    raise errors.ConfigError(f'train.best_metric={best!r} needs eval.during_training=True (the '
+                             "validation's turn-taking scores), or give 'loss'")
   model = config.get('model')
   if model is not None:
     dim, heads = model.get('dim'), lookup(model, 'transformer.num_heads')

@@ -109,6 +109,10 @@ def train_config(kind: str = STEREO) -> ml_collections.ConfigDict:
   t.plateau_factor = 0.5  # learning rate x factor when validation stops improving ...
   t.plateau_patience = 2  # ... for more than this many evaluations
   t.early_stopping_patience = 10  # evaluations without improvement before stopping
+  # The best checkpoint (what eval and predict use): 'loss', the lowest validation loss (the
+  # references'), or one of the turn-taking scores validation logs (eval.during_training), the
+  # highest: 'f1_hold_shift', 'f1_predict_shift', 'f1_short_long', 'f1_bc_prediction'.
+  t.best_metric = 'loss'
   # The total loss weighs each term the model computes (`Model.losses`) by its weight here.
   t.vap_loss_weight = 1.0
   t.vad_loss_weight = 1.0  # stereo: total = VAP + VAD
@@ -126,7 +130,7 @@ def train_config(kind: str = STEREO) -> ml_collections.ConfigDict:
 def eval_config() -> ml_collections.ConfigDict:
   """Turn-taking evaluation (`--mode=eval`, and after training): events, windows, baselines."""
   e = ml_collections.ConfigDict()
-  e.checkpoint = 'best'  # 'best' (lowest validation loss) | 'latest'
+  e.checkpoint = 'best'  # 'best' (by train.best_metric) | 'latest'
   e.context_s = 3.0  # overlap of the evaluation windows: every scored frame (but a dialog's
   #                    first window's) has at least this much audio before it
   e.va_only_baseline = True  # also train (same recipe) and score a VA-only model

@@ -68,6 +68,12 @@ def _mean_of_steps(values) -> float:
   return float(values[~np.isnan(values)].mean()) if not np.isnan(values).all() else float('nan')
 
 
+def best_value(val: dict[str, float], metric: str) -> float:
+  """What ranks checkpoints for the best one, lower is better: the validation loss, or a
+  turn-taking score negated."""
+  return val[metric] if metric == 'loss' else -val[metric]
+
+
 def class_frequency_loss(objective: VAPObjective, train, validation, frame_hz: int,
                          max_conversations: int = 128) -> float:
   """Cross-entropy on the validation frames of always predicting the training-set class
@@ -246,10 +252,12 @@ def train_and_evaluate(config, workdir, label: str = '') -> dict[str, Any]:
           val.update(turn_taking())
         logger.eval(done, 'validation', val)
         final_val = val
-        if val['loss'] < meta['best_val_loss']:
+        improved = val['loss'] < meta['best_val_loss']
+        if improved:
           meta.update(best_val_loss=val['loss'], evals_since_best=0, evals_since_plateau=0)
-          store.save_best(done, trainer.stored_state(), meta, value=val['loss'])
-        else:
+        # Kept where better than the stored best (by train.best_metric).
+        store.save_best(done, trainer.stored_state(), meta, value=best_value(val, t.best_metric))
+        if not improved:
           meta['evals_since_best'] += 1
           meta['evals_since_plateau'] += 1
           if t.schedule == 'plateau' and meta['evals_since_plateau'] > t.plateau_patience:

@@ -162,7 +162,7 @@ def checkpoint_build_step(step: int) -> int:
 
 
 def restore_model(config, workdir, which: str = 'best') -> tuple[model_state_lib.ModelState, int]:
-  """(the model of `workdir`'s best (lowest validation loss) or latest checkpoint, its step); the
+  """(the model of `workdir`'s best (by train.best_metric) or latest checkpoint, its step); the
   optimizer's part of the checkpoint is not read."""
   if which not in ('best', 'latest'):
     raise errors.ConfigError(f"eval.checkpoint must be 'best' or 'latest', got {which!r}")

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from configs import vap
-from convssl_jax import checkpoints, parallelism, train, trainer as trainer_lib
+from convssl_jax import checkpoints, config_check, errors, parallelism, train
+from convssl_jax import trainer as trainer_lib
 from tests import checkpoint_damage, processes
 
 
@@ -65,6 +66,37 @@ def test_eval_every_zero_validates_once_per_epoch(tmp_path, data_dir, capsys):
   # :tiny trains on 4 dialogs of 20 s in 5 s windows overlapping 2 s: starts 0, 3, ..., 15, so 6
   # windows each, 24 an epoch, 12 batches of 2. Then the last step validates too.
   assert re.findall(r'step (\d+) validation', captured.out + captured.err) == ['12', '13']
+
+
+@pytest.mark.parametrize('metric', ['loss', 'f1_hold_shift'])
+def test_the_best_checkpoint_is_the_validation_with_the_best_metric(tmp_path, data_dir, capsys,
+                                                                     metric):
+  config = _config(data_dir, steps=6, log_every=6, eval_every=2, checkpoint_every=6,
+                   learning_rate=2e-3, best_metric=metric)
+  train.train_and_evaluate(config, tmp_path)
+  text = capsys.readouterr()
+  lines = re.findall(r'step (\d+) validation: (.*)', text.out + text.err)
+  values = {int(step): float(re.search(rf'\b{metric} ([-\d.]+)', rest).group(1))
+            for step, rest in lines}
+  assert sorted(values) == [2, 4, 6]
+  sign = 1 if metric == 'loss' else -1  # the lowest loss, the highest score
+  best = min(sign * v for v in values.values())
+  # The first of those that tie (as logged, to 4 decimals) at the best.
+  expected = min(step for step, v in values.items() if sign * v <= best + 1e-4)
+  got = checkpoints.Checkpoints(tmp_path / 'checkpoints').best_step()
+  assert got == expected or abs(values[got] - values[expected]) <= 1e-4, (got, values)
+
+
+def test_a_score_as_best_metric_needs_the_validation_scores():
+  config = vap.get_config('tiny')
+  config.train.best_metric = 'f1_hold_shift'
+  config.eval.during_training = False
+  with pytest.raises(errors.ConfigError, match=r"train.best_metric='f1_hold_shift' needs "
+                     r'eval.during_training=True'):
+    config_check.check(config)
+  config.train.best_metric = 'shift_f1'
+  with pytest.raises(errors.ConfigError, match=r"train.best_metric='shift_f1': "):
+    config_check.check(config)
 
 
 @pytest.fixture(scope='module')
