@@ -36,7 +36,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from convssl_jax import corpora, evaluate, model_state, parallelism  # noqa: E402
 from convssl_jax import train as train_lib, trainer as trainer_lib  # noqa: E402
 from convssl_jax.data import pipeline  # noqa: E402
-from convssl_jax.data.audio import SAMPLE_RATE  # noqa: E402
 from convssl_jax.models import cpc, vap  # noqa: E402
 
 FLAGS = flags.FLAGS
