@@ -33,10 +33,11 @@ from ml_collections import config_flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from convssl_jax import corpora, evaluate, model_state, parallelism  # noqa: E402
-from convssl_jax import train as train_lib, trainer as trainer_lib  # noqa: E402
-from convssl_jax.data import pipeline  # noqa: E402
-from convssl_jax.models import cpc, vap  # noqa: E402
+from convssl_jax import corpora, evaluate, model_state, parallelism
+from convssl_jax import train as train_lib
+from convssl_jax import trainer as trainer_lib
+from convssl_jax.data import pipeline
+from convssl_jax.models import cpc, vap
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', 'configs/vap.py', 'Config file[:variant,...].')
@@ -185,39 +186,38 @@ def main(argv):
       np.testing.assert_allclose(row[f'{term}_all']['loss'], metrics[f'{term}_loss'], rtol=1e-3)
     return row
 
-  log = open(workdir / 'diagnostics.jsonl', 'w')
-  norms = []
-  for step in range(t.steps):
-    batch = next(train_iter)
-    device_batch = model.to_device(batch)
-    before = copy(model.params)  # the step donates the state
-    metrics = {k: float(v) for k, v in jax.device_get(trainer.train_step(device_batch)).items()}
-    row = {'step': step + 1, **metrics, 'update': {k: float(v) for k, v in jax.device_get(
-        update_norms(before, model.params)).items()}}
-    median = float(np.median(norms[-50:])) if len(norms) >= 10 else None
-    spike = median is not None and metrics['grad_norm'] > FLAGS.spike_factor * median
-    if spike or (FLAGS.probe_every and (step + 1) % FLAGS.probe_every == 0):
-      row['median_grad_norm'] = median
-      row['spike'] = spike
-      row['probe'] = run_probe(before, device_batch, metrics)
-    if spike:
-      p = row['probe']
-      print(f"step {step + 1}: spike, gradient norm {metrics['grad_norm']:.1f} (median "
-            f"{median:.2f}); VAD grad on convs.0 from silent/speech audio frames "
-            f"{p['vad_audio_silent']['encoder.convs.0']:.2f}/"
-            f"{p['vad_audio_speech']['encoder.convs.0']:.2f}", flush=True)
-    norms.append(metrics['grad_norm'])
-    if (step + 1) % t.eval_every == 0 or step + 1 == t.steps:
-      val = train_lib.evaluate_loss(model, pipeline.eval_dataset(
-          data['validation'], spec, batch_size=d.batch_size, overlap_s=0.0))
-      val.update(evaluate.training_scores(model, config, data['validation'], events))
-      row['validation'] = val
-      print(f'step {step + 1} validation: ' + ', '.join(
-          f'{k} {v:.4f}' for k, v in val.items() if not k.startswith(('shift_', 'hold_'))),
-          flush=True)
-    log.write(json.dumps(row) + '\n')
-    log.flush()
-  log.close()
+  with open(workdir / 'diagnostics.jsonl', 'w') as log:
+    norms = []
+    for step in range(t.steps):
+      batch = next(train_iter)
+      device_batch = model.to_device(batch)
+      before = copy(model.params)  # the step donates the state
+      metrics = {k: float(v) for k, v in jax.device_get(trainer.train_step(device_batch)).items()}
+      row = {'step': step + 1, **metrics, 'update': {k: float(v) for k, v in jax.device_get(
+          update_norms(before, model.params)).items()}}
+      median = float(np.median(norms[-50:])) if len(norms) >= 10 else None
+      spike = median is not None and metrics['grad_norm'] > FLAGS.spike_factor * median
+      if spike or (FLAGS.probe_every and (step + 1) % FLAGS.probe_every == 0):
+        row['median_grad_norm'] = median
+        row['spike'] = spike
+        row['probe'] = run_probe(before, device_batch, metrics)
+      if spike:
+        p = row['probe']
+        print(f"step {step + 1}: spike, gradient norm {metrics['grad_norm']:.1f} (median "
+              f"{median:.2f}); VAD grad on convs.0 from silent/speech audio frames "
+              f"{p['vad_audio_silent']['encoder.convs.0']:.2f}/"
+              f"{p['vad_audio_speech']['encoder.convs.0']:.2f}", flush=True)
+      norms.append(metrics['grad_norm'])
+      if (step + 1) % t.eval_every == 0 or step + 1 == t.steps:
+        val = train_lib.evaluate_loss(model, pipeline.eval_dataset(
+            data['validation'], spec, batch_size=d.batch_size, overlap_s=0.0))
+        val.update(evaluate.training_scores(model, config, data['validation'], events))
+        row['validation'] = val
+        print(f'step {step + 1} validation: ' + ', '.join(
+            f'{k} {v:.4f}' for k, v in val.items() if not k.startswith(('shift_', 'hold_'))),
+            flush=True)
+      log.write(json.dumps(row) + '\n')
+      log.flush()
 
 
 if __name__ == '__main__':
