@@ -94,6 +94,7 @@ def default_run(out: pathlib.Path) -> dict:
     losses = json.loads((workdir / 'metrics.json').read_text())
     runs.append({
         'seed': seed, 'seconds': round(seconds, 1), 'peak_gib': round(peak, 2),
+        'load_5min': round(os.getloadavg()[1], 1),  # at the end: other work slows the timing
         'val_vap_loss': round(losses['validation']['vap_loss'], 3),
         'test_vap_loss': round(losses['test']['vap_loss'], 3),
         'scores': {model: {e: [round(test[model][e]['f1_weighted'], 3),
@@ -162,11 +163,15 @@ def render(name: str, entry: dict) -> str:
       lines.append(f'| {LABELS[e]} | **{cells[0]}** | {" | ".join(cells[1:])} | {pos} / {neg} |')
     lines += ['', 'Per seed (test S/H weighted F1 of the model and the VA-only baseline, '
                   'validation VAP loss, the whole command\'s time and peak memory):', '',
-              '| seed | S/H model | S/H VA only | val VAP loss | time | peak memory |',
+              '| seed | S/H model | S/H VA only | val VAP loss | time (load) | peak memory |',
               '|---|---|---|---|---|---|']
     lines += [f'| {r["seed"]} | {r["scores"]["model"]["shift_hold"][0]:.3f} | '
               f'{r["scores"]["VA only"]["shift_hold"][0]:.3f} | {r["val_vap_loss"]:.3f} | '
-              f'{r["seconds"] / 60:.1f} min | {r["peak_gib"]:.1f} GiB |' for r in runs]
+              f'{r["seconds"] / 60:.1f} min ({r.get("load_5min", "?")}) | '
+              f'{r["peak_gib"]:.1f} GiB |' for r in runs]
+    lines += ['', 'Time: the whole command (the corpus built by the first seed, the VA-only '
+                  'baseline, evaluation), no compilation cache; load: the machine\'s 5-minute '
+                  'load average at its end (2 cores: above 2, other work shared them).']
     return '\n'.join(lines)
   if name == 'predict_example':
     return (f'`{entry["command"]}` on a {entry["dialog_s"]:g}-second synthetic dialog the model '
