@@ -36,6 +36,8 @@ from absl import app, flags
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIGURES = ROOT / 'benchmarks' / 'readme_figures.json'
 README = ROOT / 'README.md'
+OUTPUTS = ('README.md', 'benchmarks/readme_figures.json', 'benchmarks/RESULTS.md',
+           'docs/predict_example.png')
 EVENTS = ('shift_hold', 'short_long', 'shift_prediction', 'backchannel_prediction')
 LABELS = {'shift_hold': 'S/H', 'short_long': 'S/L', 'shift_prediction': 'S-pred',
           'backchannel_prediction': 'BC-pred'}
@@ -56,8 +58,10 @@ FLAGS = flags.FLAGS
 def _commit() -> str:
   head = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True,
                         text=True, check=True).stdout.strip()
-  dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout.strip()
+  # Changed files other than what this script and the benchmarks write themselves.
+  dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no', '--', '.',
+                          *(f':!{p}' for p in OUTPUTS)], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout.strip()
   return head + ('+changes' if dirty else '')
 
 
