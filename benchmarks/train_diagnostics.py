@@ -112,7 +112,9 @@ def make_probe(trainer, config):
       keep = which.removeprefix('audio_') if which.startswith('audio_') else None
       out, variances, alive = probe_forward(model, batch, frames, keep)
       if term == 'vap':
-        loss = model.losses(out, batch, objective, frames)[0]['vap'].mean()
+        vap_term = model.losses(out, batch, objective, frames)[0]['vap']  # vap.Masked: dialogs
+        loss = jnp.sum(vap_term.value * vap_term.present) / jnp.maximum(
+            jnp.sum(vap_term.present), 1)
       else:
         target = batch['va'][:, :frames]
         bce = optax.sigmoid_binary_cross_entropy(out['vad'][:, :frames].astype(jnp.float32),
