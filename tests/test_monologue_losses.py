@@ -133,7 +133,10 @@ def test_a_training_step_on_a_dialog_and_a_monologue_is_the_step_on_the_dialog_a
     results.append((float(metrics['loss']), jax.tree.leaves(params)))
   np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-6)
   for a, b in zip(results[0][1], results[1][1], strict=True):
-    np.testing.assert_allclose(a, b, atol=1e-5)  # Adam moves each by ~1e-3 (the rate)
+    # Adam moves each by ~1e-3 (the rate) whatever the gradient's size, so where a gradient is
+    # near 0 float noise in it moves the step by up to ~1e-5 (seen: 1.2e-5 in one of 4096); a
+    # wrong term moves the gradients themselves, and the step by ~1e-3.
+    np.testing.assert_allclose(a, b, atol=1e-4)
 
 
 def test_the_unit_lm_predicts_no_units_of_a_silent_partner():
