@@ -70,6 +70,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.synthetic.update(train=4, validation=2, test=2, duration_s=20.0)
     config.model.cpc.negatives = 16
     config.data.update(window_s=5.0, batch_size=2)
-    config.train.update(steps=20, learning_rate=2e-3, log_every=5, eval_every=10,
+    # 1e-3: at 2e-3 the InfoNCE loss fell back to chance within 40 steps for seeds 1 and 2 of 0..2;
+    # at 1e-3 all three learn through 60 steps.
+    config.train.update(steps=20, learning_rate=1e-3, log_every=5, eval_every=10,
                         checkpoint_every=10)
   return config

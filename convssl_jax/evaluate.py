@@ -60,7 +60,7 @@ def predict_dialogs(model: ModelState, config, corpus: pipeline.Corpus, swap: bo
                             enabled=desc is not None and batches > 1):
     rows = {k: jax.make_array_from_process_local_data(model.batch_sharding, batch[k])
             for k in ROW_KEYS}
-    out, rows = jax.device_get(model.predict_step(model.params, model.to_device(batch), rows))
+    out, rows = model.predict_step(model.params, model.to_device(batch), rows)
     for i in np.flatnonzero(rows['weight']):
       windows[int(rows['conversation'][i])].append((int(rows['frame'][i]),
                                                     {k: v[i] for k, v in out.items()}))

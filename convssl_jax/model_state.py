@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
 
 from convssl_jax import errors, objective as objective_lib, parallelism
 from convssl_jax.models import factory, pretrained, vap
@@ -162,8 +162,8 @@ class ModelState:
 
   @functools.cached_property
   def predict_step(self):
-    """jit: (params, batch, rows) -> per-window curves [B, N, 2] (`objective.frame_outputs`), the
-    VA [B, N + H, 2] and the rows' ids, all replicated so every process can stitch every dialog."""
+    """(params, batch, rows) -> per-window curves [B, N, 2] (`objective.frame_outputs`), the VA
+    [B, N + H, 2] and the rows' ids, as numpy on every process, so each can stitch every dialog."""
     graphdef, objective = self.graphdef, self.objective
 
     def predict(params, batch, rows):
@@ -174,9 +174,8 @@ class ModelState:
       out = model.forward(batch, frames)
       return {'va': va, **objective_lib.frame_outputs(objective, out, va[:, :frames], frames)}, rows
 
-    replicated = NamedSharding(self.mesh, P())
-    return jax.jit(predict, in_shardings=(self.sharding, self.batch_sharding,
-                                          self.batch_sharding), out_shardings=replicated)
+    return parallelism.OnEveryProcess(
+        predict, (self.sharding, self.batch_sharding, self.batch_sharding), self.mesh)
 
 
 def init_model(config, params: nnx.State | None = None) -> nnx.Module:

@@ -15,11 +15,11 @@ from tests.test_cpc_encoder import assert_causal
 
 @pytest.fixture(scope='module')
 def pretrained_run(tmp_path_factory, tiny_data_dir):
-  """(config, workdir) of `cpc_pretrain.py:tiny` trained for 40 steps, its encoder exported."""
+  """(config, workdir) of `cpc_pretrain.py:tiny` trained for 60 steps, its encoder exported."""
   root = tmp_path_factory.mktemp('cpc')
   config = cpc_pretrain.get_config('tiny')
   config.data.data_dir = tiny_data_dir
-  config.train.update(steps=40, eval_every=40, checkpoint_every=40)
+  config.train.update(steps=60, eval_every=60, checkpoint_every=60)
   results = pretrain.pretrain(config, root / 'run')
   return config, root / 'run', results
 

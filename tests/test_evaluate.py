@@ -43,7 +43,7 @@ def test_repeated_predictions_of_one_model_compile_once(tiny_run):
   first = evaluate.predict_dialogs(model, config, corpora['validation'])
   second = evaluate.predict_dialogs(model, config, corpora['validation'])
   evaluate.predict_dialogs(model, config, corpora['validation'], swap=True)
-  assert model.predict_step._cache_size() == 1  # both speaker orders, every call
+  assert model.predict_step.step._cache_size() == 1  # both speaker orders, every call
   np.testing.assert_array_equal(first[0]['p'], second[0]['p'])
 
 
