@@ -255,9 +255,8 @@ def train_and_evaluate(config, workdir, label: str = '') -> dict[str, Any]:
         improved = val['loss'] < meta['best_val_loss']
         if improved:
           meta.update(best_val_loss=val['loss'], evals_since_best=0, evals_since_plateau=0)
-        value = best_value(val, t.best_metric)
-        if value < store.best_value():  # a new best: only then is the state gathered to save
-          store.save_best(done, trainer.stored_state(), meta, value=value)
+        # Kept where better than the stored best (by train.best_metric).
+        store.save_best(done, trainer.stored_state(), meta, value=best_value(val, t.best_metric))
         if not improved:
           meta['evals_since_best'] += 1
           meta['evals_since_plateau'] += 1
