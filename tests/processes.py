@@ -123,6 +123,7 @@ _LIMIT = textwrap.dedent("""
 def run_limited(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
   """`script` (Python source that calls `limit_memory(mb)` once its imports are done) in a child
   process whose memory is then capped: whatever it allocates past the cap raises MemoryError.
-  BLAS runs one thread, so no thread stacks are mapped after the cap."""
+  BLAS runs one thread, so no thread stacks are mapped after the cap, and malloc keeps one arena:
+  each thread's own arena would reserve 64 MB of address space, which the cap counts."""
   return run('-c', _LIMIT + textwrap.dedent(script), *args, timeout=timeout,
-             OPENBLAS_NUM_THREADS='1', OMP_NUM_THREADS='1')
+             OPENBLAS_NUM_THREADS='1', OMP_NUM_THREADS='1', MALLOC_ARENA_MAX='1')
