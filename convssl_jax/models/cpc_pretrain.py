@@ -65,11 +65,10 @@ class CPCPretrain(frontends.AudioFrontend, StereoBody):
     the heads 'logits', 'vad' (and 'f0') as the stereo model gives them}."""
     if waveform.ndim != 3 or waveform.shape[1] != 2:
       raise ValueError(f'CPC pretraining takes waveform [B, 2, samples], got {waveform.shape}')
-    batch = waveform.shape[0]
-    z = self.encoder.conv_features(both(waveform))  # [2B, T, D], A then B
+    z = self.encoder.conv_features(both(waveform))  # [2B, T, D]
     c = self.encoder.lstm(z)
     scores = self.cpc_scores(z, c)
-    out = {'cpc': {'scores': jnp.stack([scores[:batch], scores[batch:]], axis=1),
+    out = {'cpc': {'scores': jnp.stack(layers.speakers_apart(scores), axis=1),
                    'active': jnp.any(waveform != 0, axis=-1)}}
     if self.heads:
       # c is the encoder output: only the downsampler runs.

@@ -77,3 +77,21 @@ def with_context(context: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array
 def stream_context(conv: nnx.Conv) -> int:
   """Inputs a causal strided conv needs from before a hop: kernel - stride."""
   return conv.kernel_size[0] - conv.strides[0]
+
+
+def speakers_as_batch(x1: jax.Array, x2: jax.Array) -> jax.Array:
+  """Speakers A's and B's [B, ...] -> one [2B, ...] batch, each example's rows adjacent (A, B): the
+  device holding an example holds both its speakers, so a batch-sharded model sends no
+  activations between devices. `speakers_apart` takes them apart again."""
+  return jnp.stack([x1, x2], axis=1).reshape(-1, *x1.shape[1:])
+
+
+def speakers_apart(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """`speakers_as_batch`'s [2B, ...] -> (speaker A's, speaker B's) [B, ...]."""
+  pairs = x.reshape(-1, 2, *x.shape[1:])
+  return pairs[:, 0], pairs[:, 1]
+
+
+def partners(x: jax.Array) -> jax.Array:
+  """`speakers_as_batch`'s [2B, ...] -> each row's partner speaker's row in its place (A <-> B)."""
+  return x.reshape(-1, 2, *x.shape[1:])[:, ::-1].reshape(x.shape)

@@ -303,14 +303,13 @@ class StereoTransformer(nnx.Module):
     self.combinator = Combinator(dim, **kw)
 
   def __call__(self, x1: jax.Array, x2: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    batch = x1.shape[0]
-    x = self.ar_channel(jnp.concatenate([x1, x2], axis=0))
+    x = self.ar_channel(layers.speakers_as_batch(x1, x2))
     bias = causal_alibi_bias(self.slopes, x.shape[-2], self.context)
     for layer in self.cross_layers:
-      x = layer(x, bias, source=jnp.roll(x, batch, axis=0))  # each speaker's source is the other
+      x = layer(x, bias, source=layers.partners(x))  # each speaker's source is the other
     if self.final_norm is not None:
       x = self.final_norm(x)
-    x1, x2 = x[:batch], x[batch:]
+    x1, x2 = layers.speakers_apart(x)
     return self.combinator(x1, x2), x1, x2
 
 
@@ -440,17 +439,16 @@ def stereo_step(stereo: StereoTransformer, cache: StereoCache, x1: jax.Array, x2
                 ) -> tuple[StereoCache, tuple[jax.Array, jax.Array, jax.Array]]:
   """n new frames of each speaker x1, x2 [B, n, D] -> (new cache, (x, x1, x2) as the offline
   `stereo` gives them at those frames, in eval mode)."""
-  batch = x1.shape[0]
   bias, slots = _step_bias(stereo, cache.channel.layers[0], cache.channel.position,
                            x1.shape[-2])
   channel, x = _gpt_layers(stereo.ar_channel, cache.channel,
-                           jnp.concatenate([x1, x2], axis=0), bias, slots)
+                           layers.speakers_as_batch(x1, x2), bias, slots)
   cross_layers = []
   for layer, (kv, cross_kv) in zip(stereo.cross_layers, cache.cross_layers):
     x, kv, cross_kv = _layer_step(layer, kv, x, bias, slots, cross_kv,
-                                  source=jnp.roll(x, batch, axis=0))
+                                  source=layers.partners(x))
     cross_layers.append((kv, cross_kv))
   if stereo.final_norm is not None:
     x = stereo.final_norm(x)
-  x1, x2 = x[:batch], x[batch:]
+  x1, x2 = layers.speakers_apart(x)
   return StereoCache(channel, tuple(cross_layers)), (stereo.combinator(x1, x2), x1, x2)

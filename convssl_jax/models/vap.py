@@ -48,9 +48,9 @@ def n_bins(cfg) -> int:
 
 
 def both(x: jax.Array | None) -> jax.Array | None:
-  """[B, 2, ...] (channel 0 = speaker A) -> [2B, ...]: both speakers' channels as one batch, A's
-  first, so one encoder call serves both; x[:B] and x[B:] take them apart again."""
-  return None if x is None else jnp.concatenate([x[:, 0], x[:, 1]], axis=0)
+  """[B, 2, ...] (channel 0 = speaker A) -> [2B, ...]: both speakers' channels as one batch
+  (`layers.speakers_as_batch`), so one encoder call serves both."""
+  return None if x is None else x.reshape(-1, *x.shape[2:])
 
 
 def per_example(f, *xs):
@@ -125,9 +125,8 @@ class StereoBody(nnx.Module):
     self.f0_head = heads.F0Head(cfg.dim, 1, **kw) if cfg.f0_head else None
 
   def body_outputs(self, z: jax.Array) -> dict[str, Any]:
-    """z [2B, N, D], speaker A's frames first -> the heads' outputs."""
-    batch = z.shape[0] // 2
-    return self.head_outputs(*self.transformer(z[:batch], z[batch:]))
+    """z [2B, N, D] (`both`'s order) -> the heads' outputs."""
+    return self.head_outputs(*self.transformer(*layers.speakers_apart(z)))
 
   def head_outputs(self, x: jax.Array, x1: jax.Array, x2: jax.Array) -> dict[str, Any]:
     """The heads on the combined stream x and the speakers' streams x1, x2 [B, N, D]:
@@ -280,8 +279,7 @@ class StereoVAP(frontends.AudioFrontend, StereoBody):
                   samples: jax.Array) -> tuple[StreamState, dict[str, Any]]:
     """One hop: samples [B, 2, hop] (one speaker per channel) -> (new state, the outputs of its
     n frames)."""
-    batch = samples.shape[0]
     encoder, z = self.encoder_stream_step(state.encoder, both(samples))
-    cache, streams = transformer.stereo_step(self.transformer, state.transformer, z[:batch],
-                                             z[batch:])
+    cache, streams = transformer.stereo_step(self.transformer, state.transformer,
+                                             *layers.speakers_apart(z))
     return StreamState(encoder, cache), self.head_outputs(*streams)

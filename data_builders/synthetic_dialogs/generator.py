@@ -79,9 +79,14 @@ class DialogConfig:
   final_decay_db: tuple[float, float] = (6.0, 10.0)  # final: intensity decays by this
   final_lengthening: tuple[float, float] = (1.5, 2.0)  # final: last 2 syllables this much longer
   nonfinal_rise_st: tuple[float, float] = (0.0, 3.0)  # non-final: F0 level or rising by this
-  # Levels in dBFS (RMS): voiced speech, the white noise floor; bleed relative to the source.
+  # Levels in dBFS (RMS): voiced speech; bleed relative to the source. The noise floor is drawn
+  # per dialog and channel, its level from noise_floor_db and its colour, white to red, from
+  # noise_pole (a first-order low-pass x[t] = w[t] + a x[t-1]): silence that is one constant
+  # input made a from-scratch encoder code all silent frames alike, and the default run's VAD
+  # loss jump from step to step (docs/default_run.md).
   speech_db: float = -24.0
-  noise_floor_db: float = -60.0
+  noise_floor_db: tuple[float, float] = (-70.0, -40.0)
+  noise_pole: tuple[float, float] = (0.0, 0.95)
   bleed_db: float = -30.0
   # A monologue: speaker A (channel 0) alone, its IPUs and pauses drawn as above (a turn-final IPU,
   # a sentence end with the final cues, is followed by A again), no backchannels, and channel B
@@ -115,6 +120,7 @@ class Dialog:
   events: list[Event]  # in time order
   backchannel_list: list[list[list[float]]]  # the backchannels among va_list, same format
   speaker_f0_hz: tuple[float, float]  # mean F0 of each channel's voice in this dialog
+  noise_floor_db: tuple[float, float]  # each channel's noise floor (RMS dBFS)
 
 
 class _Segment(NamedTuple):
@@ -381,6 +387,20 @@ def _segment_list(segments: list[_Segment]) -> list[list[list[float]]]:
   return [[[float(s.start), float(s.end)] for s in segments if s.speaker == c] for c in (0, 1)]
 
 
+def _noise_floor(rng: np.random.Generator, n_samples: int,
+                 config: DialogConfig) -> tuple[np.ndarray, tuple[float, float]]:
+  """Each channel's noise floor [S, 2]: Gaussian noise through a one-pole low-pass drawn from
+  `noise_pole`, at an RMS level drawn from `noise_floor_db`; and the two levels (dBFS)."""
+  noise = rng.standard_normal((n_samples, 2), dtype=np.float32)
+  levels = []
+  for c in (0, 1):
+    coloured = scipy.signal.lfilter([1.0], [1.0, -rng.uniform(*config.noise_pole)], noise[:, c])
+    levels.append(float(rng.uniform(*config.noise_floor_db)))
+    rms = max(float(np.sqrt(np.mean(coloured ** 2))), 1e-9)
+    noise[:, c] = coloured * (10.0 ** (levels[-1] / 20.0) / rms)
+  return noise, (levels[0], levels[1])
+
+
 def generate_dialog(seed: int, config: DialogConfig = DialogConfig()) -> Dialog:
   """A dialog of `config.duration_s` seconds, a deterministic function of (seed, config)."""
   rng = np.random.default_rng(seed)
@@ -396,9 +416,8 @@ def generate_dialog(seed: int, config: DialogConfig = DialogConfig()) -> Dialog:
       _render_channel(rng, [k for s, k in knots if s.speaker == c], n_samples, f0_mean[c],
                       formants[c], config) for c in (0, 1)])
   speech = np.stack(speech, axis=1)
-  noise = rng.standard_normal((n_samples, 2), dtype=np.float32)
-  audio = (speech + np.float32(10.0 ** (config.bleed_db / 20.0)) * speech[:, ::-1]
-           + np.float32(10.0 ** (config.noise_floor_db / 20.0)) * noise)
+  noise, floor_db = _noise_floor(rng, n_samples, config)
+  audio = speech + np.float32(10.0 ** (config.bleed_db / 20.0)) * speech[:, ::-1] + noise
   if config.monologue:
     audio[:, 1] = 0.0
   hop = config.sample_rate // F0_HZ
@@ -406,4 +425,5 @@ def generate_dialog(seed: int, config: DialogConfig = DialogConfig()) -> Dialog:
   return Dialog(audio=audio, va_list=_segment_list([s for s, _ in knots]),
                 f0=f0_frames.astype(np.float32), events=_events(ipus, backchannels),
                 backchannel_list=_segment_list(backchannels),
-                speaker_f0_hz=(float(f0_mean[0]), float(f0_mean[1])))
+                speaker_f0_hz=(float(f0_mean[0]), float(f0_mean[1])),
+                noise_floor_db=floor_db)

@@ -62,8 +62,10 @@ def _example(split: str, index: int, config: SyntheticDialogsConfig,
 class SyntheticDialogs(conversation.ConversationBuilder):
   """Procedural two-speaker dialogs with prosodic turn-end cues (see README.md beside this file)."""
 
-  VERSION = tfds.core.Version('1.1.0')
+  VERSION = tfds.core.Version('1.2.0')
   RELEASE_NOTES = {
+      '1.2.0': 'each channel\'s noise floor varies per dialog, in level (-70 to -40 dBFS) and '
+               'colour (white to red), instead of a constant -60 dBFS white noise.',
       '1.1.0': 'each conversation records whether it is a monologue (feature and metadata '
                '`monologue`); `monologues` adds generated monologues to the train split.',
       '1.0.0': 'Initial release.',
