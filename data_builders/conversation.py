@@ -5,7 +5,9 @@ VA segments and words of both speakers in seconds, and F0 per speaker at 100 Hz 
 computed once here so training never runs a pitch tracker, and whether it is a monologue: one
 speaker in channel A and a pretend partner in B who is always quiet (conv_ssl's README, "Model"),
 so that training leaves the turn-taking terms of its windows out. Builders write `array_record`
-without TensorFlow, in generation order (`disable_shuffling`), and record each split's sessions,
+without TensorFlow, in generation order (`disable_shuffling`): each worker process encodes and
+writes its own run of consecutive conversations, one shard file, so no process holds more than
+the conversation it is on and nothing funnels through one writer. They record each split's sessions,
 durations and monologue flags in the dataset's metadata so the input pipeline can plan windows
 without reading audio.
 One build of a dataset runs at a time (a lock file beside its version folders; a second waits),
@@ -18,6 +20,7 @@ silently.
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import json
 import multiprocessing
 import os
@@ -163,6 +166,42 @@ def _keyed_example(loaded) -> Iterator[tuple[int, dict]]:
     yield index, example
 
 
+SHARDS = 256  # a split's shard files, at most: runs of ceil(n / SHARDS) consecutive conversations
+
+
+def _runs(n: int) -> list[range]:
+  """A split's n conversations as consecutive runs, one shard file each: one conversation per
+  shard up to SHARDS conversations (the pool balances them), ceil(n / SHARDS) beyond."""
+  per = -(-n // SHARDS)
+  return [range(start, min(start + per, n)) for start in range(0, n, per)]
+
+
+@functools.cache
+def _encoder() -> tuple[tfds.features.FeaturesDict, tfds.core.example_serializer.ExampleSerializer]:
+  """The schema and its serializer, made once per process."""
+  schema = features()
+  return schema, tfds.core.example_serializer.ExampleSerializer(schema.get_serialized_info())
+
+
+def _write_run(task: tuple[str, tfds.core.FileFormat, list[Callable[[], dict]]]) -> list:
+  """Runs a run's loaders in order (in a worker process) and writes the examples that load to
+  one shard file at `path` (file format `file_format`): the (duration, monologue, error) of
+  each, as `_summary` and `_load` give them."""
+  path, file_format, loads = task
+  schema, serializer = _encoder()
+  entries = []
+
+  def serialized():
+    for load in loads:
+      example, error = _load(load)
+      entries.append((*_summary(example), error))
+      if example is not None:
+        yield None, serializer.serialize_example(schema.encode_example(example))
+
+  tfds.core.writer.ExampleWriter(file_format=file_format).write(path, serialized())
+  return entries
+
+
 def _write_index(entries: list, path: str):
   """A split's index entries (sorted) as JSON at `path`, for the builder to read back."""
   epath.Path(path).write_text(json.dumps(sorted(entries)))
@@ -171,8 +210,9 @@ def _write_index(entries: list, path: str):
 class ConversationBuilder(tfds.core.GeneratorBasedBuilder):
   """Base of the corpus builders: the shared schema, generation order, metadata, `skip_bad`.
 
-  Conversations load in order in `num_workers` processes (default: every core; one pool for the
-  whole build), or, when the download config names a Beam runner or Beam options, in an Apache
+  Conversations load in `num_workers` processes (default: every core; one pool for the whole
+  build), each process writing a run of consecutive ones to its own shard (`_runs`), or, when
+  the download config names a Beam runner or Beam options, in an Apache
   Beam pipeline (`beam.Create` of the sessions, reshuffled over the workers, keyed by their
   index so the writer keeps the order): the same records and metadata either way. Loaders must
   be picklable (module-level functions or partials of them). F0 is tracked by `f0_tracker` (one
@@ -282,9 +322,7 @@ class ConversationBuilder(tfds.core.GeneratorBasedBuilder):
       path = self._index_path(split)
       entries = json.loads(path.read_text())
       path.unlink()
-      for _ in self._account(split, ((session, duration, monologue, error, None)
-                                     for _, session, duration, monologue, error in entries)):
-        pass
+      self._account(split, (entry[1:] for entry in entries))
 
   def _index_path(self, split: str) -> epath.Path:
     return epath.Path(self.data_dir) / f'{split}.conversations.json'
@@ -299,23 +337,53 @@ class ConversationBuilder(tfds.core.GeneratorBasedBuilder):
             for split, members in splits.items() if members}
 
   def _generate_examples(self, split: str, loaders: Iterable[tuple[str, Callable[[], dict]]]):
-    """TFDS's hook: the examples of (session, load) pairs, in order, as a generator or, with
-    Beam, a PTransform."""
+    """TFDS's hook: the split's (session, load) pairs, written by `_write_split`, or, with Beam,
+    a PTransform of its examples for TFDS's writer."""
     pairs = list(loaders)
     if self._beam_splits is None:
-      return self._conversations(split, pairs)
+      return pairs
     self._beam_splits.append(split)
     return self._beam_conversations(pairs, os.fspath(self._index_path(split)))
 
-  def _conversations(self, split: str,
-                     pairs: list[tuple[str, Callable[[], dict]]]) -> Iterator[tuple[str, dict]]:
-    """Runs each (session, load) pair, in the build's pool if it has one."""
-    loads = [load for _, load in pairs]
-    results = (self._pool.imap(_load, loads) if self._pool and len(loads) > 1 else
-               map(_load, loads))
-    loaded = ((session, *_summary(example), error, example)
-              for (session, _), (example, error) in zip(pairs, results))
-    yield from self._account(split, loaded)
+  def _generate_splits(self, dl_manager, download_config) -> list[tfds.core.SplitInfo]:
+    """TFDS's hook: with Beam, TFDS's own split writing; otherwise each split by `_write_split`."""
+    if self._beam_splits is not None:
+      return super()._generate_splits(dl_manager, download_config)
+    return [self._write_split(split, pairs)
+            for split, pairs in self._split_generators(dl_manager).items()]
+
+  def _write_split(self, split: str,
+                   pairs: list[tuple[str, Callable[[], dict]]]) -> tfds.core.SplitInfo:
+    """Loads and writes a split's (session, load) pairs, a run of consecutive ones per shard, in
+    the build's pool if it has one; the runs' files that hold an example become the split's
+    shards, in order."""
+    template = self._get_filename_template(split_name=split)
+    runs = _runs(len(pairs))
+    parts = [epath.Path(f'{template.filepath_prefix()}.run-{k:05d}') for k in range(len(runs))]
+    tasks = [(os.fspath(part), self.info.file_format, [pairs[i][1] for i in run])
+             for part, run in zip(parts, runs)]
+    results = (self._pool.imap(_write_run, tasks) if self._pool and len(tasks) > 1 else
+               map(_write_run, tasks))
+    lengths = []
+
+    def entries():
+      for run, written in zip(runs, results):
+        lengths.append(sum(error is None for *_, error in written))
+        for i, entry in zip(run, written):
+          yield pairs[i][0], *entry
+
+    self._account(split, tfds.core.utils.tqdm(
+        entries(), desc=f'Writing {split}', unit=' conversations', total=len(pairs),
+        leave=False, mininterval=1.0))
+    shards = [(part, n) for part, n in zip(parts, lengths) if n]
+    for part, n in zip(parts, lengths):
+      if not n:
+        part.unlink()
+    for index, (part, _) in enumerate(shards):
+      part.rename(template.sharded_filepath(shard_index=index, num_shards=len(shards)))
+    return tfds.core.SplitInfo(
+        name=split, shard_lengths=[n for _, n in shards], filename_template=template,
+        num_bytes=sum(path.stat().length for path in template.sharded_filepaths(len(shards))))
 
   @staticmethod
   def _beam_conversations(pairs: list[tuple[str, Callable[[], dict]]], index_path: str):
@@ -337,9 +405,9 @@ class ConversationBuilder(tfds.core.GeneratorBasedBuilder):
 
     return load()  # pylint: disable=no-value-for-parameter
 
-  def _account(self, split: str, loaded) -> Iterator[tuple[str, dict]]:
-    """Records (session, duration, monologue, error, example) in order as the split's sessions,
-    durations and monologue flags in metadata, yielding (session, example) of those that loaded.
+  def _account(self, split: str, loaded: Iterable[tuple]):
+    """Records (session, duration, monologue, error) in order as the split's sessions,
+    durations and monologue flags in metadata.
 
     An error stops the build, unless `skip_bad`: then it is logged and listed under
     metadata['skipped'][split]. A split without a conversation is an error.
@@ -348,7 +416,7 @@ class ConversationBuilder(tfds.core.GeneratorBasedBuilder):
     index = meta.setdefault('splits', {})[split] = {'sessions': [], 'durations': [],
                                                     'monologue': []}
     skipped = meta.setdefault('skipped', {})[split] = []
-    for session, duration, monologue, error, example in loaded:
+    for session, duration, monologue, error in loaded:
       if error is not None:
         if not self.skip_bad:
           raise errors.InputError(error)
@@ -358,7 +426,6 @@ class ConversationBuilder(tfds.core.GeneratorBasedBuilder):
       index['sessions'].append(session)
       index['durations'].append(duration)
       index['monologue'].append(monologue)
-      yield session, example
     if not index['sessions']:
       raise errors.InputError(f'{self.name}: split {split!r} has no conversations'
                               + (f' (all {len(skipped)} failed to load)' if skipped else ''))
