@@ -198,6 +198,7 @@ def _write_run(task: tuple[str, tfds.core.FileFormat, list[Callable[[], dict]]])
       if example is not None:
         yield None, serializer.serialize_example(schema.encode_example(example))
 
+  # Not TFDS's ShardWriter: it tees the examples to count them, holding the run's whole audio.
   tfds.core.writer.ExampleWriter(file_format=file_format).write(path, serialized())
   return entries
 
@@ -375,9 +376,11 @@ class ConversationBuilder(tfds.core.GeneratorBasedBuilder):
     self._account(split, tfds.core.utils.tqdm(
         entries(), desc=f'Writing {split}', unit=' conversations', total=len(pairs),
         leave=False, mininterval=1.0))
-    shards = [(part, n) for part, n in zip(parts, lengths) if n]
+    shards = []  # (file, examples) of the runs that hold an example; the others are removed
     for part, n in zip(parts, lengths):
-      if not n:
+      if n:
+        shards.append((part, n))
+      else:
         part.unlink()
     for index, (part, _) in enumerate(shards):
       part.rename(template.sharded_filepath(shard_index=index, num_shards=len(shards)))
