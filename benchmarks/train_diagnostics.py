@@ -82,7 +82,7 @@ def probe_forward(model, batch, frames: int, keep: str | None):
   post-ReLU channel activity. `keep` ('silent'/'speech'): the gradient flows through those
   frames of every conv output only."""
   enc = model.encoder
-  x = vap.both(batch['audio'])[..., None]
+  x = enc.conv_input(vap.both(batch['audio']))
   variances, alive = [], []
   for conv, norm in zip(enc.convs, enc.norms):
     h = conv(x)

@@ -6,8 +6,9 @@ Variants (comma-separated, combinable):
   reference          the reference's sizes and windows (dim 256, stereo 1 self + 3 cross layers,
                      20 s windows, batch 16; mono 4 layers, 10 s windows). Without it the model is
                      sized for a 2-core CPU: dim 32, one cross layer (mono: 2 layers), no dropout,
-                     10 s windows, 450 steps (the whole default run, VA-only baseline and
-                     evaluation included, fits in 15 minutes there).
+                     10 s windows, stereo's CPC input x 10 (model.encoder.input_gain), 450
+                     steps (the whole default run, VA-only baseline and evaluation included,
+                     fits in 15 minutes there).
   independent        independent head (2 x 4 bins), pre_frames 2.
   independent40      paper A's Skantze-style baseline: 2 x 40 bins of 50 ms, pre_frames 12 (100 Hz).
   skantze            Skantze 2017's regression target: 2 x 60 bins of 50 ms (a 3 s horizon),
@@ -49,6 +50,11 @@ def _size_for_cpu(config: ml_collections.ConfigDict) -> None:
   config.model.encoder.unroll = 1  # on CPU the plain scan is fastest (1.03 vs 1.27 s/step at 16)
   config.model.transformer.update(cross_layers=1, num_layers=2, dropout=0.0)
   config.data.window_s = 10.0
+  if config.model.kind == STEREO:
+    # The CPC encoder trains from scratch on audio as recorded (speech RMS ~0.05, where the first
+    # conv's bias swamps it): lifted 10x, the VAD loss stops spiking (docs/default_run.md). Mono
+    # peak-normalises each window instead, as conv_ssl.
+    config.model.encoder.input_gain = 10.0
   config.train.update(steps=450, learning_rate=1e-3, log_every=15, eval_every=150,
                       checkpoint_every=150)
   # Three validations: the best is the one the README's table reports on (S/H), not the lowest

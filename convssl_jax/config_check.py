@@ -104,6 +104,7 @@ RULES = {
     'model.units': integer(2),
     'model.encoder.name': choice(('cpc', *ssl_encoders.NAMES, 'none')),
     'model.encoder.padding': choice(('causal', 'reference')),
+    'model.encoder.input_gain': POSITIVE,
     'model.encoder.lstm_layers': COUNT,
     'model.encoder.unroll': COUNT,
     'model.encoder.unfreeze_step': integer(-1),

@@ -75,13 +75,16 @@ def fingerprint(config, corpus: pipeline.Corpus, model: ModelState) -> dict:
       'window_s': d.window_s, 'overlap_s': d.overlap_s, 'jitter_grid_s': d.jitter_grid_s,
       'frame_hz': m.frame_hz, 'normalize': d.normalize,
       'mono': factory.model_class(m).mono_mix,
-      'encoder': {'name': m.encoder.name, 'padding': m.encoder.padding, 'dim': m.dim,
+      'encoder': {'name': m.encoder.name, 'padding': m.encoder.padding,
+                  'input_gain': m.encoder.get('input_gain', 1.0), 'dim': m.dim,
                   'lstm_layers': m.encoder.lstm_layers, 'dtype': m.dtype,
                   'parameters': encoder_digest(model)},
   }
 
 
 def _mismatch(found: dict, expected: dict) -> list[str]:
+  # Caches written before the encoder's input_gain existed were computed at gain 1.
+  found = {**found, 'encoder': {'input_gain': 1.0, **found.get('encoder', {})}}
   return [f'{k}: cache {found.get(k)!r}, config {v!r}' for k, v in expected.items()
           if found.get(k) != v]
 

@@ -30,7 +30,8 @@ def export_encoder(config, workdir, which: str = 'best') -> pathlib.Path:
   parallelism.sync_processes('export_encoder')  # Orbax saves with every process taking part
   m = config.model
   pretrained.save(out, {'name': 'cpc', 'dim': m.dim, 'lstm_layers': m.encoder.lstm_layers,
-                        'padding': m.encoder.padding, 'source': str(pathlib.Path(workdir)),
+                        'padding': m.encoder.padding, 'input_gain': m.encoder.input_gain,
+                        'source': str(pathlib.Path(workdir)),
                         'step': step, 'checkpoint': which}, params)
   return out
 

@@ -25,6 +25,7 @@ def model_config(kind: str = STEREO) -> ml_collections.ConfigDict:
   m.encoder = ml_collections.ConfigDict(dict(  # the audio encoder (CPC at 100 Hz, downsampled)
       name='cpc',  # 'cpc' | 'hubert' | 'wav2vec2' | 'wavlm' (converted) | 'none' (mono VA-only)
       padding='causal',  # 'causal' (real-time exact) | 'reference' (CPC_audio's, converted weights)
+      input_gain=1.0,  # CPC: the waveform's scale before the first conv (1 = CPC_audio's)
       lstm_layers=1,  # CPC's autoregressive LSTM layers
       unroll=16,  # LSTM scan unroll
       freeze=False,  # the encoder is not trained (no gradient, no optimizer state)

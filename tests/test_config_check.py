@@ -59,6 +59,7 @@ def _refused(overrides: dict, variant: str = 'tiny', module=vap) -> str:
     ('model.transformer.context', 0, 'must be None or an integer >= 1'),
     ('model.vap.threshold', 1.0, 'must be a number in (0, 1)'),
     ('model.encoder.lstm_layers', 0, 'must be an integer >= 1'),
+    ('model.encoder.input_gain', 0.0, 'must be a finite number > 0'),
     ('eval.context_s', -1.0, 'must be a finite number >= 0'),
     ('eval.checkpoint', 'last', "must be one of 'best', 'latest'"),
     ('eval.events.min_context', -1.0, 'must be a finite number >= 0'),

@@ -246,7 +246,8 @@ def test_a_cpc_train_checkpoint_with_its_options_file_converts_like_the_hub_file
 def _tiny_config(dst, **model):
   config = vap.get_config('tiny')
   config.model.encoder_checkpoint = str(dst)
-  config.model.encoder.update(freeze=True, padding='reference')
+  # CPC_audio's weights hear the waveform as it is (the CPU-sized stereo configs lift it 10x).
+  config.model.encoder.update(freeze=True, padding='reference', input_gain=1.0)
   config.model.update(**model)
   return config
 
@@ -269,6 +270,17 @@ def test_a_padding_other_than_the_one_the_weights_were_trained_with_is_warned_ab
     models.build_model(config.model, rngs=nnx.Rngs(0))
   (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
   assert "model.encoder.padding='causal'" in warning and "trained with 'reference'" in warning
+
+
+def test_an_input_gain_other_than_the_one_the_weights_were_trained_with_is_an_error(tmp_path):
+  dst = tmp_path / 'cpc'
+  cli.main(['cpc', str(FIXTURES / 'cpc_l1.pt'), str(dst)])
+  assert 'input_gain' not in pretrained.read_config(dst)  # converted weights: gain 1, implied
+  config = _tiny_config(dst)
+  config.model.encoder.input_gain = 10.0
+  with pytest.raises(ValueError, match=r'input_gain=1.0 \(the model has 10.0\)'):
+    models.build_model(config.model, rngs=nnx.Rngs(0))
+  assert models.load_encoder(dst).input_gain == 1.0
 
 
 def test_a_model_dim_other_than_the_converted_width_is_an_error(tmp_path):

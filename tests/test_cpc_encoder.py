@@ -215,6 +215,17 @@ def test_output_shapes_and_dtypes(padding, length, frames, batch, dtype):
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(nnx.state(encoder, nnx.Param)))
 
 
+def test_input_gain_multiplies_the_waveform_before_the_first_conv_offline_and_streaming():
+  lifted = CPCEncoder(dim=16, padding='causal', input_gain=10.0, rngs=nnx.Rngs(0))
+  plain = CPCEncoder(dim=16, padding='causal', rngs=nnx.Rngs(0))  # the same weights, gain 1
+  wave = 0.05 * _wave(2, 1600)
+  offline = np.asarray(lifted(wave))
+  np.testing.assert_allclose(offline, plain(10.0 * wave), rtol=1e-5, atol=1e-6)
+  assert np.abs(offline - np.asarray(plain(wave))).max() > 1e-2  # the gain changes what it hears
+  _, streamed = lifted.stream_step(lifted.init_stream_state(2), wave)
+  np.testing.assert_allclose(streamed, offline, atol=1e-5)
+
+
 def test_conv_stack_parameter_count():
   encoder = CPCEncoder(rngs=nnx.Rngs(0))
   conv_weights = 256 * 1 * 10 + 256 * 256 * 8 + 3 * (256 * 256 * 4)

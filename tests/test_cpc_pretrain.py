@@ -39,7 +39,9 @@ def test_the_exported_encoder_is_causal_and_is_the_trained_one(pretrained_run):
   config, workdir, results = pretrained_run
   stored = json.loads((workdir / 'encoder' / 'config.json').read_text())
   assert stored['padding'] == 'causal' and stored['dim'] == config.model.dim
+  assert stored['input_gain'] == config.model.encoder.input_gain
   encoder = models.load_encoder(results['encoder'], padding=stored['padding'])
+  assert encoder.input_gain == stored['input_gain']
   for k in (1, 7):
     assert_causal(encoder, k)
   # The export is the trained encoder, not its initialisation.
@@ -54,6 +56,10 @@ def test_vap_takes_the_pretrained_encoder(pretrained_run):
   config, _, results = pretrained_run
   vap_config = vap.get_config('tiny')
   vap_config.model.encoder_checkpoint = results['encoder']
+  assert vap_config.model.encoder.input_gain == 10.0 != config.model.encoder.input_gain
+  with pytest.raises(ValueError, match='input_gain'):  # it was pretrained hearing another scale
+    models.build_model(vap_config.model, rngs=nnx.Rngs(5))
+  vap_config.model.encoder.input_gain = config.model.encoder.input_gain
   model = models.build_model(vap_config.model, rngs=nnx.Rngs(5))
   expected = models.load_encoder(results['encoder'], padding='causal')
   jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(nnx.state(model.encoder, nnx.Param)),

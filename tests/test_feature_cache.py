@@ -98,6 +98,10 @@ def test_a_cache_of_another_config_or_a_trained_encoder_is_refused(tmp_path, dat
   other = _config(data_dir, jitter_grid_s=0.5, features=str(directory))
   with pytest.raises(ValueError, match='jitter_grid_s: cache 1.0, config 0.5'):
     train.train_and_evaluate(other, tmp_path / 'run')
+  louder = _config(data_dir, features=str(directory))
+  louder.model.encoder.input_gain = 20.0  # the same weights hearing another scale
+  with pytest.raises(ValueError, match="'input_gain': 10.0.*config .*'input_gain': 20.0"):
+    train.train_and_evaluate(louder, tmp_path / 'run1')
   unfrozen = _config(data_dir, features=str(directory))
   unfrozen.model.encoder.unfreeze_step = 3
   with pytest.raises(ValueError, match='frozen for the whole run'):
@@ -105,6 +109,22 @@ def test_a_cache_of_another_config_or_a_trained_encoder_is_refused(tmp_path, dat
   continuous = _config(data_dir, jitter_grid_s=0.0)
   with pytest.raises(ValueError, match='jitter_grid_s > 0'):
     feature_cache.build(continuous, tmp_path / 'other')
+
+
+def test_a_cache_written_before_input_gain_existed_is_read_as_gain_1(tmp_path, data_dir):
+  config = _config(data_dir)
+  config.model.encoder.input_gain = 1.0
+  directory = feature_cache.build(config, tmp_path / 'features')
+  meta_file = directory / feature_store.META
+  meta = json.loads(meta_file.read_text())
+  del meta['fingerprint']['encoder']['input_gain']  # as such a cache records it
+  meta_file.write_text(json.dumps(meta))
+  config.data.features = str(directory)
+  config.train.steps = 1
+  train.train_and_evaluate(config, tmp_path / 'run')  # accepted at gain 1 ...
+  config.model.encoder.input_gain = 10.0
+  with pytest.raises(ValueError, match="cache .*'input_gain': 1.0"):  # ... and not at another
+    train.train_and_evaluate(config, tmp_path / 'run2')
 
 
 @pytest.mark.slow  # ~2 minutes: two JAX processes

@@ -147,12 +147,18 @@ class CPCEncoder(nnx.Module):
   """CPC's gEncoder (conv -> ChannelNorm -> ReLU, x5) and gAR (LSTM): 16 kHz waveform -> 100 Hz.
 
   `convs[i]` / `norms[i]` are CPC's `gEncoder.conv{i}` / `gEncoder.batchNorm{i}`; `lstm` is `gAR`.
+  `input_gain` multiplies the waveform before the first conv (1: CPC_audio's). A conv initialised
+  for unit-scale input sees speech at an RMS of ~0.05 as a few per cent of its bias, and silence
+  as nothing; a from-scratch encoder trains steadily only once the input is lifted
+  (docs/default_run.md).
   """
 
   def __init__(self, *, dim: int = 256, lstm_layers: int = 1, padding: str = 'reference',
-               unroll: int = 16, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+               input_gain: float = 1.0, unroll: int = 16, dtype=None, param_dtype=jnp.float32,
+               rngs: nnx.Rngs):
     paddings = _paddings(padding)
     self.padding = padding
+    self.input_gain = float(input_gain)
     self.convs = nnx.List([
         conv1d(1 if i == 0 else dim, dim, k, s, [pad], dtype=dtype, param_dtype=param_dtype,
                rngs=rngs)
@@ -164,10 +170,14 @@ class CPCEncoder(nnx.Module):
 
   def conv_features(self, wave: jax.Array) -> jax.Array:
     """wave [B, S] -> conv stack output [B, T, dim] (post-ReLU; CPC's "z", output layer 0)."""
-    x = wave[..., None]
+    x = self.conv_input(wave)
     for conv, norm in zip(self.convs, self.norms):
       x = jax.nn.relu(norm(conv(x)))
     return x
+
+  def conv_input(self, wave: jax.Array) -> jax.Array:
+    """wave [B, S] -> the first conv's input [B, S, 1], times `input_gain`."""
+    return (wave * jnp.asarray(self.input_gain, wave.dtype))[..., None]
 
   def __call__(self, wave: jax.Array) -> jax.Array:
     """wave [B, S] -> LSTM output [B, T, dim] at 100 Hz (CPC's "c", output layer 1)."""
@@ -188,7 +198,7 @@ class CPCEncoder(nnx.Module):
   def stream_step(self, state, wave: jax.Array) -> tuple[tuple, jax.Array]:
     """One hop wave [B, 160 n] -> (new state, the next n LSTM frames [B, n, dim])."""
     conv_context, lstm_carry = state
-    x, contexts = wave[..., None], []
+    x, contexts = self.conv_input(wave), []
     for conv, norm, context in zip(self.convs, self.norms, conv_context):
       x, context = with_context(context, x)
       x = jax.nn.relu(norm(valid_conv(conv, x)))

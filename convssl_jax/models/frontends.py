@@ -34,7 +34,8 @@ class AudioFrontend(nnx.Module):
       encoder, project = _ssl_encoder(cfg, dtype, rngs)
     elif enc.name == 'cpc':
       encoder = cpc.CPCEncoder(dim=cfg.dim, lstm_layers=enc.lstm_layers, padding=enc.padding,
-                               unroll=enc.unroll, dtype=dtype, rngs=rngs)
+                               input_gain=enc.get('input_gain', 1.0), unroll=enc.unroll,
+                               dtype=dtype, rngs=rngs)
       ks = downsample.downsample_for(cfg.frame_hz)
       down = None if ks is None else downsample.CausalDownsample(cfg.dim, *ks, dtype=dtype,
                                                                  rngs=rngs)

@@ -37,6 +37,16 @@ def read_config(directory: str | os.PathLike) -> dict:
   return json.loads((pathlib.Path(directory) / CONFIG_FILE).read_text())
 
 
+# What a converted encoder's config.json leaves out means: CPC_audio's weights take the waveform
+# as it is (our own pretraining records its `input_gain`).
+STORED_DEFAULTS = {'input_gain': 1.0}
+
+
+def _stored(config: dict, key: str):
+  """A converted encoder's setting `key`, or what its absence means."""
+  return config.get(key, STORED_DEFAULTS.get(key))
+
+
 def load(directory: str | os.PathLike) -> tuple[dict, dict]:
   """(config, params as a pure dict of numpy arrays) of a converted encoder."""
   directory = pathlib.Path(directory).absolute()
@@ -70,10 +80,10 @@ def load_into(encoder: nnx.Module, directory: str | os.PathLike, expected: dict)
   matches `expected` (e.g. {'name': 'cpc', 'dim': model.dim, 'lstm_layers': ...}); returns the
   stored config."""
   config, params = load(directory)
-  if wrong := [f'{k}={config.get(k)!r} (the model has {v!r})' for k, v in expected.items()
-               if config.get(k) != v]:
+  if wrong := [f'{k}={_stored(config, k)!r} (the model has {v!r})' for k, v in expected.items()
+               if _stored(config, k) != v]:
     raise ValueError(f'the converted encoder in {directory} does not fit the model: ' +
-                     ', '.join(wrong))
+                     ', '.join(wrong) + '; set the model config to the stored values')
   assign(encoder, params)
   return config
 
@@ -93,13 +103,14 @@ def load_encoder(directory: str | os.PathLike,
   16 kHz gives [B, T, D] (CPC: the LSTM output at 100 Hz; the others: the last layer at 50 Hz).
 
   `kwargs` go to the module: CPC's `padding` ('reference', the default, reproduces the PyTorch
-  numbers; 'causal' removes the lookahead but shifts what the weights see), `unroll`, `dtype`;
-  the others' `output_layer`, `dtype`.
+  numbers; 'causal' removes the lookahead but shifts what the weights see), `input_gain` (default:
+  the one it was trained with), `unroll`, `dtype`; the others' `output_layer`, `dtype`.
   """
   config, params = load(directory)
   name = config.get('name')
   if name == 'cpc':
     kwargs.setdefault('padding', 'reference')
+    kwargs.setdefault('input_gain', _stored(config, 'input_gain'))
     encoder = cpc.CPCEncoder(dim=config['dim'], lstm_layers=config['lstm_layers'],
                              rngs=nnx.Rngs(0), **kwargs)
   elif name in ssl_encoders.NAMES:
