@@ -18,7 +18,7 @@ from checkpoints_convert import __main__ as cli
 from checkpoints_convert import cpc as convert_cpc
 from checkpoints_convert import torch_file
 from configs import vap
-from convssl_jax import models
+from convssl_jax import errors, models
 from convssl_jax.models import cpc, pretrained
 from tests import frozen_training
 
@@ -278,7 +278,9 @@ def test_an_input_gain_other_than_the_one_the_weights_were_trained_with_is_an_er
   assert 'input_gain' not in pretrained.read_config(dst)  # converted weights: gain 1, implied
   config = _tiny_config(dst)
   config.model.encoder.input_gain = 10.0
-  with pytest.raises(ValueError, match=r'input_gain=1.0 \(the model has 10.0\)'):
+  with pytest.raises(errors.ConfigError,  # run.py: one line, exit code 2
+                     match=r'input_gain=1.0 \(the model has 10.0\); give '
+                           r'--config.model.encoder.input_gain=1.0$'):
     models.build_model(config.model, rngs=nnx.Rngs(0))
   assert models.load_encoder(dst).input_gain == 1.0
 

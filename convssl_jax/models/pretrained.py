@@ -16,6 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from convssl_jax import errors
 from convssl_jax.models import cpc, ssl_encoders
 
 CONFIG_FILE, PARAMS_DIR = 'config.json', 'params'
@@ -40,6 +41,9 @@ def read_config(directory: str | os.PathLike) -> dict:
 # What a converted encoder's config.json leaves out means: CPC_audio's weights take the waveform
 # as it is (our own pretraining records its `input_gain`).
 STORED_DEFAULTS = {'input_gain': 1.0}
+# The model config's field for each stored setting a model must match.
+CONFIG_FIELDS = {'name': 'model.encoder.name', 'dim': 'model.dim',
+                 'lstm_layers': 'model.encoder.lstm_layers', 'input_gain': 'model.encoder.input_gain'}
 
 
 def _stored(config: dict, key: str):
@@ -80,10 +84,11 @@ def load_into(encoder: nnx.Module, directory: str | os.PathLike, expected: dict)
   matches `expected` (e.g. {'name': 'cpc', 'dim': model.dim, 'lstm_layers': ...}); returns the
   stored config."""
   config, params = load(directory)
-  if wrong := [f'{k}={_stored(config, k)!r} (the model has {v!r})' for k, v in expected.items()
-               if _stored(config, k) != v]:
-    raise ValueError(f'the converted encoder in {directory} does not fit the model: ' +
-                     ', '.join(wrong) + '; set the model config to the stored values')
+  if wrong := [k for k, v in expected.items() if _stored(config, k) != v]:
+    raise errors.ConfigError(
+        f'the converted encoder in {directory} does not fit the model: ' +
+        ', '.join(f'{k}={_stored(config, k)!r} (the model has {expected[k]!r})' for k in wrong) +
+        '; give ' + ' '.join(f'--config.{CONFIG_FIELDS[k]}={_stored(config, k)}' for k in wrong))
   assign(encoder, params)
   return config
 
