@@ -38,7 +38,7 @@ def build_model(cfg, *, rngs: nnx.Rngs) -> nnx.Module:
     expected = {'name': cfg.encoder.name}
     if cfg.encoder.name == 'cpc':
       expected.update(dim=cfg.dim, lstm_layers=cfg.encoder.lstm_layers,
-                      input_gain=cfg.encoder.get('input_gain', 1.0))
+                      input_gain=model.encoder.input_gain)
     stored = pretrained.load_into(model.encoder, cfg.encoder_checkpoint, expected=expected)
     trained_padding = stored.get('padding', 'reference')
     if cfg.encoder.name == 'cpc' and trained_padding != cfg.encoder.padding:

@@ -84,11 +84,12 @@ def load_into(encoder: nnx.Module, directory: str | os.PathLike, expected: dict)
   matches `expected` (e.g. {'name': 'cpc', 'dim': model.dim, 'lstm_layers': ...}); returns the
   stored config."""
   config, params = load(directory)
-  if wrong := [k for k, v in expected.items() if _stored(config, k) != v]:
+  stored = {k: _stored(config, k) for k in expected}
+  if wrong := [k for k, v in expected.items() if stored[k] != v]:
     raise errors.ConfigError(
         f'the converted encoder in {directory} does not fit the model: ' +
-        ', '.join(f'{k}={_stored(config, k)!r} (the model has {expected[k]!r})' for k in wrong) +
-        '; give ' + ' '.join(f'--config.{CONFIG_FIELDS[k]}={_stored(config, k)}' for k in wrong))
+        ', '.join(f'{k}={stored[k]!r} (the model has {expected[k]!r})' for k in wrong) +
+        '; give ' + ' '.join(f'--config.{CONFIG_FIELDS[k]}={stored[k]}' for k in wrong))
   assign(encoder, params)
   return config
 
