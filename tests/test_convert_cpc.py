@@ -7,6 +7,7 @@ weights) in CPC_audio's hub format with torch's outputs; no torch is needed here
 import json
 import logging
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -283,6 +284,20 @@ def test_an_input_gain_other_than_the_one_the_weights_were_trained_with_is_an_er
                            r'--config.model.encoder.input_gain=1.0$'):
     models.build_model(config.model, rngs=nnx.Rngs(0))
   assert models.load_encoder(dst).input_gain == 1.0
+
+
+@pytest.mark.parametrize('gain', [0.0, -1.0, float('nan'), 'loud', True])
+def test_a_stored_input_gain_that_is_no_positive_number_is_refused_naming_the_file(tmp_path,
+                                                                                 gain):
+  dst = tmp_path / 'cpc'
+  cli.main(['cpc', str(FIXTURES / 'cpc_l1.pt'), str(dst)])
+  stored = pretrained.read_config(dst)
+  (dst / 'config.json').write_text(json.dumps({**stored, 'input_gain': gain}))
+  message = f'{dst / "config.json"}: input_gain={gain!r} must be a finite number > 0'
+  with pytest.raises(errors.InputError, match=re.escape(message)):
+    models.load_encoder(dst)
+  with pytest.raises(errors.InputError, match=re.escape(message)):  # also when a model loads it
+    models.build_model(_tiny_config(dst).model, rngs=nnx.Rngs(0))
 
 
 def test_a_model_dim_other_than_the_converted_width_is_an_error(tmp_path):

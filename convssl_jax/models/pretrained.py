@@ -8,6 +8,7 @@ wav2vec2 family, {'name': 'hubert' | 'wav2vec2' | 'wavlm', 'format', 'architectu
 """
 
 import json
+import math
 import os
 import pathlib
 
@@ -43,7 +44,8 @@ def read_config(directory: str | os.PathLike) -> dict:
 STORED_DEFAULTS = {'input_gain': 1.0}
 # The model config's field for each stored setting a model must match.
 CONFIG_FIELDS = {'name': 'model.encoder.name', 'dim': 'model.dim',
-                 'lstm_layers': 'model.encoder.lstm_layers', 'input_gain': 'model.encoder.input_gain'}
+                 'lstm_layers': 'model.encoder.lstm_layers',
+                 'input_gain': 'model.encoder.input_gain'}
 
 
 def _stored(config: dict, key: str):
@@ -55,6 +57,11 @@ def load(directory: str | os.PathLike) -> tuple[dict, dict]:
   """(config, params as a pure dict of numpy arrays) of a converted encoder."""
   directory = pathlib.Path(directory).absolute()
   config = read_config(directory)
+  gain = _stored(config, 'input_gain')
+  if not (type(gain) in (int, float) and math.isfinite(gain) and gain > 0):  # bool is no gain
+    raise errors.InputError(
+        f'{directory / CONFIG_FILE}: input_gain={gain!r} must be a finite number > 0 (the scale '
+        'of the waveform the encoder was trained on; absent: 1)')
   params = ocp.StandardCheckpointer().restore(directory / PARAMS_DIR)
   return config, jax.tree.map(np.asarray, params)
 
